@@ -1,0 +1,82 @@
+"""One exception tree for edgeship.
+
+Every error a user can cause is an :class:`EdgeshipError`; each subclass also
+inherits the matching built-in so that ``except ValueError`` keeps working.
+The CLI turns an ``EdgeshipError`` into exit code 2 and one line on stderr;
+anything else is an internal error (exit code 1).
+"""
+
+from __future__ import annotations
+
+
+class EdgeshipError(Exception):
+    """Base class of every error edgeship raises on purpose."""
+
+    exit_code = 2
+
+
+class UnsupportedModelError(EdgeshipError, ValueError):
+    """The model file or object is of a kind edgeship cannot convert or run."""
+
+
+class UnsafeModelError(EdgeshipError, PermissionError):
+    """Loading the model would run code from the file; refused unless opted in."""
+
+
+class ModelFormatError(EdgeshipError, ValueError):
+    """A model file is corrupt, truncated or not what its extension says."""
+
+
+class BundleError(EdgeshipError, ValueError):
+    """A bundle folder or manifest is missing, malformed or does not match its files."""
+
+
+class IntegrityError(BundleError):
+    """A file's sha256 does not match the manifest."""
+
+
+class BundleExistsError(EdgeshipError, FileExistsError):
+    """The output bundle exists already and ``force`` was not given."""
+
+
+class CalibrationError(EdgeshipError, ValueError):
+    """Calibration or evaluation data is missing, too small or of the wrong shape."""
+
+
+class InputError(EdgeshipError, ValueError):
+    """Data passed to a model does not match its inputs (shape, dtype, names)."""
+
+
+class ValidationFailedError(EdgeshipError, RuntimeError):
+    """The converted artifact lost more accuracy than allowed (``max_drop``)."""
+
+
+class BackendUnavailableError(EdgeshipError, RuntimeError):
+    """No interpreter or execution provider can run this artifact here."""
+
+
+class FallbackError(BackendUnavailableError):
+    """``strict=True`` and the requested backend/delegate could not be used."""
+
+
+class MissingDependencyError(EdgeshipError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str = "") -> None:
+        what = f" (needed {purpose})" if purpose else ""
+        super().__init__(
+            f"{package} is not installed{what}; install it with "
+            f"`pip install \"edgeship[{extra}]\"`"
+        )
+        self.package = package
+        self.extra = extra
+
+
+def require(module: str, extra: str, purpose: str = ""):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``extra``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
