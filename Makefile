@@ -1,0 +1,46 @@
+# edgeship: `make demo` and `make test` each set themselves up on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgeship-installed
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: install demo test test-fast bench harden clean help
+
+help:
+	@echo "make demo    train a digits CNN, convert it to INT8, measure it (sets up .venv first)"
+	@echo "make test    run the test suite (sets up .venv first)"
+	@echo "make bench   run the benchmark harness in benchmarks/"
+	@echo "make clean   remove caches and demo output (keeps .venv)"
+
+# (Re)install only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" setuptools wheel
+	$(PY) -m pip install --quiet -e ".[all]"
+	@$(PY) -c "import edgeship, edgeship.runtime, edgeship.converters" 
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeship demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not hardening" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not hardening" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+harden: $(STAMP)
+	$(PY) -m pytest -q -m hardening $(PYTEST_ARGS)
+
+clean:
+	rm -rf .edgeship-demo .pytest_cache benchmarks/results build *.egg-info
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
