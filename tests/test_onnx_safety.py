@@ -1,0 +1,242 @@
+"""Hostile external data is refused before anything outside the model folder is read."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgeship.errors import EdgeshipError, ModelFormatError, UnsafeModelError  # noqa: E402
+from edgeship.converters import onnx_safety  # noqa: E402
+from edgeship.runtime.backends import onnxruntime as ort_backend  # noqa: E402
+
+
+def _external_model(model_dir, location, *, offset=None, length=None, where="initializer", payload=None):
+    """A Add(x, w) model whose ``w`` (4 floats) lives in external data at ``location``.
+
+    ``where``: "initializer", "attribute" (a Constant node's tensor) or
+    "subgraph" (a Constant inside an If branch).
+    """
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    entries = [("location", location)]
+    if offset is not None:
+        entries.append(("offset", str(offset)))
+    if length is not None:
+        entries.append(("length", str(length)))
+    del w.external_data[:]
+    for k, v in entries:
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    w.ClearField("raw_data")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    inits = []
+    if where == "initializer":
+        nodes = [helper.make_node("Add", ["x", "w"], ["y"])]
+        inits = [w]
+    elif where == "attribute":
+        nodes = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("Add", ["x", "w"], ["y"])]
+    else:
+        wo = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])
+        then_g = helper.make_graph([helper.make_node("Constant", [], ["w"], value=w)], "then", [], [wo])
+        else_g = helper.make_graph(
+            [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(np.zeros(4, np.float32)))],
+            "else", [], [wo])
+        cond = numpy_helper.from_array(np.array(True), "cond")
+        nodes = [helper.make_node("If", ["cond"], ["w"], then_branch=then_g, else_branch=else_g),
+                 helper.make_node("Add", ["x", "w"], ["y"])]
+        inits = [cond]
+    graph = helper.make_graph(nodes, "ext", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "model.onnx")
+    with open(path, "wb") as fh:
+        fh.write(model.SerializeToString())
+    if payload is not None:
+        with open(os.path.join(model_dir, payload), "wb") as fh:
+            fh.write(np.arange(4, dtype=np.float32).tobytes())
+    return path
+
+
+_GUARD = [[]]
+
+
+@pytest.fixture(autouse=True)
+def no_external_reads(monkeypatch):
+    """Nothing may load external data or open a session on a model that is refused.
+
+    ``onnx.load`` is allowed only with ``load_external_data=False`` and any
+    ``InferenceSession`` created is recorded; tests of refused models assert
+    that the list stays empty (the check raised before anything read the data).
+    """
+    import onnxruntime
+
+    real_load = onnx.load
+    sessions = []
+
+    def guarded_load(f, *a, **kw):
+        if kw.get("load_external_data", True):
+            sessions.append(("onnx.load", f))
+        return real_load(f, *a, **kw)
+
+    real_session = onnxruntime.InferenceSession
+
+    def guarded_session(model, *a, **kw):
+        sessions.append(("InferenceSession", model if isinstance(model, str) else "<bytes>"))
+        return real_session(model, *a, **kw)
+
+    _GUARD[0] = sessions
+    monkeypatch.setattr(onnx, "load", guarded_load)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", guarded_session)
+    return sessions
+
+
+@pytest.fixture()
+def canary(tmp_path):
+    """A file outside the model folder that must never be opened."""
+    p = tmp_path / "secret.bin"
+    p.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    if os.geteuid() != 0:
+        os.chmod(p, 0)  # opening it would fail loudly with EACCES instead of UnsafeModelError
+    yield p
+    os.chmod(p, 0o600)
+
+
+def _both_refuse(path, match):
+    with pytest.raises(UnsafeModelError, match=match) as e1:
+        onnx_safety.check_onnx_file(path)
+    assert "'w'" in str(e1.value)
+    with pytest.raises(UnsafeModelError, match=match):
+        ort_backend.read_checked_model(path)
+    with pytest.raises(UnsafeModelError, match=match):
+        ort_backend.OnnxRuntimeBackend(path)
+    assert isinstance(e1.value, EdgeshipError) and e1.value.exit_code == 2
+    # the autouse guard recorded no external-data load and no session
+    assert _GUARD[0] == [], _GUARD[0]
+
+
+@pytest.mark.parametrize("where", ["initializer", "attribute", "subgraph"])
+def test_absolute_path_refused(tmp_path, canary, where):
+    path = _external_model(tmp_path / "m", str(canary), where=where)
+    _both_refuse(path, "absolute")
+
+
+@pytest.mark.parametrize("where", ["initializer", "attribute", "subgraph"])
+def test_dotdot_refused(tmp_path, canary, where):
+    path = _external_model(tmp_path / "m", "../secret.bin", where=where)
+    _both_refuse(path, r"'\.\.'")
+
+
+def test_nested_dotdot_refused(tmp_path, canary):
+    (tmp_path / "m" / "a").mkdir(parents=True)
+    path = _external_model(tmp_path / "m", "a/../../secret.bin")
+    _both_refuse(path, r"'\.\.'")
+
+
+def test_backslash_dotdot_refused(tmp_path, canary):
+    path = _external_model(tmp_path / "m", "..\\secret.bin")
+    _both_refuse(path, r"'\.\.'")
+
+
+def test_symlink_last_component_refused(tmp_path, canary):
+    path = _external_model(tmp_path / "m", "w.bin")
+    os.symlink(canary, tmp_path / "m" / "w.bin")
+    _both_refuse(path, "symbolic link")
+
+
+def test_symlink_parent_component_refused(tmp_path, canary):
+    path = _external_model(tmp_path / "m", "d/secret.bin")
+    os.symlink(tmp_path, tmp_path / "m" / "d")
+    _both_refuse(path, "symbolic link")
+
+
+def test_hard_link_refused(tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    path = _external_model(tmp_path / "m", "w.bin")
+    os.link(outside, tmp_path / "m" / "w.bin")
+    _both_refuse(path, "hard link")
+
+
+@pytest.mark.parametrize("offset,length", [(0, 64), (32, None), (12, 8), (-1, 4)])
+def test_offset_length_past_end_refused(tmp_path, offset, length):
+    path = _external_model(tmp_path / "m", "w.bin", offset=offset, length=length, payload="w.bin")
+    _both_refuse(path, "past the end|negative")
+
+
+def test_good_external_data_loads_and_runs(tmp_path):
+    path = _external_model(tmp_path / "m", "w.bin", offset=0, length=16, payload="w.bin")
+    onnx_safety.check_onnx_file(path)
+    m = onnx_safety.load_checked(path)
+    assert m.graph.initializer[0].name == "w"
+    be = ort_backend.OnnxRuntimeBackend(path)
+    (y,) = be.invoke([np.ones(4, np.float32)])
+    np.testing.assert_allclose(y, np.arange(4) + 1)
+
+
+def test_missing_external_file_is_format_error(tmp_path):
+    path = _external_model(tmp_path / "m", "nothere.bin")
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        onnx_safety.check_onnx_file(path)
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        ort_backend.read_checked_model(path)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x00\x01\x02garbage\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"not onnx at all"])
+def test_malformed_file_is_format_error(tmp_path, blob):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(blob)
+    with pytest.raises(ModelFormatError):
+        onnx_safety.check_onnx_file(str(p))
+    with pytest.raises(ModelFormatError):
+        ort_backend.OnnxRuntimeBackend(str(p))
+
+
+def test_truncated_model_is_format_error(tmp_path):
+    from test_onnx_common import conv_net
+
+    good = tmp_path / "good.onnx"
+    conv_net(good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFormatError):
+        ort_backend.OnnxRuntimeBackend(str(bad))
+    with pytest.raises(ModelFormatError):
+        onnx_safety.check_onnx_file(str(bad))
+
+
+def test_wire_scan_matches_onnx_walk(tmp_path):
+    """The runtime's protobuf-free scan finds the same references as the onnx walk."""
+    for where in ("initializer", "attribute", "subgraph"):
+        path = _external_model(tmp_path / where, "w.bin", offset=0, length=16, payload="w.bin")
+        with open(path, "rb") as fh:
+            wire = ort_backend.scan_model_bytes(fh.read()).refs
+        walk = onnx_safety.external_data_refs(onnx.load(path, load_external_data=False))
+        assert [(r["tensor"], r["location"], r["offset"], r["length"]) for r in wire] == \
+               [(r["tensor"], r["location"], r["offset"], r["length"]) for r in walk]
+
+
+def test_checker_in_subprocess(tmp_path):
+    from test_onnx_common import conv_net
+
+    good = tmp_path / "good.onnx"
+    conv_net(good)
+    onnx_safety.check_in_subprocess(str(good))
+    # a graph that parses but fails the checker (node input never defined)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    g = helper.make_graph([helper.make_node("Add", ["x", "undefined"], ["y"])], "bad", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(m.SerializeToString())
+    with pytest.raises(ModelFormatError, match="checker"):
+        onnx_safety.check_in_subprocess(str(bad))
