@@ -1,0 +1,503 @@
+"""``edgeship demo``: train a small digits CNN, convert it to INT8, measure it.
+
+What it does, end to end, through the same public API a user calls:
+
+1. Loads the handwritten digits that ship inside scikit-learn (1,797 labelled
+   8x8 images, no download), splits them into train/test (stratified, fixed
+   seed) and writes a calibration subset of the training split and the whole
+   test split to disk as PNG folders with one subfolder per class, plus
+   ``test.npz`` (``x`` preprocessed, ``y`` labels).
+2. Trains a small Keras 3 CNN (conv32-pool-conv64-pool-dense128) on the
+   training split, or reuses the model cached in the work folder under a hash
+   of the training settings.
+3. Converts it with :func:`edgeship.converters.convert` twice: a full-INT8
+   bundle calibrated on the PNG folder (the real image-folder calibration
+   path, decoded through the preprocessing spec) and an FP32 bundle to compare
+   against.
+4. Measures both through :func:`edgeship.runtime.load`: file bytes and gzip
+   bytes, accuracy on the test split (Keras FP32 / TFLite FP32 / TFLite INT8)
+   and single-sample p50 latency, and prints a table, where everything is on
+   disk and the commands to try next.
+
+The samples fed to Keras for training are produced by the same
+:class:`edgeship.preprocess.PreprocessSpec` the bundle records, applied to the
+same pixels that are written to the PNGs, so training, calibration and the
+device all see identical inputs.
+
+Work folder layout (default ``.edgeship-demo``)::
+
+    data/calib/<digit>/*.png     calibration subset (from the training split)
+    data/test/<digit>/*.png      the test split, as images
+    data/test.npz                the test split, preprocessed (x) with labels (y)
+    model-<hash>.keras           the trained model, cached by training settings
+    model-<hash>.json            how it was trained, and its Keras test accuracy
+    digits-int8/                 the INT8 bundle (manifest, .tflite, report)
+    digits-fp32/                 the FP32 bundle, for comparison
+    demo-report.json / .md       the figures printed at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_WORKDIR = ".edgeship-demo"
+LABELS = tuple(str(i) for i in range(10))
+
+# Targets from issue 2 ("Done when").
+MAX_SIZE_RATIO = 0.30  # INT8 .tflite bytes / FP32 .tflite bytes
+MAX_ACCURACY_DROP = 0.5  # percentage points, |FP32 - INT8| on the test split
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides the trained model; its hash names the cache entry."""
+
+    arch: str = "conv32-pool-conv64-pool-dense128-dropout0.3/v1"
+    image_size: int = 16  # the 8x8 digits are upscaled (bilinear) to this size
+    test_size: float = 0.30
+    seed: int = 0
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    calib_per_class: int = 20  # 200 calibration images
+
+    def key(self) -> str:
+        import keras  # noqa: PLC0415
+
+        blob = json.dumps({**asdict(self), "keras": ".".join(keras.__version__.split(".")[:2])}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _spec(settings: TrainSettings):
+    from edgeship.preprocess import ColorOrder, PreprocessSpec, ResizeMode  # noqa: PLC0415
+
+    s = settings.image_size
+    return PreprocessSpec(size=(s, s), resize=ResizeMode.STRETCH, color=ColorOrder.GRAY, scale=1.0 / 255.0)
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Data:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    calib_dir: str
+    test_dir: str
+    test_npz: str
+    n_calib: int
+
+
+def _prepare_data(workdir: str, settings: TrainSettings, *, force: bool) -> _Data:
+    """Split the digits, preprocess them, and write the PNG folders and test.npz."""
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    from edgeship.preprocess import _cv2  # noqa: PLC0415
+
+    digits = load_digits()
+    # 0..16 ink levels -> 8-bit grey, the pixels that go into the PNGs.
+    pixels = np.clip(np.round(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=settings.test_size, stratify=labels, random_state=settings.seed
+    )
+    spec = _spec(settings)
+    # The model input is exactly what the bundle's preprocessing makes of the PNG.
+    x = np.stack([spec.apply(img, bgr=False) for img in pixels]).astype(np.float32)
+
+    # Calibration subset: the first `calib_per_class` training images of each class
+    # in a seeded shuffle (deterministic, stratified).
+    rng = np.random.default_rng(settings.seed)
+    shuffled = rng.permutation(idx_train)
+    calib_idx = np.concatenate(
+        [shuffled[labels[shuffled] == c][: settings.calib_per_class] for c in range(10)]
+    )
+
+    data_dir = os.path.join(workdir, "data")
+    stamp_path = os.path.join(data_dir, "stamp.json")
+    stamp = {"settings": settings.key(), "calib": len(calib_idx), "test": len(idx_test)}
+    calib_dir = os.path.join(data_dir, "calib")
+    test_dir = os.path.join(data_dir, "test")
+    test_npz = os.path.join(data_dir, "test.npz")
+    current = False
+    if not force and os.path.isfile(stamp_path):
+        try:
+            with open(stamp_path) as fh:
+                current = json.load(fh) == stamp
+        except (OSError, ValueError):
+            current = False
+    if not current:
+        cv2 = _cv2()
+        if os.path.isdir(data_dir):
+            shutil.rmtree(data_dir)
+        for folder, indices in ((calib_dir, calib_idx), (test_dir, idx_test)):
+            for c in range(10):
+                os.makedirs(os.path.join(folder, str(c)), exist_ok=True)
+            for i in indices:
+                path = os.path.join(folder, str(labels[i]), f"{int(i):04d}.png")
+                if not cv2.imwrite(path, pixels[i]):
+                    raise OSError(f"could not write {path}")
+        np.savez(test_npz, x=x[idx_test], y=labels[idx_test])
+        with open(stamp_path, "w") as fh:
+            json.dump(stamp, fh)
+    return _Data(
+        x_train=x[idx_train], y_train=labels[idx_train], x_test=x[idx_test], y_test=labels[idx_test],
+        calib_dir=calib_dir, test_dir=test_dir, test_npz=test_npz, n_calib=len(calib_idx),
+    )
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def _build_model(settings: TrainSettings):
+    import keras  # noqa: PLC0415
+    from keras import layers  # noqa: PLC0415
+
+    s = settings.image_size
+    model = keras.Sequential(
+        [
+            keras.Input((s, s, 1), name="image"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dropout(0.3),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10, activation="softmax", name="probabilities"),
+        ],
+        name="digits_cnn",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _train_or_load(workdir: str, settings: TrainSettings, data: _Data, *, force: bool):
+    """The trained model (cached as model-<hash>.keras) and a record of how it was made."""
+    import keras  # noqa: PLC0415
+
+    from edgeship.progress import progress  # noqa: PLC0415
+
+    key = settings.key()
+    model_path = os.path.join(workdir, f"model-{key}.keras")
+    meta_path = os.path.join(workdir, f"model-{key}.json")
+    if not force and os.path.isfile(model_path) and os.path.isfile(meta_path):
+        try:
+            with open(meta_path) as fh:
+                meta = json.load(fh)
+            model = keras.saving.load_model(model_path, compile=False)
+            _say(f"Using the cached model {model_path} (trained in {meta['train_seconds']:.1f} s; "
+                 "--force retrains)")
+            return model, model_path, meta, True
+        except Exception as exc:  # a damaged cache entry is retrained, not fatal
+            _say(f"Cached model {model_path} is unusable ({exc.__class__.__name__}); retraining")
+
+    keras.utils.set_random_seed(settings.seed)
+    model = _build_model(settings)
+    _say(f"Training {model.name} ({model.count_params():,} parameters) on {len(data.y_train)} digits, "
+         f"{settings.epochs} epochs ...")
+    t0 = time.perf_counter()
+    losses = []
+    for epoch in progress(range(settings.epochs), total=settings.epochs, desc="training"):
+        hist = model.fit(
+            data.x_train, data.y_train, batch_size=settings.batch_size, epochs=epoch + 1, initial_epoch=epoch,
+            shuffle=True, verbose=0,
+        )
+        losses.append(float(hist.history["loss"][-1]))
+    train_seconds = time.perf_counter() - t0
+    probs = model.predict(data.x_test, batch_size=256, verbose=0)
+    acc = float(np.mean(np.argmax(probs, axis=1) == data.y_test))
+    _say(f"  trained in {train_seconds:.1f} s: final loss {losses[-1]:.4f}, Keras test accuracy {100 * acc:.2f}%")
+
+    os.makedirs(workdir, exist_ok=True)
+    tmp = model_path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, model_path)
+    meta = {
+        "settings": asdict(settings),
+        "key": key,
+        "keras_version": keras.__version__,
+        "train_seconds": train_seconds,
+        "loss_per_epoch": losses,
+        "keras_test_accuracy": acc,
+        "parameters": int(model.count_params()),
+    }
+    with open(meta_path + ".tmp", "w") as fh:
+        json.dump(meta, fh, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)
+    return model, model_path, meta, False
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _artifact(manifest: dict, precision: str) -> dict:
+    for art in manifest.get("artifacts", []):
+        if art.get("format") == "tflite" and art.get("precision") == precision:
+            return art
+    raise RuntimeError(f"the bundle has no {precision} TFLite artifact: {[a.get('file') for a in manifest['artifacts']]}")
+
+
+def _first_output(outputs) -> np.ndarray:
+    if isinstance(outputs, dict):
+        return np.asarray(next(iter(outputs.values())))
+    return np.asarray(outputs)
+
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    probs = _first_output(model.run(x))
+    return float(np.mean(np.argmax(probs.reshape(len(y), -1), axis=1) == y))
+
+
+def _latencies(models: dict, sample: np.ndarray, *, runs: int, warmup: int) -> dict:
+    """Single-sample latency of each model, interleaved in rounds so drift hits all alike."""
+    for m in models.values():
+        for _ in range(warmup):
+            m.run(sample)
+    times = {k: [] for k in models}
+    rounds = 10
+    per_round = max(1, runs // rounds)
+    order = list(models)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            m = models[name]
+            t = times[name]
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                m.run(sample)
+                t.append(time.perf_counter() - t0)
+    out = {}
+    for name, t in times.items():
+        a = np.asarray(t) * 1e3
+        out[name] = {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+                     "mean": float(a.mean()), "runs": int(a.size)}
+    return out
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB"
+
+
+def _table(rows: list, header: list) -> str:
+    cols = [header] + rows
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(cols):
+        cells = [str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the demo
+
+
+def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool = False,
+             settings: TrainSettings | None = None, verbose: bool = True) -> dict:
+    """Train (or reuse) the digits CNN, convert it to INT8 and FP32 bundles, measure both.
+
+    Args:
+        workdir: folder for the data, the cached model, the bundles and the report.
+        force: retrain the model and rewrite the data even when cached.
+        quick: fewer latency runs (for tests); training and conversion are the same.
+        settings: training settings (the defaults are what the targets were measured with).
+        verbose: print the table and the next steps.
+
+    Returns:
+        The measured figures: ``bytes``, ``gzip_bytes``, ``size_ratio``, ``accuracy``
+        (``keras_fp32``, ``tflite_fp32``, ``tflite_int8``, fractions), ``accuracy_drop_points``,
+        ``latency_ms`` (``fp32``/``int8`` with ``p50``/``p90``/``mean``), ``bundles``,
+        ``targets`` and the paths of everything written.
+
+    Raises:
+        edgeship.errors.EdgeshipError: a conversion or the runtime refused something.
+        edgeship.errors.MissingDependencyError: the ``convert`` extra is not installed.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgeship.errors import require  # noqa: PLC0415
+
+    for mod in ("keras", "tensorflow", "sklearn"):
+        require(mod, "convert", "by `edgeship demo`")
+    from edgeship import converters, runtime  # noqa: PLC0415
+
+    say = _say if verbose else (lambda *_a, **_k: None)
+    settings = settings or TrainSettings()
+    t_start = time.perf_counter()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+
+    data = _prepare_data(workdir, settings, force=force)
+    say(f"Digits from scikit-learn: {len(data.y_train)} train / {len(data.y_test)} test images, "
+        f"{settings.image_size}x{settings.image_size} grey; {data.n_calib} calibration PNGs in {data.calib_dir}")
+    model, model_path, meta, cached = _train_or_load(workdir, settings, data, force=force)
+    keras_probs = model.predict(data.x_test, batch_size=256, verbose=0)
+    keras_acc = float(np.mean(np.argmax(keras_probs, axis=1) == data.y_test))
+
+    spec = _spec(settings)
+    bundles = {"int8": os.path.join(workdir, "digits-int8"), "fp32": os.path.join(workdir, "digits-fp32")}
+    results = {}
+    convert_seconds = {}
+    for precision in ("int8", "fp32"):
+        say(f"Converting {os.path.basename(model_path)} to {precision.upper()} TFLite -> {bundles[precision]} ...")
+        t0 = time.perf_counter()
+        results[precision] = converters.convert(
+            model_path, bundles[precision], calib=data.calib_dir, precision=precision,
+            eval_data=data.test_npz, labels=list(LABELS), preprocess=spec, name=f"digits-{precision}",
+            task="classification", seed=settings.seed, force=True,
+        )
+        convert_seconds[precision] = time.perf_counter() - t0
+        for w in results[precision].warnings:
+            say(f"  warning: {w}")
+
+    arts = {p: _artifact(results[p].manifest, p) for p in results}
+    models = {p: runtime.load(bundles[p], artifact=arts[p]["file"]) for p in bundles}
+    try:
+        acc = {p: _accuracy(models[p], data.x_test, data.y_test) for p in models}
+        lat = _latencies(models, data.x_test[:1], runs=40 if quick else 300, warmup=5 if quick else 20)
+        info = models["int8"].info
+        info = info.to_dict() if hasattr(info, "to_dict") else dict(getattr(info, "__dict__", {}))
+        example_path = sorted(
+            os.path.join(root, f) for root, _d, files in os.walk(os.path.join(data.test_dir, "7")) for f in files
+        )[0]
+        from edgeship.preprocess import read_image  # noqa: PLC0415
+
+        top = models["int8"].classify(read_image(example_path), top_k=1)[0]
+        example = {"image": example_path, "label": getattr(top, "label", None), "id": int(top.id),
+                   "score": float(top.score)}
+    finally:
+        for m in models.values():
+            m.close()
+
+    b = {p: int(arts[p]["bytes"]) for p in arts}
+    gz = {p: int(arts[p]["gzip_bytes"]) for p in arts}
+    size_ratio = b["int8"] / b["fp32"]
+    drop = 100.0 * (acc["fp32"] - acc["int8"])
+    validation = {p: (results[p].manifest.get("validation") or {}).get("artifacts", {}).get(arts[p]["file"], {})
+                  for p in arts}
+    targets = {
+        "size_ratio": {"value": size_ratio, "target": MAX_SIZE_RATIO, "pass": size_ratio <= MAX_SIZE_RATIO},
+        "accuracy_drop_points": {"value": drop, "target": MAX_ACCURACY_DROP, "pass": abs(drop) <= MAX_ACCURACY_DROP},
+    }
+    figures = {
+        "workdir": workdir,
+        "model_path": model_path,
+        "model_cached": cached,
+        "parameters": meta.get("parameters"),
+        "train_seconds": meta.get("train_seconds"),
+        "samples": {"train": int(len(data.y_train)), "test": int(len(data.y_test)), "calibration": data.n_calib},
+        "data": {"calib_dir": data.calib_dir, "test_dir": data.test_dir, "test_npz": data.test_npz},
+        "bundles": bundles,
+        "artifacts": {p: arts[p]["file"] for p in arts},
+        "bytes": b,
+        "gzip_bytes": gz,
+        "size_ratio": size_ratio,
+        "gzip_ratio": gz["int8"] / gz["fp32"],
+        "accuracy": {"keras_fp32": keras_acc, "tflite_fp32": acc["fp32"], "tflite_int8": acc["int8"]},
+        "accuracy_drop_points": drop,
+        "manifest_validation": validation,
+        "latency_ms": lat,
+        "int8_speedup_p50": lat["fp32"]["p50"] / lat["int8"]["p50"] if lat["int8"]["p50"] > 0 else None,
+        "runtime": info,
+        "example": example,
+        "convert_seconds": convert_seconds,
+        "targets": targets,
+        "targets_met": all(t["pass"] for t in targets.values()),
+        "quick": quick,
+    }
+    figures["seconds"] = time.perf_counter() - t_start
+
+    table = _table(
+        [
+            ["file bytes", "-", _fmt_bytes(b["fp32"]), f"{_fmt_bytes(b['int8'])} ({size_ratio:.2f}x)"],
+            ["gzip bytes", "-", _fmt_bytes(gz["fp32"]), f"{_fmt_bytes(gz['int8'])} ({figures['gzip_ratio']:.2f}x)"],
+            ["test accuracy", f"{100 * keras_acc:.2f}%", f"{100 * acc['fp32']:.2f}%", f"{100 * acc['int8']:.2f}%"],
+            ["p50 latency, 1 image", "-", f"{lat['fp32']['p50']:.3f} ms", f"{lat['int8']['p50']:.3f} ms"],
+            ["p90 latency, 1 image", "-", f"{lat['fp32']['p90']:.3f} ms", f"{lat['int8']['p90']:.3f} ms"],
+        ],
+        ["", "Keras FP32", "TFLite FP32", "TFLite INT8"],
+    )
+    checks = _table(
+        [
+            ["INT8 / FP32 bytes", f"{size_ratio:.3f}x", f"<= {MAX_SIZE_RATIO:.2f}x",
+             "PASS" if targets["size_ratio"]["pass"] else "FAIL"],
+            ["accuracy FP32 - INT8", f"{drop:+.2f} points", f"within {MAX_ACCURACY_DROP} points",
+             "PASS" if targets["accuracy_drop_points"]["pass"] else "FAIL"],
+        ],
+        ["target", "measured", "wanted", ""],
+    )
+    report_md = os.path.join(workdir, "demo-report.md")
+    report_json = os.path.join(workdir, "demo-report.json")
+    figures["report"] = {"markdown": report_md, "json": report_json}
+    header = (f"edgeship demo: {meta.get('parameters', 0):,}-parameter digits CNN, "
+              f"{len(data.y_test)} held-out test images, runtime backend {info.get('backend', '?')} "
+              f"({info.get('threads') or 'default'} threads)")
+    with open(report_md, "w") as fh:
+        fh.write(f"# {header}\n\n```\n{table}\n\n{checks}\n```\n\nProduced by `edgeship demo` in "
+                 f"{figures['seconds']:.1f} s.\n")
+    with open(report_json, "w") as fh:
+        json.dump(figures, fh, indent=2, default=str)
+
+    rel_int8 = os.path.relpath(bundles["int8"])
+    rel_img = os.path.relpath(example_path)
+    say("")
+    say(header)
+    say(table)
+    say("")
+    say(checks)
+    say("")
+    say(f"classify({rel_img}) -> {example['label']} ({example['score']:.2f}) through the INT8 bundle")
+    say("")
+    say(f"INT8 bundle:  {rel_int8}  (manifest.json, {arts['int8']['file']}, report)")
+    say(f"FP32 bundle:  {os.path.relpath(bundles['fp32'])}")
+    say(f"Test images:  {os.path.relpath(data.test_dir)}  (and {os.path.relpath(data.test_npz)})")
+    say(f"Figures:      {os.path.relpath(report_md)}, {os.path.relpath(report_json)}")
+    say(f"Done in {figures['seconds']:.1f} s{' (model from cache)' if cached else ''}. Try next:")
+    say(f"  edgeship inspect {rel_int8}")
+    say(f"  edgeship run {rel_int8} {rel_img} --top-k 3")
+    say(f"  edgeship eval {rel_int8} --data {os.path.relpath(data.test_npz)}")
+    say(f"  edgeship bench {rel_int8} --runs 200")
+    return figures
+
+
+def main(argv=None) -> int:
+    """Entry point of ``edgeship demo`` (also ``python -m edgeship.converters.demo``)."""
+    p = argparse.ArgumentParser(prog="edgeship demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=None, help=f"work folder (default {DEFAULT_WORKDIR})")
+    p.add_argument("--force", action="store_true", help="retrain and rewrite the data even when cached")
+    p.add_argument("--quick", action="store_true", help="fewer latency runs")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
+    args = p.parse_args(argv)
+    if args.json:
+        import contextlib  # noqa: PLC0415
+
+        with contextlib.redirect_stdout(sys.stderr):
+            figures = run_demo(args.workdir or DEFAULT_WORKDIR, force=args.force, quick=args.quick)
+        print(json.dumps(figures, default=str))
+    else:
+        run_demo(args.workdir or DEFAULT_WORKDIR, force=args.force, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
