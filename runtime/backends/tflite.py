@@ -1,0 +1,270 @@
+"""TFLite backends: LiteRT, ``tflite_runtime`` and ``tensorflow.lite``.
+
+The three are one class with three imports, tried in this order by the
+registry: ``ai_edge_litert.interpreter`` (the LiteRT wheel, what
+``pip install edgeship`` brings), ``tflite_runtime.interpreter`` (older device
+images) and ``tensorflow.lite`` (last resort: TensorFlow is large and slow to
+import). Each module is imported only when that backend is asked for.
+
+CPU kernels use XNNPACK when the interpreter build applies it (LiteRT does by
+default for float and INT8 models); ``threads`` sets its ``num_threads``.
+External delegates (Edge TPU, GPU) are loaded with ``load_delegate`` from the
+``device`` option:
+
+========================  =============================================
+``device``                delegate library
+========================  =============================================
+``None`` / ``"cpu"``      none (built-in CPU kernels)
+``"edgetpu"``             ``libedgetpu.so.1`` (``.1.dylib``, ``edgetpu.dll``)
+``"edgetpu:usb:0"`` ...   same, with the Edge TPU ``device`` option
+``"gpu"``                 ``libtensorflowlite_gpu_delegate.so``
+========================  =============================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import platform
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, FallbackError, InputError, ModelFormatError
+from . import Backend, ExecutionInfo, RawTensor
+
+_log = logging.getLogger("edgeship.runtime")
+
+_EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+_GPU_LIB = "libtensorflowlite_gpu_delegate.so"
+
+
+def delegate_for_device(device: str | None) -> tuple[str | None, dict]:
+    """(delegate library, options) that runs a TFLite model on ``device``.
+
+    Raises:
+        InputError: ``device`` is not one of ``cpu``, ``gpu``, ``edgetpu[:spec]``.
+    """
+    if device is None or device == "cpu":
+        return None, {}
+    if device == "gpu":
+        return _GPU_LIB, {}
+    if device == "edgetpu" or device.startswith("edgetpu:"):
+        lib = _EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
+        spec = device[len("edgetpu:"):] if ":" in device else ""
+        return lib, ({"device": spec} if spec else {})
+    raise InputError(f"device {device!r} is not known to the TFLite backend; expected 'cpu', 'gpu', 'edgetpu' or "
+                     "'edgetpu:usb:0' / 'edgetpu:pci:0'")
+
+
+def _raw(detail: dict) -> RawTensor:
+    sig = detail.get("shape_signature")
+    if sig is None or len(sig) != len(detail["shape"]):
+        sig = detail["shape"]
+    shape = tuple(None if int(d) < 0 else int(d) for d in sig)
+    qp = detail.get("quantization_parameters") or {}
+    scales = tuple(float(s) for s in np.asarray(qp.get("scales", ()), dtype=np.float64).reshape(-1))
+    zps = tuple(int(z) for z in np.asarray(qp.get("zero_points", ()), dtype=np.int64).reshape(-1))
+    if not scales and detail.get("quantization", (0.0, 0))[0]:
+        scales, zps = (float(detail["quantization"][0]),), (int(detail["quantization"][1]),)
+    if scales and not zps:
+        zps = (0,) * len(scales)
+    return RawTensor(name=str(detail["name"]), shape=shape, dtype=np.dtype(detail["dtype"]), scale=scales,
+                     zero_point=zps, axis=int(qp.get("quantized_dimension", 0)))
+
+
+class _TFLiteBackend(Backend):
+    """Runs a ``.tflite`` file with one interpreter (not thread-safe: the Model locks)."""
+
+    formats = ("tflite",)
+    thread_safe = False
+    _module = ""  # module holding Interpreter and load_delegate
+    _package = ""  # pip package named in messages
+
+    # -- discovery -------------------------------------------------------------------
+
+    @classmethod
+    def _import(cls):
+        return importlib.import_module(cls._module)
+
+    @classmethod
+    def _version(cls) -> str:
+        try:
+            from importlib.metadata import version  # noqa: PLC0415
+
+            return version(cls._package)
+        except Exception:  # noqa: BLE001 - metadata is best effort
+            return ""
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            cls._import()
+        except ImportError as exc:
+            return False, f"{cls.name}: {cls._module} cannot be imported ({exc.__class__.__name__}: {exc})"
+        return True, ""
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def __init__(self, path: str, *, threads: int | None = None, delegates: Sequence = (), strict: bool = False,
+                 options: dict | None = None) -> None:
+        try:
+            mod = self._import()
+        except ImportError as exc:
+            raise BackendUnavailableError(f"{self.name}: cannot import {self._module}: {exc}") from None
+        options = dict(options or {})
+        device = options.pop("device", None)
+        skipped: list = []
+        fallback = False
+        wanted = list(delegates)
+        lib, dopts = delegate_for_device(device)
+        if lib is not None:
+            wanted.append((lib, dopts))
+        loaded, names = [], []
+        for d in wanted:
+            if isinstance(d, (tuple, list)):
+                dlib, dopt = d[0], dict(d[1] or {})
+            elif isinstance(d, str):
+                dlib, dopt = d, {}
+            else:  # an already loaded delegate object
+                loaded.append(d)
+                names.append(type(d).__name__)
+                continue
+            try:
+                loaded.append(mod.load_delegate(dlib, dopt))
+                names.append(os.path.basename(dlib))
+            except (ValueError, OSError, RuntimeError) as exc:
+                why = f"delegate {dlib}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+                if strict:
+                    raise FallbackError(f"{why}; strict=True forbids running without it") from None
+                skipped.append(why)
+                fallback = True
+                _log.warning("%s: %s; running on CPU instead", self.name, why)
+        self.threads = threads
+        try:
+            interp = self._make_interpreter(mod, path, threads, loaded)
+        except (ValueError, RuntimeError) as exc:
+            if not loaded:
+                raise _format_error(path, exc) from None
+            # A delegate that cannot take the graph: retry on the CPU unless strict.
+            why = f"delegate {', '.join(names)} failed on this model: {str(exc).strip()[:200]}"
+            if strict:
+                raise FallbackError(f"{why}; strict=True forbids running without it") from None
+            _log.warning("%s: %s; running on CPU instead", self.name, why)
+            skipped.append(why)
+            fallback, loaded, names = True, [], []
+            try:
+                interp = self._make_interpreter(mod, path, threads, [])
+            except (ValueError, RuntimeError) as exc2:
+                raise _format_error(path, exc2) from None
+        self._interp = interp
+        in_details = interp.get_input_details()
+        out_details = interp.get_output_details()
+        self._in_idx = tuple(int(d["index"]) for d in in_details)
+        self._out_idx = tuple(int(d["index"]) for d in out_details)
+        self.inputs = [_raw(d) for d in in_details]
+        self.outputs = [_raw(d) for d in out_details]
+        self._batch = int(in_details[0]["shape"][0]) if in_details and len(in_details[0]["shape"]) else None
+        self._full_shapes = [tuple(int(v) for v in d["shape"]) for d in in_details]
+        self.info = ExecutionInfo(
+            backend=self.name,
+            engine_version=self._version(),
+            device=("edgetpu" if device and device.startswith("edgetpu") else device or "cpu") if names else "cpu",
+            delegate=", ".join(names) or None,
+            threads=threads,
+            skipped=skipped,
+            fallback=fallback,
+        )
+
+    @staticmethod
+    def _make_interpreter(mod, path, threads, delegates):
+        kwargs = {"model_path": path}
+        if threads is not None:
+            kwargs["num_threads"] = int(threads)
+        if delegates:
+            kwargs["experimental_delegates"] = list(delegates)
+        interp = mod.Interpreter(**kwargs)
+        interp.allocate_tensors()
+        return interp
+
+    # -- running ---------------------------------------------------------------------
+
+    def invoke(self, arrays: list) -> list:
+        interp = self._interp
+        for idx, arr in zip(self._in_idx, arrays):
+            interp.set_tensor(idx, arr)
+        interp.invoke()
+        get = interp.get_tensor
+        return [get(i) for i in self._out_idx]
+
+    def resize_batch(self, batch: int) -> bool:
+        """Resize every input's batch axis to ``batch`` (only if it is dynamic)."""
+        if batch == self._batch:
+            return True
+        if any(not t.shape or t.shape[0] is not None for t in self.inputs):
+            return False
+        try:
+            for idx, full in zip(self._in_idx, self._full_shapes):
+                self._interp.resize_tensor_input(idx, [batch, *full[1:]], strict=True)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError):
+            return False
+        self._batch = batch
+        return True
+
+    @property
+    def batch(self) -> int | None:
+        """The batch size the interpreter is currently allocated for."""
+        return self._batch
+
+    def close(self) -> None:
+        self._interp = None
+
+
+def _format_error(path: str, exc: Exception) -> ModelFormatError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelFormatError(
+        f"{path} cannot be loaded as a TFLite model ({msg}): the file is corrupt, truncated or not a .tflite "
+        "flatbuffer, or it needs custom ops this interpreter lacks; re-copy or re-convert it"
+    )
+
+
+class LiteRTBackend(_TFLiteBackend):
+    name = "litert"
+    _module = "ai_edge_litert.interpreter"
+    _package = "ai-edge-litert"
+
+
+class TFLiteRuntimeBackend(_TFLiteBackend):
+    name = "tflite_runtime"
+    _module = "tflite_runtime.interpreter"
+    _package = "tflite-runtime"
+
+
+class TensorFlowLiteBackend(_TFLiteBackend):
+    """``tf.lite.Interpreter``: only when neither LiteRT nor tflite_runtime is installed."""
+
+    name = "tensorflow.lite"
+    _module = "tensorflow.lite"
+    _package = "tensorflow"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        # Do not import TensorFlow (seconds, gigabytes) just to ask.
+        try:
+            found = importlib.util.find_spec("tensorflow") is not None
+        except (ImportError, ValueError) as exc:
+            return False, f"{cls.name}: tensorflow cannot be imported ({exc})"
+        return (True, "") if found else (False, f"{cls.name}: tensorflow is not installed")
+
+    @classmethod
+    def _import(cls):
+        tf = importlib.import_module("tensorflow")
+
+        class _Mod:  # Interpreter and load_delegate under one name, like the other two
+            Interpreter = tf.lite.Interpreter
+            load_delegate = staticmethod(tf.lite.experimental.load_delegate)
+
+        return _Mod
