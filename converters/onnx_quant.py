@@ -1,0 +1,418 @@
+"""FP32 ONNX -> INT8 QDQ ONNX through ``onnxruntime.quantization``.
+
+Steps: check the file (:mod:`.onnx_safety`), fix dynamic dimensions (batch 1
+unless ``input_shape`` says otherwise), upgrade opset < 13 to 13 when
+per-channel QDQ needs it, ``quant_pre_process`` (symbolic + ONNX shape
+inference, ORT graph optimisation), then ``quantize_static`` in QDQ format with
+a calibration reader over the real calibration samples.
+
+Activation/weight types are chosen per target so that INT8 is really faster
+(see :data:`TARGET_SCHEMES`). Measured on MobileNetV2, 2 threads, x86: FP32
+2.4 ms; int8 activations + int8 weights 2.6 ms (no gain: the x86 kernels want
+u8 activations); uint8 activations + int8 weights 1.1 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeship.errors import CalibrationError, InputError, ModelFormatError, require
+
+from .registry import CalibMethod
+
+__all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES"]
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """Activation/weight types and symmetry for one target, and why."""
+
+    activation: str  # "uint8" | "int8"
+    weight: str  # "int8" | "uint8"
+    activation_symmetric: bool
+    weight_symmetric: bool
+    reason: str
+
+
+TARGET_SCHEMES = {
+    "x86": QuantScheme(
+        "uint8", "int8", False, True,
+        "x86 CPU: ONNX Runtime's int8 GEMM/conv kernels (AVX2/AVX-512/VNNI) take uint8 activations "
+        "and int8 weights (U8S8); int8 activations gain nothing (MobileNetV2, 2 threads: FP32 2.4 ms, "
+        "S8S8 2.6 ms, U8S8 1.1 ms)",
+    ),
+    "arm": QuantScheme(
+        "int8", "int8", False, True,
+        "ARM64 CPU: ONNX Runtime's QDQ kernels run S8S8 (dot-product instructions) as fast as U8U8; "
+        "int8/int8 is the recommended default there",
+    ),
+    "tensorrt": QuantScheme(
+        "int8", "int8", True, True,
+        "TensorRT (Jetson/GPU): explicit-quantization QDQ must be int8 and symmetric "
+        "(zero point 0) for activations and weights; TensorRT fuses the Q/DQ pairs into int8 kernels",
+    ),
+}
+
+_TARGET_ALIASES = {
+    "cpu": None,  # resolved from the machine
+    "edgetpu": None,  # the ONNX artifact of an Edge TPU bundle runs on the host CPU
+    "x86": "x86", "x86_64": "x86", "amd64": "x86",
+    "arm": "arm", "arm64": "arm", "aarch64": "arm", "rpi": "arm", "raspberrypi": "arm",
+    "tensorrt": "tensorrt", "trt": "tensorrt", "jetson": "tensorrt", "gpu": "tensorrt", "cuda": "tensorrt",
+}
+
+
+def scheme_for_target(target: str) -> tuple[str, QuantScheme]:
+    """(resolved target name, scheme) for ``target`` ("cpu" follows this machine)."""
+    key = str(target or "cpu").lower()
+    if key not in _TARGET_ALIASES:
+        raise InputError(
+            f"unknown ONNX quantization target {target!r}; expected one of {', '.join(sorted(_TARGET_ALIASES))}"
+        )
+    resolved = _TARGET_ALIASES[key]
+    if resolved is None:
+        mach = platform.machine().lower()
+        resolved = "arm" if mach.startswith(("arm", "aarch")) else "x86"
+    return resolved, TARGET_SCHEMES[resolved]
+
+
+def _has_vnni() -> bool | None:
+    try:
+        with open("/proc/cpuinfo", "r", encoding="utf-8", errors="replace") as fh:
+            flags = fh.read()
+    except OSError:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+
+
+# ---------------------------------------------------------------------------------------
+# Tensor dicts for the manifest
+# ---------------------------------------------------------------------------------------
+
+_ELEM = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 5: "int16", 6: "int32", 7: "int64", 9: "bool"}
+
+
+def _value_info_dict(vi) -> dict:
+    tt = vi.type.tensor_type
+    dtype = _ELEM.get(tt.elem_type)
+    if dtype is None:
+        raise ModelFormatError(f"tensor {vi.name!r} has ONNX element type {tt.elem_type}, which edgeship does not handle")
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return {"name": vi.name, "shape": shape, "dtype": dtype, "quantization": None}
+
+
+def io_tensors(model) -> tuple[list, list]:
+    """(inputs, outputs) tensor dicts of a ModelProto (initializers excluded from inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    ins = [_value_info_dict(v) for v in model.graph.input if v.name not in inits]
+    outs = [_value_info_dict(v) for v in model.graph.output]
+    return ins, outs
+
+
+def default_opset(model) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Preparation: dims and opset
+# ---------------------------------------------------------------------------------------
+
+
+def _fix_dims(model, input_shape, calib: np.ndarray | None) -> list:
+    """Fix dynamic input dims in place. Returns notes."""
+    notes = []
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in inits]
+    params: dict = {}
+    for idx, vi in enumerate(inputs):
+        dims = vi.type.tensor_type.shape.dim
+        want = None
+        if input_shape is not None:
+            shp = list(input_shape[idx] if (len(inputs) > 1 and isinstance(input_shape[0], (list, tuple))) else input_shape)
+            if len(shp) == len(dims) - 1:
+                shp = [1] + shp
+            if len(shp) != len(dims):
+                raise InputError(
+                    f"input_shape {tuple(input_shape)} does not fit input {vi.name!r} of rank {len(dims)}"
+                )
+            want = shp
+        for j, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                if want is not None and want[j] is not None and want[j] != d.dim_value:
+                    raise InputError(
+                        f"input_shape says dim {j} of {vi.name!r} is {want[j]}, but the model fixes it to {d.dim_value}"
+                    )
+                continue
+            if want is not None:
+                value = want[j]
+            elif j == 0:
+                value = 1
+            elif calib is not None and calib.ndim == len(dims) and len(inputs) == 1:
+                value = int(calib.shape[j])
+            else:
+                value = None
+            if value is None or value == -1:
+                continue  # kept dynamic, as asked
+            name = d.dim_param
+            d.ClearField("dim_param")
+            d.dim_value = int(value)
+            if name:
+                params[name] = int(value)
+            notes.append(f"input {vi.name!r} dim {j} ({name or '?'}) fixed to {value}")
+    if params:
+        for vi in list(model.graph.output) + list(model.graph.value_info):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.dim_param in params:
+                    value = params[d.dim_param]
+                    d.ClearField("dim_param")
+                    d.dim_value = value
+    return notes
+
+
+def prepare_fp32(src_path: str, dst_path: str, *, input_shape=None, calib=None, per_channel=True) -> dict:
+    """Checked copy of ``src_path`` with fixed dims and opset >= 13 (per-channel). Returns info."""
+    onnx = require("onnx", "convert", "for ONNX quantization")
+    from .onnx_safety import load_checked  # noqa: PLC0415
+
+    model = load_checked(src_path)
+    notes = _fix_dims(model, input_shape, calib)
+    opset = default_opset(model)
+    if per_channel and opset < 13:
+        from onnx import version_converter  # noqa: PLC0415
+
+        try:
+            model = version_converter.convert_version(model, 13)
+        except Exception as exc:
+            raise ModelFormatError(
+                f"{src_path}: cannot upgrade opset {opset} to 13 for per-channel quantization ({exc}); "
+                "pass per_channel=False or export the model with opset >= 13"
+            ) from None
+        notes.append(f"opset {opset} upgraded to 13 (per-channel QDQ needs opset >= 13)")
+        opset = 13
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort here; quant_pre_process does it again
+        pass
+    onnx.save(model, dst_path)
+    return {"opset": opset, "notes": notes}
+
+
+# ---------------------------------------------------------------------------------------
+# Quantization
+# ---------------------------------------------------------------------------------------
+
+
+def _reader(input_names: list, calib: np.ndarray, batch: int = 1, dtype=np.float32):
+    """Feeds ``calib`` in batches of the model's fixed batch size (repeating samples to fill)."""
+    from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
+
+    if batch > 1 and len(calib) % batch:
+        calib = np.concatenate([calib, calib[: batch - len(calib) % batch]], axis=0)
+        while len(calib) % batch:  # fewer samples than one batch
+            calib = np.concatenate([calib, calib[: batch - len(calib) % batch]], axis=0)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._i = 0
+
+        def get_next(self):
+            if self._i >= len(calib):
+                return None
+            x = np.ascontiguousarray(calib[self._i:self._i + batch], dtype=dtype)
+            self._i += batch
+            return {input_names[0]: x}
+
+        def rewind(self) -> None:
+            self._i = 0
+
+    return _Reader()
+
+
+def _split_exclude(model, exclude) -> tuple[list, list]:
+    names = {n.name for n in model.graph.node if n.name}
+    ops = {n.op_type for n in model.graph.node}
+    nodes, op_types = [], []
+    for item in exclude or ():
+        if item in names:
+            nodes.append(item)
+        elif item in ops:
+            op_types.append(item)
+        else:
+            raise InputError(
+                f"exclude entry {item!r} is neither a node name nor an op type of this model "
+                f"(op types: {', '.join(sorted(ops))})"
+            )
+    return nodes, op_types
+
+
+_QUANTIZABLE = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid",
+    "MaxPool", "GlobalAveragePool", "AveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
+    "Unsqueeze", "Resize", "Split", "Pad", "Softmax", "HardSwish", "HardSigmoid", "Gather", "Where",
+    "InstanceNormalization", "LayerNormalization", "ArgMax", "Sub", "Div", "Slice",
+)
+
+
+def quantize_onnx(
+    fp32_path: str,
+    out_path: str,
+    calib: np.ndarray,
+    *,
+    target: str = "cpu",
+    calib_method: CalibMethod = CalibMethod.MINMAX,
+    per_channel: bool = True,
+    exclude=(),
+    input_shape=None,
+    workdir: str | None = None,
+) -> dict:
+    """Quantize ``fp32_path`` to an INT8 QDQ model at ``out_path``.
+
+    ``calib``: float32 samples ``(N, ...)`` in the model's own input layout.
+    ``exclude``: node names or op types kept in float.
+
+    Returns the exporter dict (format, precision, io, layout-free inputs/outputs,
+    notes, extra) with the chosen activation/weight types and the reason.
+
+    Raises:
+        CalibrationError: no or mis-shaped calibration samples.
+        InputError: an unknown target or exclude entry, a bad input_shape.
+        ModelFormatError / UnsafeModelError: see :mod:`.onnx_safety`.
+    """
+    onnx = require("onnx", "convert", "for ONNX quantization")
+    require("onnxruntime", "convert", "for ONNX quantization")
+    from onnxruntime.quantization import (  # noqa: PLC0415
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+
+    if calib is None or len(calib) == 0:
+        raise CalibrationError("INT8 ONNX quantization needs calibration samples; none were given")
+    calib = np.asarray(calib, dtype=np.float32)
+    resolved, scheme = scheme_for_target(target)
+    method = CalibMethod(calib_method)
+    own_tmp = workdir is None
+    work = tempfile.mkdtemp(prefix="edgeship-onnxq-") if own_tmp else workdir
+    try:
+        prepared = os.path.join(work, "q_prepared.onnx")
+        pre = os.path.join(work, "q_preprocessed.onnx")
+        qout = os.path.join(work, "q_int8.onnx")
+        prep = prepare_fp32(fp32_path, prepared, input_shape=input_shape, calib=calib, per_channel=per_channel)
+        notes = list(prep["notes"])
+        try:
+            quant_pre_process(prepared, pre, skip_optimization=False)
+        except Exception as exc:  # symbolic shape inference fails on some graphs; go without it
+            notes.append(f"quant_pre_process skipped ({type(exc).__name__}: {str(exc)[:120]})")
+            shutil.copyfile(prepared, pre)
+        model = onnx.load(pre)
+        ins, _ = io_tensors(model)
+        if len(ins) != 1:
+            raise CalibrationError(f"calibration feeds one input; this model has {len(ins)}: "
+                                   f"{', '.join(t['name'] for t in ins)}")
+        want = ins[0]["shape"][1:]
+        if len(want) != calib.ndim - 1 or any(w is not None and w != s for w, s in zip(want, calib.shape[1:])):
+            raise CalibrationError(
+                f"calibration samples have shape {tuple(calib.shape[1:])} per sample, the model input "
+                f"{ins[0]['name']!r} takes {tuple(want)}"
+            )
+        nodes_ex, ops_ex = _split_exclude(model, exclude)
+        present = {n.op_type for n in model.graph.node}
+        op_types = None
+        if ops_ex:
+            op_types = sorted((present & set(_QUANTIZABLE)) - set(ops_ex))
+        vnni = _has_vnni()
+        reduce_range = bool(resolved == "x86" and vnni is False)
+        qt = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        cm = {
+            CalibMethod.MINMAX: CalibrationMethod.MinMax,
+            CalibMethod.ENTROPY: CalibrationMethod.Entropy,
+            CalibMethod.PERCENTILE: CalibrationMethod.Percentile,
+        }[method]
+        extra = {
+            "ActivationSymmetric": scheme.activation_symmetric,
+            "WeightSymmetric": scheme.weight_symmetric,
+        }
+        if method is CalibMethod.PERCENTILE:
+            extra["CalibPercentile"] = 99.999
+        try:
+            # ORT's calibrators print progress to stdout; keep stdout clean for `--json`.
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    pre, qout, _reader([ins[0]["name"]], calib, ins[0]["shape"][0] or 1),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=op_types,
+                    per_channel=per_channel,
+                    reduce_range=reduce_range,
+                    activation_type=qt[scheme.activation],
+                    weight_type=qt[scheme.weight],
+                    nodes_to_exclude=nodes_ex or None,
+                    calibrate_method=cm,
+                    extra_options=extra,
+                )
+        except (CalibrationError, InputError):
+            raise
+        except Exception as exc:
+            raise ModelFormatError(f"{fp32_path}: ONNX Runtime quantization failed ({type(exc).__name__}: {exc})") from exc
+        shutil.copyfile(qout, out_path)
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    qmodel = onnx.load(out_path)
+    qins, qouts = io_tensors(qmodel)
+    n_q = sum(1 for n in qmodel.graph.node if n.op_type == "QuantizeLinear")
+    n_dq = sum(1 for n in qmodel.graph.node if n.op_type == "DequantizeLinear")
+    if n_dq == 0:
+        raise ModelFormatError(f"{fp32_path}: quantization produced no QDQ nodes; nothing was quantized")
+    reason = scheme.reason
+    if reduce_range:
+        reason += "; reduce_range (7-bit weights) because this CPU has no VNNI and U8S8 could saturate"
+    notes.append(
+        f"INT8 QDQ for target {resolved}: activations {scheme.activation}"
+        f"{' symmetric' if scheme.activation_symmetric else ''}, weights {scheme.weight}"
+        f"{' per-channel' if per_channel else ' per-tensor'} symmetric; calibration {method.value} "
+        f"on {len(calib)} samples; because {reason}"
+    )
+    if nodes_ex or ops_ex:
+        notes.append(f"kept in float: nodes {nodes_ex or '-'}, op types {ops_ex or '-'}")
+    settings = {
+        "target": resolved,
+        "requested_target": str(target),
+        "format": "QDQ",
+        "activation_type": scheme.activation,
+        "weight_type": scheme.weight,
+        "activation_symmetric": scheme.activation_symmetric,
+        "weight_symmetric": scheme.weight_symmetric,
+        "per_channel": bool(per_channel),
+        "reduce_range": reduce_range,
+        "cpu_vnni": vnni,
+        "calibrate_method": method.value,
+        "calibration_samples": int(len(calib)),
+        "nodes_to_exclude": list(nodes_ex),
+        "op_types_excluded": list(ops_ex),
+        "opset": default_opset(qmodel),
+        "quantize_linear_nodes": n_q,
+        "dequantize_linear_nodes": n_dq,
+        "reason": reason,
+    }
+    return {
+        "format": "onnx",
+        "precision": "int8",
+        "io": "float",
+        "inputs": qins,
+        "outputs": qouts,
+        "notes": notes,
+        "extra": {"onnx_quantization": settings},
+    }
