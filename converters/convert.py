@@ -1,0 +1,434 @@
+"""``convert()``: a model in, a calibrated, validated, atomically written bundle out."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeship import __version__
+from edgeship import metrics as _metrics
+from edgeship.bundle import BundleWriter
+from edgeship.calibration import RANDOM, CalibrationSet, load_samples
+from edgeship.errors import CalibrationError, InputError, UnsupportedModelError, ValidationFailedError
+from edgeship.preprocess import ColorOrder, PreprocessSpec
+
+from . import registry
+from . import report as _report
+from .registry import CalibMethod, ExportRequest, Format, IOType, Precision
+
+CALIBRATION_FILE = "calibration.npz"
+TASKS = ("classification", "detection", "regression", "other")
+MAX_VALIDATION = 200
+MIN_VALIDATION = 8
+_INTEGER = (Precision.INT8, Precision.INT16X8)
+_METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What :func:`convert` produced.
+
+    Attributes:
+        bundle: absolute path of the written bundle folder.
+        manifest: the manifest as written.
+        warnings: things the user should know (slow choices, skipped files, assumptions).
+    """
+
+    bundle: str
+    manifest: dict
+    warnings: tuple = ()
+
+    def table(self) -> str:
+        """Sizes and validation metrics per artifact, as a markdown table."""
+        return _report.validation_table(self.manifest)
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+def _enum(value: Any, enum: type[Enum], what: str):
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(value.value if isinstance(value, Enum) else value)
+    except (ValueError, TypeError):
+        choices = ", ".join(repr(e.value) for e in enum)
+        raise InputError(f"{what}={value!r} is not supported; expected one of {choices}") from None
+
+
+def _parse_formats(formats) -> tuple:
+    if isinstance(formats, (str, Format)):
+        formats = (formats,)
+    try:
+        items = list(formats)
+    except TypeError:
+        raise InputError(f"formats={formats!r} must be a format name or a sequence of them") from None
+    if not items:
+        raise InputError("formats is empty; expected at least one of 'tflite', 'onnx'")
+    return tuple(dict.fromkeys(_enum(f, Format, "formats") for f in items))
+
+
+def _parse_io(io, precision: Precision, warnings: list) -> tuple[IOType, str]:
+    """``(IOType for the exporter, manifest io value)``."""
+    if isinstance(io, str) and io == "int16":
+        if precision is not Precision.INT16X8:
+            raise InputError(f"io='int16' needs precision='int16x8'; precision {precision.value} has float or 8-bit I/O")
+        return IOType.INT8, "int16"
+    io_t = _enum(io, IOType, "io")
+    if precision not in _INTEGER and io_t is not IOType.FLOAT:
+        warnings.append(f"io={io_t.value!r} does not apply to precision {precision.value} (float inputs and outputs); "
+                        "the artifact takes and returns float32")
+        return IOType.FLOAT, "float"
+    if precision is Precision.INT16X8:
+        if io_t is IOType.UINT8:
+            raise InputError("int16x8 models take int16 or float I/O; io='uint8' is not possible (use 'int16' or 'float')")
+        return io_t, ("int16" if io_t is IOType.INT8 else "float")
+    return io_t, io_t.value
+
+
+def _parse_preprocess(preprocess, sample_shape: tuple) -> PreprocessSpec | None:
+    if preprocess is None or isinstance(preprocess, PreprocessSpec):
+        return preprocess
+    size = sample_shape[:2] if len(sample_shape) == 3 else None
+    channels = sample_shape[-1] if len(sample_shape) == 3 else None
+    if isinstance(preprocess, dict):
+        d = dict(preprocess)
+        if "size" not in d and size is not None:
+            d["size"] = list(size)
+        if "color" not in d and channels == 1:
+            d["color"] = "gray"
+        try:
+            return PreprocessSpec.from_dict(d)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"preprocess={preprocess!r} is malformed: {exc}") from None
+    if isinstance(preprocess, str):
+        return PreprocessSpec.parse(preprocess, default_size=size, channels=channels)
+    raise InputError(f"preprocess must be a PreprocessSpec, a dict or a 'key=value,...' string; got {type(preprocess).__name__}")
+
+
+def _default_preprocess(sample_shape: tuple) -> PreprocessSpec | None:
+    """Pixels scaled to [0, 1], RGB or gray, for image-shaped NHWC inputs."""
+    if len(sample_shape) == 3 and sample_shape[-1] in (1, 3):
+        return PreprocessSpec(size=(int(sample_shape[0]), int(sample_shape[1])),
+                              color=ColorOrder.GRAY if sample_shape[-1] == 1 else ColorOrder.RGB)
+    return None
+
+
+def _parse_labels(labels) -> list | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        path = os.fspath(labels)
+        if not os.path.isfile(path):
+            raise InputError(f"labels file {path!r} does not exist (expected one label per line)")
+        with open(path, "r", encoding="utf-8") as fh:
+            return [ln.strip() for ln in fh if ln.strip()]
+    try:
+        return [str(v) for v in labels]
+    except TypeError:
+        raise InputError(f"labels must be a list of names or a text file path; got {type(labels).__name__}") from None
+
+
+def _is_folder(spec) -> bool:
+    return isinstance(spec, (str, os.PathLike)) and os.path.isdir(os.fspath(spec))
+
+
+def _versions() -> dict:
+    from importlib import metadata  # noqa: PLC0415
+
+    out = {"edgeship": __version__, "python": platform.python_version()}
+    for dist in ("tensorflow", "keras", "tf-keras", "ai-edge-litert", "numpy", "onnxruntime", "opencv-python-headless"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _register_plugins() -> None:
+    from . import keras_loader, tflite  # noqa: F401,PLC0415
+
+    try:
+        importlib.import_module("edgeship.converters.onnx_formats")
+    except ModuleNotFoundError as exc:
+        if exc.name != "edgeship.converters.onnx_formats":
+            raise
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def _split(data: CalibrationSet, calib_count: int, want_val: int, seed: int, warnings: list):
+    """``(calibration part, validation part)`` of one loaded set, held out when possible."""
+    n = len(data)
+    order = np.random.default_rng(seed + 1).permutation(n)
+    n_val = min(want_val, n // 3)
+    if n_val < MIN_VALIDATION:
+        warnings.append(f"only {n} samples: validation reuses the calibration samples (not held out); "
+                        "pass eval_data or more samples for an honest measurement")
+        part = data.subset(order[: min(n, calib_count)])
+        return part, part, False
+    val = data.subset(np.sort(order[:n_val]))
+    cal = data.subset(np.sort(order[n_val : n_val + calib_count]))
+    return cal, val, True
+
+
+# -- convert ---------------------------------------------------------------------------
+
+
+def convert(
+    model: Any,
+    output: str | os.PathLike,
+    *,
+    calib: Any = None,
+    precision: Precision | str = "int8",
+    io: IOType | str = "int8",
+    formats: Sequence[Format | str] | Format | str = ("tflite",),
+    preprocess: PreprocessSpec | dict | str | None = None,
+    labels: Sequence[str] | str | None = None,
+    eval_data: Any = None,
+    max_drop: float | None = None,
+    calib_count: int = 200,
+    seed: int = 0,
+    input_shape: Sequence[int] | None = None,
+    force: bool = False,
+    allow_legacy_h5: bool = False,
+    allow_unsafe: bool = False,
+    calib_method: CalibMethod | str = "minmax",
+    exclude: Sequence[str] = (),
+    target: str = "cpu",
+    task: str | None = None,
+    name: str | None = None,
+) -> ConversionResult:
+    """Convert a Keras or ONNX model into a calibrated, validated bundle folder.
+
+    The bundle holds one artifact per format, ``calibration.npz`` (the samples
+    actually used), ``report.md`` and ``manifest.json``; it is written
+    atomically: on any error nothing appears at ``output`` and an existing
+    bundle there survives.
+
+    Args:
+        model: a ``.keras``/``.h5`` path, a SavedModel folder, an ``.onnx`` path
+            (when ONNX support is installed) or an in-memory Keras model.
+        output: the bundle folder to write.
+        calib: calibration data: an image folder, ``.npy``/``.npz``, an array or
+            iterable, or ``"random"`` (by name only). Needed for int8/int16x8.
+        precision: ``fp32``, ``fp16``, ``dynamic``, ``int8`` or ``int16x8``.
+        io: input/output type: ``int8``, ``uint8`` or ``float`` (``int16`` for
+            int16x8). Float precisions always have float I/O (a warning says so).
+        formats: ``tflite`` and/or ``onnx``.
+        preprocess: how images become inputs (stored in the manifest).
+        labels: class names, or a text file with one per line.
+        eval_data: data to validate on (same kinds as ``calib``); by default
+            samples held out from ``calib``.
+        max_drop: fail if accuracy (or top-1 agreement) drops more than this
+            many percentage points.
+        calib_count: at most this many calibration samples are used.
+        seed: seed for sampling and splitting.
+        input_shape: fixes unknown input dimensions (batch defaults to 1).
+        force: replace an existing bundle.
+        allow_legacy_h5: accept legacy ``.h5`` models.
+        allow_unsafe: load models that contain code (Lambda layers, custom objects).
+        calib_method: ``minmax``, ``entropy`` or ``percentile`` (ONNX; TFLite uses min/max).
+        exclude: node names to keep in float (ONNX exporter).
+        target: target device hint passed to exporters.
+        task: ``classification``, ``detection``, ``regression`` or ``other``.
+        name: bundle name (default: the output folder name).
+
+    Returns:
+        A :class:`ConversionResult`.
+
+    Raises:
+        BundleExistsError: ``output`` exists and ``force`` is false (before any work).
+        InputError: an option value is not supported.
+        UnsupportedModelError: no loader or exporter handles the model/format.
+        UnsafeModelError: the model contains code and ``allow_unsafe`` is false.
+        ModelFormatError: the model file is corrupt.
+        CalibrationError: calibration/evaluation data missing, too small or mis-shaped.
+        ValidationFailedError: an artifact collapsed or lost more than ``max_drop`` points.
+    """
+    warnings: list = []
+    prec = _enum(precision, Precision, "precision")
+    io_t, io_value = _parse_io(io, prec, warnings)
+    fmts = _parse_formats(formats)
+    method = _enum(calib_method, CalibMethod, "calib_method")
+    if task is not None and task not in TASKS:
+        raise InputError(f"task={task!r} is not supported; expected one of {', '.join(map(repr, TASKS))}")
+    if max_drop is not None:
+        if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not (max_drop >= 0):
+            raise InputError(f"max_drop={max_drop!r} must be a number of percentage points >= 0")
+    if isinstance(calib_count, bool) or not isinstance(calib_count, int) or calib_count < 1:
+        raise InputError(f"calib_count={calib_count!r} must be a positive integer")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed={seed!r} must be an integer")
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    exclude = tuple(str(e) for e in exclude)
+    label_names = _parse_labels(labels)
+
+    writer = BundleWriter(os.fspath(output), force=force)
+    writer.check_target()  # before any work
+
+    _register_plugins()
+    loader_name, loader = registry.find_loader(model)
+    if loader is None:
+        raise UnsupportedModelError(
+            f"no loader for {model!r}: expected a .keras/.h5 file, a SavedModel folder, an .onnx file or a Keras model"
+        )
+    source = loader(model, input_shape=input_shape, allow_legacy_h5=allow_legacy_h5, allow_unsafe=allow_unsafe)
+    exporters = {}
+    for f in fmts:
+        fn = registry.find_exporter(source.kind, f.value)
+        if fn is None:
+            raise UnsupportedModelError(f"no exporter writes {f.value} from a {source.kind} model")
+        exporters[f] = fn
+
+    sample_shape = tuple(int(d) for d in source.inputs[0]["shape"][1:])
+    spec = _parse_preprocess(preprocess, sample_shape)
+    if spec is None and (_is_folder(calib) or _is_folder(eval_data)):
+        spec = _default_preprocess(sample_shape)
+        if spec is not None:
+            warnings.append(
+                f"no preprocessing given: assumed {spec.color.value}, stretch-resized to "
+                f"{spec.size[0]}x{spec.size[1]}, pixels scaled by 1/255; pass preprocess= if the model expects otherwise"
+            )
+    needs_calib = prec in _INTEGER
+    want_val = 0 if eval_data is not None else max(MIN_VALIDATION, min(MAX_VALIDATION, calib_count // 2))
+
+    calib_set = val_set = None
+    held_out = False
+    if calib is not None:
+        loaded = load_samples(calib, input_shape=sample_shape, preprocess=spec, count=calib_count + want_val,
+                              seed=seed, allow_random=isinstance(calib, str) and calib == RANDOM)
+        warnings.extend(loaded.warnings)
+        if eval_data is None:
+            calib_set, val_set, held_out = _split(loaded, calib_count, want_val, seed, warnings)
+        else:
+            calib_set = loaded.subset(np.arange(min(len(loaded), calib_count)))
+    elif needs_calib:
+        raise CalibrationError(
+            f"precision {prec.value} needs calibration data: pass calib= an image folder, a .npy/.npz file or an "
+            "array (or calib='random' by name, which calibrates on noise)"
+        )
+    if eval_data is not None:
+        val_set = load_samples(eval_data, input_shape=sample_shape, preprocess=spec, count=max(MAX_VALIDATION, 1000),
+                               seed=seed, allow_random=isinstance(eval_data, str) and eval_data == RANDOM,
+                               what="evaluation")
+        warnings.extend(val_set.warnings)
+        held_out = True
+    if val_set is None:  # float precision, no data at all: a numeric check only
+        val_set = load_samples(RANDOM, input_shape=sample_shape, count=32, seed=seed, allow_random=True,
+                               what="validation")
+        warnings.append("no calib or eval_data: validated on random noise (numeric agreement only, no accuracy)")
+    if label_names is None and calib_set is not None and calib_set.classes is not None:
+        n_out = source.outputs[0]["shape"][-1] if source.outputs and source.outputs[0]["shape"] else None
+        if n_out == len(calib_set.classes):
+            label_names = list(calib_set.classes)
+    if calib_set is not None and calib_set.kind == "random":
+        warnings.append("calibrated on random noise (asked for by name): int8 ranges do not reflect real data")
+
+    calib_x = calib_set.x if calib_set is not None else None
+    out_count = int(source.outputs[0]["shape"][-1]) if source.outputs and source.outputs[0]["shape"] and \
+        source.outputs[0]["shape"][-1] else 1
+    task_value = task or ("classification" if out_count > 1 and len(source.outputs) == 1 else "other")
+
+    with writer as w:
+        workdir = tempfile.mkdtemp(prefix=".edgeship-work-", dir=os.path.dirname(writer.target))
+        artifacts, extras = [], {}
+        try:
+            for f, fn in exporters.items():
+                fname = f"model.{prec.value}.{f.value}"
+                req = ExportRequest(precision=prec, io=io_t, calib=calib_x, out_path=w.path(fname), workdir=workdir,
+                                    target=target, calib_method=method, exclude=exclude, seed=int(seed))
+                part = dict(fn(source, req))
+                extras.update(part.pop("extra", {}) or {})
+                entry = {"file": fname, **part}
+                if f is Format.TFLITE or part.get("io") in (None, io_t.value):
+                    entry["io"] = part.get("io") or io_value
+                entry.setdefault("layout", source.layout)
+                entry["targets"] = [target]
+                entry.update(w.file_info(fname))
+                entry["notes"] = list(part.get("notes") or [])
+                warnings.extend(f"{fname}: {n}" for n in entry["notes"])
+                artifacts.append(entry)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+        calib_file = None
+        if calib_set is not None:
+            calib_file = CALIBRATION_FILE
+            arrays = {"x": calib_set.x}
+            if calib_set.y is not None:
+                arrays["y"] = calib_set.y
+            np.savez_compressed(w.path(calib_file), **arrays)
+
+        reference = source.predict(val_set.x)
+        from .validate import validate_artifact  # noqa: PLC0415
+
+        validation = {}
+        for entry in artifacts:
+            res = validate_artifact(w.path(entry["file"]), reference, val_set.x, val_set.y, name=entry["file"])
+            validation[entry["file"]] = {k: res.get(k) for k in _METRIC_KEYS}
+            if max_drop is not None:
+                drop = _metrics.drop_points(res)
+                if drop > max_drop:
+                    what = "accuracy" if res.get("accuracy") is not None else "top-1 agreement with the source"
+                    raise ValidationFailedError(
+                        f"{entry['file']}: {what} dropped {drop:.1f} points on {len(val_set)} samples, more than "
+                        f"max_drop={max_drop}; nothing was written (try int16x8, more/better calibration data or "
+                        "a float precision)"
+                    )
+        data_desc = (f"{len(val_set)} samples held out from {val_set.source}" if held_out and eval_data is None
+                     else f"{val_set.source}" + ("" if held_out else " (the calibration samples themselves)"))
+        manifest = {
+            "schema_version": 1,
+            "name": name or os.path.basename(writer.target.rstrip(os.sep)) or "model",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "task": task_value,
+            "source": {
+                "path": os.path.abspath(source.path) if source.path else None,
+                "sha256": source.sha256,
+                "format": source.format,
+                "layout": source.layout,
+                "framework_versions": dict(source.framework_versions),
+                "inputs": source.inputs,
+                "outputs": source.outputs,
+                "notes": list(source.notes),
+            },
+            "artifacts": artifacts,
+            "preprocessing": spec.to_dict() if spec is not None else None,
+            "labels": label_names,
+            "calibration": None if calib_set is None else {
+                "source": str(calib_set.source),
+                "kind": calib_set.kind,
+                "count": len(calib_set),
+                "sha256": calib_set.sha256,
+                "method": "minmax" if all(a["format"] == "tflite" for a in artifacts) else method.value,
+                "seed": int(seed),
+                "file": calib_file,
+            },
+            "pruning": None,
+            "validation": {"data": data_desc, "count": len(val_set), "artifacts": validation},
+            "tools": _versions(),
+            "settings": {
+                "precision": prec.value, "io": io_value, "formats": [f.value for f in fmts],
+                "calib_count": calib_count, "seed": int(seed), "calib_method": method.value,
+                "exclude": list(exclude), "target": target, "max_drop": max_drop,
+                "input_shape": list(source.inputs[0]["shape"]), "allow_unsafe": bool(allow_unsafe),
+                "allow_legacy_h5": bool(allow_legacy_h5), "loader": loader_name, **extras,
+            },
+        }
+        src_bytes = os.path.getsize(source.path) if source.path and os.path.isfile(source.path) else None
+        with open(w.path(_report.REPORT_NAME), "w", encoding="utf-8") as fh:
+            fh.write(_report.render(manifest, source_bytes=src_bytes, warnings=tuple(dict.fromkeys(warnings))))
+        bundle = w.commit(manifest)
+    return ConversionResult(bundle=bundle, manifest=manifest, warnings=tuple(dict.fromkeys(warnings)))

@@ -1,0 +1,146 @@
+"""Measure a written artifact against its source model, and catch collapsed models.
+
+Artifacts are run through :func:`edgeship.runtime.load` (the same code a device
+uses: float in, float out, quantization handled from the file's own
+parameters). Until the runtime package provides ``load``, a minimal LiteRT
+runner with the same contract is used for ``.tflite`` files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeship import metrics
+from edgeship.errors import BackendUnavailableError, ValidationFailedError
+from edgeship.progress import progress
+
+BATCH = 32
+
+
+def _runtime_load():
+    try:
+        from edgeship.runtime import load  # noqa: PLC0415
+    except ImportError:
+        return None
+    return load
+
+
+def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation") -> list:
+    """Run the artifact at ``path`` on float batch ``x``; float outputs in model order.
+
+    Raises:
+        BackendUnavailableError: nothing here can run the artifact.
+    """
+    load = _runtime_load()
+    if load is not None:
+        model = load(path)
+        try:
+            parts = []
+            for s in progress(range(0, x.shape[0], BATCH), total=-(-x.shape[0] // BATCH), desc=desc):
+                out = model.run(x[s : s + BATCH])
+                parts.append([np.asarray(v, np.float32) for v in out.values()])
+        finally:
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    if not path.endswith(".tflite"):
+        raise BackendUnavailableError(f"edgeship.runtime is not available to run {path}")
+    return _run_litert(path, x, desc)
+
+
+def _run_litert(path: str, x: np.ndarray, desc: str) -> list:
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    it = Interpreter(model_path=path)
+    it.allocate_tensors()
+    ind, outd = it.get_input_details()[0], it.get_output_details()
+    batch = int(ind["shape"][0])
+    res: list = [[] for _ in outd]
+    for s in progress(range(0, x.shape[0], batch), total=-(-x.shape[0] // batch), desc=desc):
+        xb = x[s : s + batch]
+        it.set_tensor(ind["index"], _quantize(xb, ind))
+        it.invoke()
+        for i, d in enumerate(outd):
+            res[i].append(_dequantize(it.get_tensor(d["index"]), d))
+    return [np.concatenate(r) for r in res]
+
+
+def _quantize(x: np.ndarray, d: dict) -> np.ndarray:
+    dtype = np.dtype(d["dtype"])
+    scale, zp = d["quantization"]
+    if dtype.kind in "iu" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def _dequantize(y: np.ndarray, d: dict) -> np.ndarray:
+    scale, zp = d["quantization"]
+    if np.dtype(d["dtype"]).kind in "iu" and scale:
+        return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
+    return y.astype(np.float32)
+
+
+def check_collapse(reference: np.ndarray, candidate: np.ndarray, result: dict, artifact: str) -> None:
+    """Refuse an artifact whose outputs carry no information, even without ``max_drop``.
+
+    An artifact has collapsed when its outputs are non-finite, constant over the
+    validation samples while the source's vary, or (classification outputs) its
+    top-1 agrees with the source no better than chance given both models' class
+    frequencies.
+
+    Raises:
+        ValidationFailedError: with a message saying which test failed.
+    """
+    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
+    if not np.all(np.isfinite(cand)):
+        raise ValidationFailedError(f"{artifact} produces NaN or infinite outputs; the conversion is broken")
+    ref_var = float(np.max(np.ptp(ref, axis=0))) if len(ref) > 1 else 0.0
+    cand_var = float(np.max(np.ptp(cand, axis=0))) if len(cand) > 1 else 0.0
+    if len(ref) > 1 and ref_var > 1e-6 and cand_var <= 1e-6 * max(1.0, ref_var):
+        raise ValidationFailedError(
+            f"{artifact} has collapsed: it gives the same output for all {len(cand)} validation samples while "
+            "the source model's outputs vary (check the calibration data and preprocessing)"
+        )
+    agree = result.get("top1_agreement")
+    if agree is None or ref.shape[1] < 2 or len(ref) < 8:
+        return
+    k = ref.shape[1]
+    r1, c1 = np.argmax(ref, axis=1), np.argmax(cand, axis=1)
+    p_ref = np.bincount(r1, minlength=k) / len(r1)
+    p_cand = np.bincount(c1, minlength=k) / len(c1)
+    chance = float(np.sum(p_ref * p_cand))
+    if np.count_nonzero(p_ref) > 1 and agree <= chance:
+        raise ValidationFailedError(
+            f"{artifact} has collapsed: its top-1 agrees with the source on {agree:.0%} of {len(ref)} samples, "
+            f"no better than chance ({chance:.0%}) for these class frequencies"
+        )
+
+
+def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *, name: str) -> dict:
+    """Metrics of the artifact at ``path`` against the ``reference`` outputs on ``x``.
+
+    Returns:
+        ``edgeship.metrics.compare`` of the first output (plus ``outputs``: how many were compared).
+
+    Raises:
+        ValidationFailedError: the artifact collapsed or its outputs do not match the source's.
+    """
+    cand = run_artifact(path, x, desc=f"validating {name}")
+    if len(cand) != len(reference):
+        raise ValidationFailedError(f"{name} has {len(cand)} outputs but the source model has {len(reference)}")
+    results = []
+    for i, (r, c) in enumerate(zip(reference, cand)):
+        if r.reshape(r.shape[0], -1).shape != c.reshape(c.shape[0], -1).shape:
+            raise ValidationFailedError(f"{name} output {i} is shaped {c.shape} but the source gives {r.shape}")
+        res = metrics.compare(r, c, labels if i == 0 else None)
+        check_collapse(r, c, res, name)
+        results.append(res)
+    out = dict(results[0])
+    out["outputs"] = len(results)
+    if len(results) > 1:
+        out["cosine"] = float(min(r["cosine"] for r in results))
+        out["max_abs_error"] = float(max(r["max_abs_error"] for r in results))
+    return out
