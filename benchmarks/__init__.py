@@ -1,0 +1,1 @@
+"""The edgeship benchmark harness; run ``python benchmarks/run.py`` (see run.py)."""
