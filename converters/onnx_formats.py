@@ -219,6 +219,7 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
         io=request.io,
         workdir=request.workdir,
         input_shape=_input_shape_of(source),
+        target=request.target,
     )
     return info
 

@@ -1,0 +1,223 @@
+"""ONNX -> TFLite through onnx2tf, then edgeship's TFLite quantization path.
+
+onnx2tf rewrites an NCHW ONNX graph into an NHWC TensorFlow SavedModel
+(inputs become NHWC; it removes the transposes it would otherwise need). The
+SavedModel is then quantized by :func:`edgeship.converters.tflite.export`,
+the same code and calibration as Keras models, with the calibration samples
+transposed from NCHW to NHWC. The artifact records ``layout: NHWC`` while the
+source stays NCHW; ``Model.run`` transposes for the caller.
+
+Network: onnx2tf 1.28 calls ``download_test_image_data()`` (a sample file from
+GitHub) whenever all inputs are 4-D with 3 channels, *also* when no
+quantization is asked for, and for its own INT8 path. That fails offline and
+on devices, so while onnx2tf runs, edgeship replaces that function with one that
+returns the user's own calibration samples (NHWC) and replaces the
+``requests`` module onnx2tf's helpers use with one that refuses every call.
+Both are restored afterwards (under a lock, since they are module globals).
+onnx2tf's own quantization is never used (``output_integer_quantized_tflite``
+stays off) and onnxsim, which it would run as a subprocess, is turned off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+import numpy as np
+
+from edgeship.errors import CalibrationError, UnsupportedModelError, ValidationFailedError, require
+
+from .registry import ExportRequest, IOType, Precision, Source
+
+__all__ = ["onnx_to_saved_model", "onnx_to_tflite", "no_downloads"]
+
+_LOCK = threading.Lock()
+
+
+class _NoNetwork:
+    """Stands in for ``requests`` inside onnx2tf: every call is refused."""
+
+    class exceptions:  # noqa: N801 - mirrors requests.exceptions
+        class Timeout(Exception):
+            pass
+
+        class RequestException(Exception):
+            pass
+
+    def __getattr__(self, name):
+        def refuse(*_a, **_k):
+            raise RuntimeError(
+                f"edgeship blocked a network call (requests.{name}) from onnx2tf; "
+                "edgeship passes onnx2tf its own calibration data"
+            )
+
+        return refuse
+
+
+@contextlib.contextmanager
+def no_downloads(sample_nhwc: np.ndarray | None):
+    """While active, onnx2tf gets ``sample_nhwc`` instead of downloading sample images."""
+    import onnx2tf.onnx2tf as o2  # noqa: PLC0415
+    import onnx2tf.utils.common_functions as cf  # noqa: PLC0415
+
+    calls: list = []
+
+    def local_data() -> np.ndarray:
+        calls.append(1)
+        if sample_nhwc is None:
+            raise CalibrationError("onnx2tf asked for sample images and no calibration samples were given")
+        return np.asarray(sample_nhwc, dtype=np.float32)
+
+    with _LOCK:
+        saved = (o2.download_test_image_data, cf.download_test_image_data, getattr(cf, "requests", None))
+        o2.download_test_image_data = local_data
+        cf.download_test_image_data = local_data
+        cf.requests = _NoNetwork()
+        try:
+            yield calls
+        finally:
+            o2.download_test_image_data, cf.download_test_image_data, cf.requests = saved
+
+
+def _to_nhwc(x: np.ndarray, layout: str) -> np.ndarray:
+    if x.ndim == 4 and layout == "NCHW":
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x
+
+
+def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layout: str = "NCHW") -> dict:
+    """Convert a checked, static-shape ONNX file to an NHWC SavedModel in ``out_dir``.
+
+    Returns ``{"inputs": [(name, shape)], "calls": n}`` with the SavedModel's input specs.
+
+    Raises:
+        UnsupportedModelError: onnx2tf cannot convert the model.
+        MissingDependencyError: onnx2tf (edgeship[convert]) is not installed.
+    """
+    require("onnx2tf", "convert", "to convert ONNX models to TFLite")
+    import onnx2tf  # noqa: PLC0415 - heavy, and changes global TF state at import
+
+    sample = None
+    if calib is not None and len(calib):
+        sample = _to_nhwc(np.asarray(calib[:20], np.float32), source_layout)
+    try:
+        with no_downloads(sample) as calls, contextlib.redirect_stdout(sys.stderr):
+            onnx2tf.convert(
+                input_onnx_file_path=onnx_path,
+                output_folder_path=out_dir,
+                non_verbose=True,
+                not_use_onnxsim=True,
+                output_signaturedefs=True,
+                copy_onnx_input_output_names_to_tflite=False,
+                output_integer_quantized_tflite=False,
+            )
+    except CalibrationError:
+        raise
+    except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
+        raise UnsupportedModelError(f"onnx2tf could not convert {onnx_path} (exit {exc.code})") from None
+    except Exception as exc:
+        raise UnsupportedModelError(f"onnx2tf could not convert {onnx_path} ({type(exc).__name__}: {exc})") from exc
+    if not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
+        raise UnsupportedModelError(f"onnx2tf wrote no SavedModel for {onnx_path}")
+    return {"calls": len(calls)}
+
+
+def _saved_model_fn(sm_dir: str):
+    import tensorflow as tf  # noqa: PLC0415
+
+    loaded = tf.saved_model.load(sm_dir)
+    sig = loaded.signatures["serving_default"]
+    (key, spec), = sig.structured_input_signature[1].items()
+    out_keys = sorted(sig.structured_outputs)
+
+    def run(x):
+        res = sig(**{key: tf.constant(x)})
+        return [np.asarray(res[k]) for k in out_keys]
+
+    return run, [int(d) for d in spec.shape], loaded
+
+
+def onnx_to_tflite(onnx_path: str, out_path: str, *, calib=None, source_layout: str = "NCHW",
+                   precision: Precision = Precision.INT8, io: IOType = IOType.INT8,
+                   workdir: str, input_shape=None, target: str = "cpu") -> dict:
+    """ONNX file -> ``.tflite`` at ``out_path`` (exporter dict, see :mod:`.registry`).
+
+    ``calib``: float32 samples in the ONNX model's layout (``source_layout``).
+
+    Raises:
+        UnsupportedModelError: onnx2tf or the TFLite converter cannot convert the model.
+        ValidationFailedError: the float TensorFlow model onnx2tf built does not
+            reproduce the ONNX model (before any quantization).
+        CalibrationError: int8 without calibration samples.
+    """
+    from . import tflite as tflite_export  # noqa: PLC0415
+    from .onnx_quant import prepare_fp32  # noqa: PLC0415
+
+    precision = Precision(precision)
+    io = IOType(io)
+    fixed = os.path.join(workdir, "onnx2tf_input.onnx")
+    prep = prepare_fp32(onnx_path, fixed, input_shape=input_shape, calib=calib, per_channel=False)
+    sm_dir = os.path.join(workdir, "onnx2tf_saved_model")
+    conv = onnx_to_saved_model(fixed, sm_dir, calib=calib, source_layout=source_layout)
+
+    run, sm_shape, _keep = _saved_model_fn(sm_dir)
+    calib_nhwc = None if calib is None else _to_nhwc(np.asarray(calib, np.float32), source_layout)
+    if calib_nhwc is not None and list(calib_nhwc.shape[1:]) != sm_shape[1:]:
+        raise UnsupportedModelError(
+            f"onnx2tf produced input shape {sm_shape}, calibration samples are {list(calib_nhwc.shape[1:])} "
+            "after NCHW->NHWC; the model's input could not be mapped to NHWC"
+        )
+    notes = [f"ONNX -> TensorFlow with onnx2tf (inputs {source_layout} -> NHWC {sm_shape})"] + prep["notes"]
+    float_err = None
+    if calib is not None and len(calib):
+        ort = require("onnxruntime", "convert")
+        sess = ort.InferenceSession(fixed, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        k = min(len(calib), 8)
+        xs = np.asarray(calib[:k], np.float32)
+        ref = np.concatenate([sess.run(None, {name: xs[i:i + 1]})[0] for i in range(k)])
+        got = np.concatenate([run(calib_nhwc[i:i + 1])[0] for i in range(k)])
+        if got.shape != ref.shape and got.ndim == 4 and ref.ndim == 4:
+            got = got.transpose(0, 3, 1, 2)
+        if got.shape != ref.shape:
+            raise ValidationFailedError(f"onnx2tf output shape {got.shape} differs from ONNX {ref.shape}")
+        float_err = float(np.max(np.abs(got - ref)))
+        scale = 1.0 + float(np.max(np.abs(ref)))
+        if float_err > 1e-3 * scale:
+            raise ValidationFailedError(
+                f"onnx2tf's float model differs from the ONNX model by {float_err:.3g} (max abs) on {k} samples "
+                "before quantization; the TFLite artifact is refused"
+            )
+        notes.append(f"onnx2tf float model matches ONNX: max abs error {float_err:.2e} on {k} samples")
+
+    sm_source = Source(
+        kind="keras", format="saved_model", path=None, sha256=None, layout="NHWC",
+        inputs=[{"name": "input", "shape": sm_shape, "dtype": "float32", "quantization": None}],
+        outputs=[], handle=sm_dir, predict=lambda x: run(x),
+    )
+    req = ExportRequest(precision=precision, io=io, calib=calib_nhwc, out_path=out_path, workdir=workdir,
+                        target=target)
+    info = tflite_export.export(sm_source, req)
+    info = dict(info)
+    info["layout"] = "NHWC"
+    info["notes"] = notes + list(info.get("notes", [])) + [
+        f"artifact layout NHWC, source layout {source_layout}: Model.run transposes for the caller"]
+    extra = dict(info.get("extra", {}))
+    extra["onnx_to_tflite"] = {
+        "tool": "onnx2tf", "onnx2tf": _version("onnx2tf"), "source_layout": source_layout,
+        "artifact_layout": "NHWC", "saved_model_input_shape": sm_shape,
+        "float_max_abs_error": float_err, "sample_data_served_locally": conv["calls"],
+    }
+    info["extra"] = extra
+    return info
+
+
+def _version(dist: str) -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version(dist)
+    except Exception:  # pragma: no cover
+        return ""
