@@ -105,12 +105,13 @@ def iter_unsafe(config: Any, where: str = "") -> Iterator[str]:
                 fn = (node.get("config") or {}).get("function") if isinstance(node.get("config"), dict) else None
                 if not isinstance(fn, str) or any(s in fn for s in UNSAFE_TF_SYMBOLS):
                     yield f"layer {layer!r} calls TensorFlow symbol {fn!r}, which is not a pure computation"
-            if "module" in node and not _module_ok(node["module"]):
-                yield f"{layer!r} ({path}) references module {node['module']!r}, outside keras/tf_keras"
             if cls == "function":
                 name = node.get("config")
                 if not (isinstance(name, str) and _module_ok(node.get("module")) and _known_function(name)):
-                    yield f"{layer!r} ({path}) references function {name!r}, not a known Keras activation or loss"
+                    yield (f"{layer!r} ({path}) references function {name!r} from module {node.get('module')!r}, "
+                           "not a known Keras activation or loss")
+            elif "module" in node and not _module_ok(node["module"]):
+                yield f"{layer!r} ({path}) references module {node['module']!r}, outside keras/tf_keras"
             if node.get("function_type") not in (None, "function"):
                 yield f"layer {layer!r} stores a Python {node.get('function_type')} (code in the file)"
             for key, value in node.items():
