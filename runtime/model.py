@@ -376,11 +376,11 @@ class Model:
             raise InputError("all inputs must have the same batch size, got "
                              + ", ".join(f"{p.name}: {r.shape[0]}" for p, r in zip(self._in_plans, raws)))
         try:
-            if n == self._batch:
-                with self._lock:
+            with self._lock:  # the batch check belongs inside: another thread may resize
+                if n == self._batch:
                     outs = backend.invoke(raws)
-            else:
-                outs = self._run_other_batch(backend, raws, n)
+                else:
+                    outs = self._run_other_batch(backend, raws, n)
         except ValueError as exc:  # the engine refused a shape it could not check up front
             if isinstance(exc, EdgeshipError):
                 raise
@@ -400,21 +400,19 @@ class Model:
         return [p.prepare(x[p.name]) for p in self._in_plans]
 
     def _run_other_batch(self, backend, raws: list, n: int) -> list:
-        if self._dynamic_batch:
-            with self._lock:
-                if n == self._batch or backend.resize_batch(n):
-                    self._batch = n
-                    return backend.invoke(raws)
+        """Called with the lock held."""
+        if self._dynamic_batch and backend.resize_batch(n):
+            self._batch = n
+            return backend.invoke(raws)
         step = self._fixed_batch or 1
         if n % step:
             raise InputError(f"this model runs batches of exactly {step} (its batch size is fixed); "
                              f"got {n} samples, which is not a multiple of {step}")
-        with self._lock:
-            if self._batch != step:  # a dynamic model whose resize failed: go back to its allocation
-                if not backend.resize_batch(step):
-                    raise InputError(f"the engine cannot run a batch of {n} nor of {step}")
-                self._batch = step
-            parts = [backend.invoke([r[i:i + step] for r in raws]) for i in range(0, n, step)]
+        if self._batch != step:  # a dynamic model whose resize failed: go back to its allocation
+            if not backend.resize_batch(step):
+                raise InputError(f"the engine cannot run a batch of {n} nor of {step}")
+            self._batch = step
+        parts = [backend.invoke([r[i:i + step] for r in raws]) for i in range(0, n, step)]
         return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(parts[0]))]
 
     def predict(self, image) -> dict[str, np.ndarray]:
