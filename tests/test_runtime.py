@@ -438,8 +438,53 @@ def test_specs_are_frozen(fx):
         assert spec.quantization.zero_point == (-128,)
 
 
-def test_no_backend_for_format_is_typed(tmp_path):
+def test_garbage_onnx_is_a_format_error(tmp_path):
     p = tmp_path / "m.onnx"
     p.write_bytes(b"\x08\x07garbage")
-    with pytest.raises((ModelFormatError, BackendUnavailableError, EdgeshipError)):
+    with pytest.raises(ModelFormatError):
         rt.load(p)
+
+
+def _tiny_onnx(path, w):
+    """NCHW (N, 1, 8, 8) -> Flatten -> MatMul(w) -> Softmax, built with onnx.helper (no TF)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("MatMul", ["f", "w"], ["l"]),
+         helper.make_node("Softmax", ["l"], ["y"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_onnx_artifact_dispatches_through_registry_with_layout(fx, tmp_path, data):
+    pytest.importorskip("onnxruntime")
+    from edgeship.bundle import BundleWriter
+
+    w = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+    with BundleWriter(str(tmp_path / "mixed")) as bw:
+        _tiny_onnx(bw.path("model.fp32.onnx"), w)
+        shutil.copyfile(fx.path("int8"), bw.path("model.int8.tflite"))
+        tfl = F.artifact_entry(bw, "model.int8.tflite", precision="int8", io="int8")
+        onx = {"file": "model.fp32.onnx", "format": "onnx", "precision": "fp32", "io": "float", "layout": "NCHW",
+               **bw.file_info("model.fp32.onnx"),
+               "inputs": [{"name": "x", "shape": [None, 1, 8, 8], "dtype": "float32"}],
+               "outputs": [{"name": "y", "shape": [None, 10], "dtype": "float32"}]}
+        b = bw.commit(F.make_manifest([onx, tfl], source_inputs=F.DIGITS_SOURCE_INPUTS,
+                                      source_outputs=F.DIGITS_SOURCE_OUTPUTS, labels=F.DIGIT_LABELS))
+    x = data[0][:5]  # NHWC, the source layout
+    logits = np.transpose(x, (0, 3, 1, 2)).reshape(5, 64) @ w
+    ref = np.exp(logits - logits.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    with rt.load(b) as m:
+        assert m.info.backend == "litert"  # TFLite INT8 first on CPU
+    for kw in ({"artifact": "onnx"}, {"backend": "onnxruntime"}):
+        with rt.load(b, **kw) as m:
+            assert m.info.backend == "onnxruntime" and m.artifact["file"] == "model.fp32.onnx"
+            assert m.inputs[0].shape == (None, 8, 8, 1) and m.inputs[0].name == "image"
+            np.testing.assert_allclose(m.run(x)["probs"], ref, rtol=1e-4, atol=1e-6)
+            assert m.classify(_as_bgr_image(x[0]), top_k=1)[0].label.startswith("digit_")
