@@ -28,6 +28,8 @@ from .registry import CalibMethod, ExportRequest, Format, IOType, Precision
 CALIBRATION_FILE = "calibration.npz"
 TASKS = ("classification", "detection", "regression", "other")
 MAX_VALIDATION = 200
+# Artifact notes starting with these are also returned in ConversionResult.warnings.
+WARNING_NOTE_PREFIXES = ("warning:", "slow on x86:")
 MIN_VALIDATION = 8
 _INTEGER = (Precision.INT8, Precision.INT16X8)
 _METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db")
@@ -342,7 +344,8 @@ def convert(
     task_value = task or ("classification" if out_count > 1 and len(source.outputs) == 1 else "other")
 
     with writer as w:
-        workdir = tempfile.mkdtemp(prefix=".edgeship-work-", dir=os.path.dirname(writer.target))
+        # scratch space inside the bundle's temp folder: removed below, and with it on any crash
+        workdir = tempfile.mkdtemp(prefix=".work-", dir=w.dir)
         artifacts, extras = [], {}
         try:
             for f, fn in exporters.items():
@@ -352,13 +355,13 @@ def convert(
                 part = dict(fn(source, req))
                 extras.update(part.pop("extra", {}) or {})
                 entry = {"file": fname, **part}
-                if f is Format.TFLITE or part.get("io") in (None, io_t.value):
-                    entry["io"] = part.get("io") or io_value
+                entry["io"] = part.get("io") or io_value
                 entry.setdefault("layout", source.layout)
                 entry["targets"] = [target]
                 entry.update(w.file_info(fname))
                 entry["notes"] = list(part.get("notes") or [])
-                warnings.extend(f"{fname}: {n}" for n in entry["notes"])
+                # notes are informational; the ones flagged as warnings (or slow choices) are surfaced too
+                warnings.extend(f"{fname}: {n}" for n in entry["notes"] if n.startswith(WARNING_NOTE_PREFIXES))
                 artifacts.append(entry)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -289,11 +289,11 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
     if request.precision in SLOW_ON_X86:
         notes.append("slow on x86: " + SLOW_ON_X86[request.precision])
     if request.exclude:
-        notes.append(f"exclude={list(request.exclude)} is applied by the ONNX exporter only; the TFLite "
+        notes.append(f"warning: exclude={list(request.exclude)} is applied by the ONNX exporter only; the TFLite "
                      "converter quantizes every supported op")
     if request.calib_method is not registry.CalibMethod.MINMAX and request.precision in (
             Precision.INT8, Precision.INT16X8):
-        notes.append(f"calib_method={request.calib_method.value} is not available in the TFLite converter; "
+        notes.append(f"warning: calib_method={request.calib_method.value} is not available in the TFLite converter; "
                      "it calibrated with min/max ranges")
     return {
         "format": "tflite",
