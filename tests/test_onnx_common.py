@@ -97,3 +97,53 @@ def test_nhwc_variant_matches_nchw(tmp_path):
     ya = reference_run(tmp_path / "a.onnx", x)
     yb = reference_run(tmp_path / "b.onnx", x.transpose(0, 2, 3, 1))
     np.testing.assert_allclose(ya, yb, atol=1e-5)
+
+
+def digits_conv_net(path, *, seed=0):
+    """An NCHW (N,3,8,8) CNN that really classifies sklearn's bundled 8x8 digits.
+
+    Two seeded random conv layers extract features; a logistic-regression head
+    fitted on them (sklearn) becomes the Flatten -> Gemm classifier. Returns
+    ``(calib, x_eval, y_eval)`` as float32 NCHW arrays.
+    """
+    import warnings
+
+    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.linear_model import LogisticRegression
+
+    d = datasets.load_digits()
+    x = np.repeat((d.images / 16.0).astype(np.float32)[:, None], 3, axis=1)  # (N, 3, 8, 8)
+    y = d.target
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.4, (12, 3, 3, 3)).astype(np.float32)
+    b1 = rng.normal(0, 0.05, (12,)).astype(np.float32)
+    w2 = rng.normal(0, 0.2, (16, 12, 3, 3)).astype(np.float32)
+    b2 = rng.normal(0, 0.05, (16,)).astype(np.float32)
+    feat_nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["flat"], axis=1),
+    ]
+    inits = [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("b2", b2)]
+    xin = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
+    feat_graph = helper.make_graph(feat_nodes, "feat", [xin],
+                                   [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", 256])], inits)
+    fm = helper.make_model(feat_graph, opset_imports=[helper.make_opsetid("", 17)])
+    fm.ir_version = 8
+    import onnxruntime as ort
+
+    feats = ort.InferenceSession(fm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(max_iter=500, C=1.0).fit(feats[:1200], y[:1200])
+    head = [helper.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1)]
+    inits += [_init("w3", clf.coef_), _init("b3", clf.intercept_)]
+    g = helper.make_graph(feat_nodes + head, "digits_cnn", [xin],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgeship-tests")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return x[1200:1400], x[1400:], y[1400:]
