@@ -787,8 +787,22 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
     if os.path.isdir(path):
         manifest = _manifest.read(path)
         entry = choose_artifact(manifest, artifact, backend=backend, device=device)
+        if _is_edgetpu(entry) and _device_kind(device) == "edgetpu" and artifact is None:
+            opened = _open_edgetpu(path, entry, backend=backend, device=device, threads=threads, strict=strict)
+            if opened is not None:
+                return _wrap(opened[0], opened[1], manifest, entry)
+            entry = choose_artifact(_without_edgetpu(manifest), None, backend=backend, device="cpu")
+            skipped = [f"{entry['file']}: the Edge TPU delegate is not usable, ran the CPU artifact instead"]
+        else:
+            skipped = []
         file = _bundle.verify_file(path, entry)
         fmt = entry["format"]
+        be = _open_backend(file, fmt, backend=backend, device=None if skipped else device, threads=threads,
+                           strict=strict)
+        if skipped:
+            be.info.skipped[:0] = skipped
+            be.info.fallback = True
+        return _wrap(be, file, manifest, entry)
     else:
         if artifact is not None:
             raise InputError(f"artifact={artifact!r} applies to bundle folders only; {path} is a file")
@@ -797,8 +811,41 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         if os.path.getsize(path) == 0:
             raise ModelFormatError(f"{path} is empty; re-copy or re-convert the model")
     be = _open_backend(file, fmt, backend=backend, device=device, threads=threads, strict=strict)
+    return _wrap(be, file, manifest, entry)
+
+
+def _wrap(be, file: str, manifest: dict | None, entry: dict | None) -> Model:
     try:
         return Model(be, path=file, manifest=manifest, artifact=entry)
     except BaseException:
         be.close()
         raise
+
+
+def _without_edgetpu(manifest: dict) -> dict:
+    rest = [a for a in manifest["artifacts"] if not _is_edgetpu(a)]
+    if not rest:
+        raise FallbackError("the Edge TPU delegate cannot be loaded and the bundle has no CPU artifact; "
+                            "install libedgetpu (https://coral.ai/software) or re-convert for the CPU")
+    return dict(manifest, artifacts=rest)
+
+
+def _open_edgetpu(path, entry, *, backend, device, threads, strict):
+    """(backend, file) of an Edge TPU-compiled artifact; None (after one warning) when the TPU is unusable.
+
+    An Edge TPU-compiled file cannot run without the delegate, so a fallback
+    means another artifact of the bundle, not the same file on the CPU.
+    """
+    file = _bundle.verify_file(path, entry)
+    try:
+        be = _open_backend(file, entry["format"], backend=backend, device=device, threads=threads, strict=strict)
+    except ModelFormatError:
+        be = None
+    if be is not None and be.info.delegate is not None:
+        return be, file
+    if be is not None:
+        be.close()
+    if strict:
+        raise FallbackError(f"{entry['file']} needs the Edge TPU delegate, which cannot be loaded (strict=True)")
+    _log.warning("%s needs the Edge TPU, which is not usable here; running a CPU artifact instead", entry["file"])
+    return None

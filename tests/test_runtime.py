@@ -488,3 +488,22 @@ def test_onnx_artifact_dispatches_through_registry_with_layout(fx, tmp_path, dat
             assert m.inputs[0].shape == (None, 8, 8, 1) and m.inputs[0].name == "image"
             np.testing.assert_allclose(m.run(x)["probs"], ref, rtol=1e-4, atol=1e-6)
             assert m.classify(_as_bgr_image(x[0]), top_k=1)[0].label.startswith("digit_")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_edgetpu_artifact_falls_back_to_cpu_artifact(fx, tmp_path):
+    from edgeship.bundle import BundleWriter
+
+    with BundleWriter(str(tmp_path / "tpu")) as bw:
+        shutil.copyfile(fx.path("int8"), bw.path("model_edgetpu.tflite"))
+        shutil.copyfile(fx.path("uint8"), bw.path("model.int8.tflite"))
+        tpu = F.artifact_entry(bw, "model_edgetpu.tflite", precision="int8", io="int8", targets=("edgetpu",))
+        cpu = F.artifact_entry(bw, "model.int8.tflite", precision="int8", io="uint8")
+        b = bw.commit(F.make_manifest([tpu, cpu]))
+    with rt.load(b) as m:  # on the CPU an Edge TPU-compiled file is never the default
+        assert m.artifact["file"] == "model.int8.tflite" and not m.info.fallback
+    with pytest.raises(FallbackError):
+        rt.load(b, device="edgetpu", strict=True)
+    with rt.load(b, device="edgetpu") as m:  # no libedgetpu here
+        assert m.artifact["file"] == "model.int8.tflite" and m.info.fallback and m.info.device == "cpu"
+        assert any("Edge TPU" in s for s in m.info.skipped)
