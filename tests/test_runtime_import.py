@@ -39,6 +39,7 @@ CHILD = textwrap.dedent(
     sys.meta_path.insert(0, Block())
 
     import edgeship.runtime as rt
+    from edgeship.errors import EdgeshipError
 
     loaded_after_import = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     x = np.load(sys.argv[4])
@@ -55,7 +56,7 @@ CHILD = textwrap.dedent(
     try:
         rt.load(sys.argv[2], backend="tensorflow.lite", strict=True)
         out["tf_strict"] = "loaded"
-    except rt.ModelClosedError.__mro__[1] as exc:  # EdgeshipError
+    except EdgeshipError as exc:
         out["tf_strict"] = type(exc).__name__
     out["after_run"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print(json.dumps(out))
