@@ -292,6 +292,10 @@ def load_train_data(spec, *, preprocess=None, input_shape=None, limit: int | Non
 
 
 def _load_npz(path: str) -> TrainData:
+    import zipfile  # noqa: PLC0415
+
+    if not zipfile.is_zipfile(path):
+        raise CalibrationError(f"cannot read {path!r} as an .npz file: not a zip archive (numpy.savez writes one)")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
@@ -458,17 +462,11 @@ def prune_keras(
     warnings: list[str] = []
 
     tf, tk, tfmot = _tf_stack()
+    if data is not None:
+        _check_input_shape(model, data.x)
     samples = bridge_samples if bridge_samples is not None else (data.x[:16] if data is not None else None)
     bridge = bridge_to_tf_keras(model, samples=samples, seed=seed)
     base = bridge.model
-
-    if data is not None:
-        want = tuple(base.inputs[0].shape)[1:]
-        got = tuple(data.x.shape[1:])
-        if len(base.inputs) != 1 or len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
-            raise CalibrationError(
-                f"training samples are shaped {got} but the model expects {want}"
-            )
 
     # Work on a copy: never change the caller's model.
     work = tk.models.clone_model(base)
@@ -566,6 +564,18 @@ def prune_keras(
         skipped=skipped,
         warnings=tuple(warnings),
     )
+
+
+def _check_input_shape(model, x) -> None:
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise UnsupportedModelError(
+            f"pruning with training data needs a model with one input; this one has {len(inputs)}"
+        )
+    want = tuple(inputs[0].shape)[1:]
+    got = tuple(x.shape[1:])
+    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+        raise CalibrationError(f"training samples are shaped {got} but the model expects {want}")
 
 
 def _apply_masks_once(pruned, sched_mod) -> None:
