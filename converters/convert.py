@@ -286,7 +286,10 @@ def convert(
         raise UnsupportedModelError(
             f"no loader for {model!r}: expected a .keras/.h5 file, a SavedModel folder, an .onnx file or a Keras model"
         )
-    source = loader(model, input_shape=input_shape, allow_legacy_h5=allow_legacy_h5, allow_unsafe=allow_unsafe)
+    from .tflite import quiet  # noqa: PLC0415
+
+    with quiet():  # TensorFlow's import-time C++ logging (absl, CUDA probes) is noise here
+        source = loader(model, input_shape=input_shape, allow_legacy_h5=allow_legacy_h5, allow_unsafe=allow_unsafe)
     exporters = {}
     for f in fmts:
         fn = registry.find_exporter(source.kind, f.value)

@@ -33,7 +33,10 @@ def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation") -> list:
     """
     load = _runtime_load()
     if load is not None:
-        model = load(path)
+        from .tflite import quiet  # noqa: PLC0415
+
+        with quiet():  # the interpreter announces its delegate on stderr
+            model = load(path)
         try:
             parts = []
             for s in progress(range(0, x.shape[0], BATCH), total=-(-x.shape[0] // BATCH), desc=desc):
