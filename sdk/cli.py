@@ -488,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=None)
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_stream import add_stream_parser
+
+    add_stream_parser(sub)
     return p
 
 

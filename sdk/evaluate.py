@@ -14,21 +14,28 @@ from .errors import CalibrationError, InputError
 
 
 def _source_reference(man: dict):
-    """A callable running the source model, if it is still at its recorded path and hash."""
+    """The source model, if it is still at its recorded path with its recorded hash."""
     src = man.get("source") or {}
     path = src.get("path")
     if not path or not os.path.exists(path) or not src.get("sha256"):
         return None, "the source model is not at its recorded path"
-    digest = _bundle.sha256_file(path) if os.path.isfile(path) else None
     if os.path.isdir(path):
-        from edgeship.converters.keras_loader import saved_model_digest  # noqa: PLC0415
+        from edgeship.converters.keras_loader import _tree_sha256  # noqa: PLC0415
 
-        digest = saved_model_digest(path)
+        digest = _tree_sha256(path)
+    else:
+        digest = _bundle.sha256_file(path)
     if digest != src["sha256"]:
         return None, "the source model at its recorded path has changed (sha256 differs)"
-    from edgeship.converters import load_source  # noqa: PLC0415
+    from edgeship.converters import registry  # noqa: PLC0415
+    from edgeship.converters.convert import _register_plugins  # noqa: PLC0415
 
-    source = load_source(path, input_shape=tuple(man["source"]["inputs"][0]["shape"]) if man["source"].get("inputs") else None)
+    _register_plugins()
+    _name, loader = registry.find_loader(path)
+    if loader is None:
+        return None, f"no loader for the source model {path}"
+    shape = tuple(src["inputs"][0]["shape"]) if src.get("inputs") else None
+    source = loader(path, input_shape=shape, allow_legacy_h5=src.get("format") == "h5", allow_unsafe=False)
     return source, f"source model {path}"
 
 
@@ -54,12 +61,12 @@ def evaluate_bundle(path: str, data: str, *, count: int | None = None, against: 
 
     man = _manifest.read(path)
     src_inputs = (man.get("source") or {}).get("inputs") or man["artifacts"][0]["inputs"]
-    shape = tuple(src_inputs[0]["shape"])
+    shape = tuple(src_inputs[0]["shape"])[1:]
     pre = man.get("preprocessing")
     from .preprocess import PreprocessSpec
 
     spec = PreprocessSpec.from_dict(pre) if pre else None
-    samples = load_samples(data, input_shape=shape, preprocess=spec, count=count or 10**9, seed=0, min_count=1)
+    samples = load_samples(data, input_shape=shape, preprocess=spec, count=count or 10**9, seed=0, min_count=1, what="evaluation")
     x, y = samples.x, samples.y
     reference = None
     ref_name = "labels"

@@ -1,0 +1,209 @@
+"""The CLI end to end, in subprocesses: exit codes, one-line errors, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+EDGESHIP = [sys.executable, "-m", "edgeship.cli"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", EDGESHIP_PROGRESS="0")
+
+
+def cli(*args, cwd=None, timeout=600):
+    return subprocess.run(EDGESHIP + [str(a) for a in args], capture_output=True, text=True, env=ENV, cwd=cwd,
+                          timeout=timeout)
+
+
+def _digits(size=8):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    return x, d.target.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A small digits CNN trained for a few epochs, saved as Keras 3 .keras, plus data files."""
+    import keras
+
+    root = tmp_path_factory.mktemp("cli")
+    x, y = _digits()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[:1400], y[:1400], epochs=3, batch_size=64, verbose=0)
+    path = root / "digits.keras"
+    model.save(path)
+    np.savez(root / "calib.npz", x=x[:300], y=y[:300])
+    np.savez(root / "test.npz", x=x[1400:], y=y[1400:])
+    np.save(root / "batch.npy", x[1400:1404])
+    np.save(root / "wrong.npy", np.zeros((2, 5, 5, 1), np.float32))
+    (root / "labels.txt").write_text("\n".join(f"digit{i}" for i in range(10)) + "\n")
+    out = root / "bundle"
+    r = cli("convert", path, "-o", out, "--calib", root / "calib.npz", "--eval", root / "test.npz",
+            "--labels", root / "labels.txt", "--precision", "int8", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"root": root, "model": path, "bundle": out, "convert_stdout": r.stdout, "x": x, "y": y}
+
+
+def test_convert_json_is_exactly_one_object(work):
+    obj = json.loads(work["convert_stdout"])  # fails if anything else was printed on stdout
+    man = obj["manifest"]
+    assert os.path.isdir(obj["bundle"])
+    art = man["artifacts"][0]
+    assert art["precision"] == "int8" and art["file"].endswith(".tflite")
+    val = man["validation"]["artifacts"][art["file"]]
+    assert val["accuracy"] > 0.8 and val["top1_agreement"] > 0.9
+
+
+def test_convert_refuses_to_overwrite_without_force(work):
+    before = open(os.path.join(work["bundle"], "manifest.json")).read()
+    r = cli("convert", work["model"], "-o", work["bundle"], "--calib", work["root"] / "calib.npz")
+    assert r.returncode == 2
+    assert "--force" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert open(os.path.join(work["bundle"], "manifest.json")).read() == before
+
+
+def test_inspect_text_and_json(work):
+    r = cli("inspect", work["bundle"])
+    assert r.returncode == 0, r.stderr
+    assert "int8" in r.stdout and "digit0" in r.stdout
+    r = cli("inspect", work["bundle"], "--json")
+    obj = json.loads(r.stdout)
+    assert obj["kind"] == "bundle" and obj["integrity_errors"] == []
+
+
+def test_run_npy_json_gives_labels(work):
+    r = cli("run", work["bundle"], work["root"] / "batch.npy", "--top-k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert len(obj["results"]) == 4
+    top = obj["results"][0]["classes"]
+    assert len(top) == 3 and top[0]["label"].startswith("digit")
+    # the model is good: the top class of most samples is the true digit
+    hits = sum(int(res["classes"][0]["id"]) == int(t) for res, t in zip(obj["results"], work["y"][1400:1404]))
+    assert hits >= 3
+
+
+def test_run_image_file(work, tmp_path):
+    import cv2
+
+    img = (work["x"][1400, :, :, 0] * 255).astype(np.uint8)
+    p = tmp_path / "digit.png"
+    cv2.imwrite(str(p), img)
+    r = cli("run", work["bundle"], p, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["classes"]
+
+
+def test_run_wrong_shape_is_a_user_error(work):
+    r = cli("run", work["bundle"], work["root"] / "wrong.npy")
+    assert r.returncode == 2, r.stderr
+    assert "shape" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corrupt_and_truncated_model_files(work, tmp_path):
+    art = json.loads(work["convert_stdout"])["manifest"]["artifacts"][0]["file"]
+    data = open(os.path.join(work["bundle"], art), "rb").read()
+    trunc = tmp_path / "trunc.tflite"
+    trunc.write_bytes(data[: len(data) // 3])
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"\x00garbage" * 100)
+    for p in (trunc, junk):
+        r = cli("run", p, work["root"] / "batch.npy")
+        assert r.returncode == 2, (p, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+
+
+def test_tampered_bundle_is_refused(work, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(work["bundle"], copy)
+    art = json.loads(work["convert_stdout"])["manifest"]["artifacts"][0]["file"]
+    with open(copy / art, "r+b") as fh:
+        fh.seek(200)
+        b = fh.read(1)
+        fh.seek(200)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    r = cli("run", copy, work["root"] / "batch.npy")
+    assert r.returncode == 2 and "sha256" in r.stderr
+
+
+def test_missing_calibration_folder(work, tmp_path):
+    r = cli("convert", work["model"], "-o", tmp_path / "b", "--calib", tmp_path / "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "nope" in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_lambda_model_is_refused_and_runs_no_code(tmp_path):
+    import keras
+
+    canary = tmp_path / "canary.txt"
+    code = f"lambda x: (open({str(canary)!r}, 'w').write('pwned'), x)[1]"
+    fn = eval(code)  # noqa: S307 - building the hostile file on purpose
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(fn), keras.layers.Dense(2)])
+    if canary.exists():
+        canary.unlink()  # building the model traced the lambda once
+    path = tmp_path / "evil.keras"
+    model.save(path)
+    if canary.exists():
+        canary.unlink()
+    np.save(tmp_path / "c.npy", np.zeros((16, 4), np.float32))
+    r = cli("convert", path, "-o", tmp_path / "out", "--calib", tmp_path / "c.npy")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Lambda" in r.stderr and "--allow-unsafe" in r.stderr
+    assert not canary.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_h5_needs_explicit_flag(work, tmp_path):
+    import keras
+
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    p = tmp_path / "legacy.h5"
+    m.save(p)
+    np.save(tmp_path / "c.npy", np.zeros((16, 4), np.float32))
+    r = cli("convert", p, "-o", tmp_path / "out", "--calib", tmp_path / "c.npy", "--precision", "fp32")
+    assert r.returncode == 2 and "--allow-legacy-h5" in r.stderr
+
+
+def test_bench_json_fields(work):
+    r = cli("bench", work["bundle"], "--runs", "20", "--warmup", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    for key in ("init_ms", "first_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s",
+                "peak_rss_bytes"):
+        assert obj[key] > 0, key
+    assert obj["p50_ms"] <= obj["p99_ms"]
+
+
+def test_eval_against_source(work):
+    r = cli("eval", work["bundle"], "--data", work["root"] / "test.npz", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    obj = json.loads(r.stdout)
+    assert obj["reference"].startswith("source model")
+    m = next(iter(obj["artifacts"].values()))
+    assert m["top1_agreement"] > 0.9 and m["accuracy"] > 0.8
+
+
+def test_bad_arguments_exit_2():
+    r = cli("bench", "x", "--runs", "0")
+    assert r.returncode == 2
+    r = cli("convert")
+    assert r.returncode == 2
+    r = cli("inspect", "/definitely/not/here")
+    assert r.returncode == 2 and "does not exist" in r.stderr
