@@ -1,0 +1,244 @@
+"""Pruning benchmark: dense vs pruned (50%, 75%, 2:4) INT8 TFLite, gzip bytes and accuracy.
+
+Sparsity saves space only after compression, so what is compared is the gzip -9
+size of each full-INT8 ``.tflite`` against the dense model's, measured side by
+side in one run, with the accuracy of the FP32 and the INT8 models on the test
+set. The model is a small Keras 3 CNN trained here, then pruned through the
+Keras 3 -> tf_keras bridge with fine-tuning (``edgeship.converters.prune``).
+
+Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
+(``/usr/share/datasets/fashion-mnist``) when installed, else scikit-learn's
+digits upsampled to 28x28 (``--dataset digits``).
+
+    python benchmarks/bench_prune.py [--dataset auto|fashion|digits] [--epochs 4]
+        [--prune-epochs 3] [--train-limit N] [--json out.json]
+
+``bench_prune(**options) -> dict`` returns ``{"dataset", "dense", "rows", ...}``
+with one row per configuration; ``rows(**options)`` returns only the rows;
+``main(argv)`` prints a table (and writes JSON with ``--json``).
+
+Targets (issue 4): 50% within 1 point of the dense FP32 accuracy and INT8 gzip
+<= 0.72x dense INT8 gzip; 75% within 2 points and <= 0.48x. The accuracy checked
+is the pruned INT8 artifact's (what ships); the FP32 pruned accuracy is shown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+TARGETS = {"50%": (1.0, 0.72), "75%": (2.0, 0.48)}  # (max drop in points, max gzip ratio)
+CONFIGS = (("50%", 0.5, None), ("75%", 0.75, None), ("2:4", None, "2:4"))
+
+
+def _read_idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    magic, n = struct.unpack(">II", data[:8])
+    if magic == 2051:
+        rows, cols = struct.unpack(">II", data[8:16])
+        return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
+    if magic == 2049:
+        return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
+    raise ValueError(f"{path}: not an IDX file (magic {magic})")
+
+
+def load_dataset(name: str = "auto"):
+    """(name, x_train, y_train, x_test, y_test) as float32 NHWC in [0, 1]."""
+    have_fashion = os.path.isfile(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
+    if name == "fashion" or (name == "auto" and have_fashion):
+        if not have_fashion:
+            raise SystemExit("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
+        f = lambda n: _read_idx(os.path.join(FASHION_DIR, n))  # noqa: E731
+        xtr = f("train-images-idx3-ubyte.gz").astype(np.float32)[..., None] / 255.0
+        xte = f("t10k-images-idx3-ubyte.gz").astype(np.float32)[..., None] / 255.0
+        return "fashion-mnist", xtr, f("train-labels-idx1-ubyte.gz"), xte, f("t10k-labels-idx1-ubyte.gz")
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    d = load_digits()
+    x = tf.image.resize((d.images / 16.0).astype(np.float32)[..., None], (28, 28)).numpy()
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx], d.target[idx].astype(np.int64)
+    return "digits-28x28", x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def build_cnn(keras, shape=(28, 28, 1), classes=10):
+    return keras.Sequential([
+        keras.Input(shape),
+        keras.layers.Conv2D(16, 3, activation="relu", name="conv1"),
+        keras.layers.MaxPooling2D(name="pool1"),
+        keras.layers.Conv2D(32, 3, activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(name="pool2"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(128, activation="relu", name="fc1"),
+        keras.layers.Dense(classes, name="logits"),
+    ], name="cnn")
+
+
+def int8_tflite(model, calib: np.ndarray, count: int = 200) -> bytes:
+    """Full-integer INT8 TFLite (int8 input and output) calibrated on ``calib``."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(min(count, len(calib))))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def _interpreter(content: bytes):
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        import tensorflow as tf  # noqa: PLC0415
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter(model_content=content, num_threads=2)
+
+
+def tflite_accuracy(content: bytes, x: np.ndarray, y: np.ndarray, batch: int = 250) -> float:
+    it = _interpreter(content)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    it.resize_tensor_input(inp["index"], [batch, *x.shape[1:]])
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    s, z = inp["quantization"]
+    correct = 0
+    for i in range(0, len(x) - len(x) % batch, batch):
+        xb = np.clip(np.round(x[i:i + batch] / s + z), -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], xb)
+        it.invoke()
+        correct += int(np.sum(np.argmax(it.get_tensor(out["index"]), -1) == y[i:i + batch]))
+    tail = len(x) % batch
+    if tail:  # the remainder, padded to the batch
+        xb = np.zeros((batch, *x.shape[1:]), np.float32)
+        xb[:tail] = x[len(x) - tail:]
+        it.set_tensor(inp["index"], np.clip(np.round(xb / s + z), -128, 127).astype(np.int8))
+        it.invoke()
+        correct += int(np.sum(np.argmax(it.get_tensor(out["index"])[:tail], -1) == y[len(x) - tail:]))
+    return correct / len(x)
+
+
+def _gzip(b: bytes) -> int:
+    return len(gzip.compress(b, compresslevel=9, mtime=0))
+
+
+def _fp32_accuracy(model, x, y) -> float:
+    return float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), -1) == y))
+
+
+def bench_prune(*, dataset: str = "auto", epochs: int = 4, prune_epochs: int = 3, train_limit: int | None = None,
+                seed: int = 0, progress: bool = False, configs=CONFIGS) -> dict:
+    """Train a dense CNN, prune it per configuration, convert each to INT8; measure."""
+    import keras  # noqa: PLC0415
+
+    from edgeship.converters.keras_bridge import bridge_to_tf_keras  # noqa: PLC0415
+    from edgeship.converters.prune import prune_keras  # noqa: PLC0415
+
+    name, xtr, ytr, xte, yte = load_dataset(dataset)
+    if train_limit:
+        xtr, ytr = xtr[:train_limit], ytr[:train_limit]
+    calib = xtr[np.random.default_rng(seed).permutation(len(xtr))[:200]]
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    dense = build_cnn(keras, xtr.shape[1:])
+    dense.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    dense.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0)
+    train_s = time.perf_counter() - t0
+    bridge = bridge_to_tf_keras(dense, samples=xte[:16])
+    dense_fp32 = _fp32_accuracy(dense, xte, yte)
+    dense_int8 = int8_tflite(bridge.model, calib)
+    dense_row = {
+        "config": "dense", "target": 0.0, "structure": None, "achieved_total": 0.0,
+        "fp32_accuracy": dense_fp32, "int8_accuracy": tflite_accuracy(dense_int8, xte, yte),
+        "int8_bytes": len(dense_int8), "int8_gzip_bytes": _gzip(dense_int8), "gzip_ratio": 1.0,
+        "drop_points_fp32": 0.0, "drop_points_int8": None, "seconds": round(train_s, 1),
+        "target_drop_points": None, "target_gzip_ratio": None, "meets_target": None,
+    }
+    dense_row["drop_points_int8"] = 100 * (dense_fp32 - dense_row["int8_accuracy"])
+    rows = [dense_row]
+    for label, sparsity, structure in configs:
+        t0 = time.perf_counter()
+        res = prune_keras(dense, sparsity=sparsity, structure=structure, train_data=(xtr, ytr),
+                          epochs=prune_epochs, batch_size=64, seed=seed, progress=progress)
+        secs = time.perf_counter() - t0
+        content = int8_tflite(res.model, calib)
+        fp32 = _fp32_accuracy(res.model, xte, yte)
+        int8 = tflite_accuracy(content, xte, yte)
+        gz = _gzip(content)
+        row = {
+            "config": label, "target": res.target, "structure": res.structure,
+            "achieved_total": res.achieved_total, "fp32_accuracy": fp32, "int8_accuracy": int8,
+            "int8_bytes": len(content), "int8_gzip_bytes": gz, "gzip_ratio": gz / dense_row["int8_gzip_bytes"],
+            "drop_points_fp32": 100 * (dense_fp32 - fp32), "drop_points_int8": 100 * (dense_fp32 - int8),
+            "seconds": round(secs, 1), "layers": res.layers, "skipped": res.skipped,
+        }
+        tgt = TARGETS.get(label)
+        row["target_drop_points"], row["target_gzip_ratio"] = tgt if tgt else (None, None)
+        row["meets_target"] = (row["drop_points_int8"] <= tgt[0] and row["gzip_ratio"] <= tgt[1]) if tgt else None
+        rows.append(row)
+    return {
+        "dataset": name, "train_samples": int(len(xtr)), "test_samples": int(len(xte)),
+        "epochs": epochs, "prune_epochs": prune_epochs, "bridge_max_abs_diff": bridge.max_abs_diff,
+        "rows": rows,
+    }
+
+
+def rows(**options) -> list[dict]:
+    """Only the per-configuration rows of :func:`bench_prune` (for benchmarks/run.py)."""
+    return bench_prune(**options)["rows"]
+
+
+def format_table(result: dict) -> str:
+    head = (f"pruning benchmark on {result['dataset']} ({result['train_samples']} train / {result['test_samples']} test, "
+            f"dense {result['epochs']} epochs, fine-tune {result['prune_epochs']} epochs; "
+            f"bridge max abs diff {result['bridge_max_abs_diff']:.2g})")
+    lines = [head, "",
+             "| config | sparsity | FP32 acc | INT8 acc | drop vs dense FP32 (INT8) | INT8 bytes | INT8 gzip | gzip ratio | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        tgt = "" if r["target_gzip_ratio"] is None else f"<= {r['target_drop_points']:g} pt, <= {r['target_gzip_ratio']:.2f}x"
+        met = "" if r["meets_target"] is None else ("yes" if r["meets_target"] else "NO")
+        lines.append(
+            f"| {r['config']} | {r['achieved_total']:.3f} | {100 * r['fp32_accuracy']:.2f}% | {100 * r['int8_accuracy']:.2f}% "
+            f"| {r['drop_points_int8']:+.2f} pt | {r['int8_bytes']} | {r['int8_gzip_bytes']} | {r['gzip_ratio']:.3f}x "
+            f"| {tgt} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("auto", "fashion", "digits"), default="auto")
+    p.add_argument("--epochs", type=int, default=4, help="dense training epochs")
+    p.add_argument("--prune-epochs", type=int, default=3, help="fine-tuning epochs per pruned model")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    a = p.parse_args(argv)
+    res = bench_prune(dataset=a.dataset, epochs=a.epochs, prune_epochs=a.prune_epochs, train_limit=a.train_limit,
+                      seed=a.seed, progress=sys.stderr.isatty())
+    print(format_table(res))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
