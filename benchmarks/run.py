@@ -80,7 +80,7 @@ class ModelSpec:
         )
 
 
-FULL_MODEL = ModelSpec("mobilenetv2-224", 224)
+FULL_MODEL = ModelSpec("mobilenetv2-224", 224, calib_crops=32)
 QUICK_MODEL = ModelSpec("mobilenetv2-64-a0.35-c10", 64, alpha=0.35, classes=10, calib_crops=12)
 
 
@@ -104,8 +104,10 @@ def _cache_key(spec: ModelSpec) -> str:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = None
-    blob = json.dumps({"spec": asdict(spec), "versions": versions, "edgeship": edgeship.__version__,
-                       "converter": _converter_fingerprint()}, sort_keys=True)
+    # Not the converter's source: the bundles measure the runtime, and a stale bundle that
+    # the runtime no longer accepts is rebuilt anyway (see build_models).
+    blob = json.dumps({"spec": asdict(spec), "versions": versions, "edgeship": edgeship.__version__},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -167,8 +169,22 @@ def build_models(spec: ModelSpec, cache_dir: str, *, rebuild: bool = False, say=
     if not rebuild and os.path.isfile(stamp):
         with open(stamp) as fh:
             d = json.load(fh)
-        if all(os.path.exists(os.path.join(folder, d[k])) for k in ("int8_file", "fp32_file", "sample")):
-            say(f"Using cached bundles in {os.path.relpath(folder)}")
+        usable = all(os.path.exists(os.path.join(folder, d[k])) for k in ("int8_file", "fp32_file", "sample"))
+        if usable:
+            from edgeship import runtime  # noqa: PLC0415
+            from edgeship.errors import EdgeshipError  # noqa: PLC0415
+
+            try:
+                for precision in ("int8", "fp32"):
+                    runtime.load(os.path.join(folder, precision)).close()
+            except EdgeshipError as exc:
+                say(f"Cached bundles in {os.path.relpath(folder)} no longer load ({exc}); rebuilding")
+                usable = False
+        if usable:
+            note = ""
+            if d.get("converter") != _converter_fingerprint():
+                note = " (built by an older converter source; --rebuild to rebuild)"
+            say(f"Using cached bundles in {os.path.relpath(folder)}{note}")
             return Built(spec, folder, os.path.join(folder, "int8"), os.path.join(folder, "fp32"),
                          os.path.join(folder, d["int8_file"]), os.path.join(folder, d["fp32_file"]),
                          os.path.join(folder, d["sample"]), True, float(d.get("build_seconds", 0.0)))
@@ -190,6 +206,7 @@ def build_models(spec: ModelSpec, cache_dir: str, *, rebuild: bool = False, say=
     files = {}
     for precision in ("int8", "fp32"):
         res = converters.convert(model_path, os.path.join(folder, precision), calib=calib_dir, precision=precision,
+                                 io="int8" if precision == "int8" else "float",
                                  preprocess=pre, calib_count=len(paths), seed=spec.seed, force=True,
                                  name=f"{spec.name}-{precision}", task="classification")
         art = [a for a in res.manifest["artifacts"] if a["format"] == "tflite" and a["precision"] == precision]
@@ -201,7 +218,8 @@ def build_models(spec: ModelSpec, cache_dir: str, *, rebuild: bool = False, say=
     build_seconds = time.perf_counter() - t0
     with open(stamp, "w") as fh:
         json.dump({"int8_file": files["int8"], "fp32_file": files["fp32"], "sample": "sample.npy",
-                   "spec": asdict(spec), "key": key, "build_seconds": build_seconds}, fh, indent=2)
+                   "spec": asdict(spec), "key": key, "build_seconds": build_seconds,
+                   "converter": _converter_fingerprint()}, fh, indent=2)
     say(f"  built in {build_seconds:.1f} s")
     return Built(spec, folder, os.path.join(folder, "int8"), os.path.join(folder, "fp32"),
                  os.path.join(folder, files["int8"]), os.path.join(folder, files["fp32"]),
@@ -347,7 +365,13 @@ _CHILD_HEAD = "import time\n_t0 = time.perf_counter()\nimport json, resource, sy
 _CHILD_TAIL = (
     "_t1 = time.perf_counter()\n"
     "assert np.all(np.isfinite(np.asarray(y, dtype=np.float32)))\n"
-    "print('EDGESHIP_COLD ' + json.dumps({'seconds': _t1 - _t0, "
+    "_hwm = None\n"
+    "try:\n"
+    "    with open('/proc/self/status') as _f:\n"
+    "        _hwm = [int(l.split()[1]) for l in _f if l.startswith('VmHWM:')][0]\n"
+    "except (OSError, IndexError, ValueError):\n"
+    "    pass\n"
+    "print('EDGESHIP_COLD ' + json.dumps({'seconds': _t1 - _t0, 'vmhwm_kb': _hwm, "
     "'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
     "'modules': sorted(m for m in ('tensorflow', 'cv2', 'onnx', 'tf_keras') if m in sys.modules)}))\n"
 )
@@ -401,8 +425,15 @@ def cold_start(kind: str, built: Built, threads: int) -> dict:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"cold-start child ({kind}) failed with exit code {proc.returncode}: " + " | ".join(tail))
     d = json.loads(line[-1][len("EDGESHIP_COLD "):])
-    kb = d["maxrss_kb"] if sys.platform != "darwin" else d["maxrss_kb"] / 1024
-    return {"seconds": d["seconds"], "rss_mb": kb * 1024 / 1e6, "process_seconds": wall, "modules": d["modules"]}
+    # Peak RSS of the child's own address space. Linux carries ru_maxrss over fork+exec
+    # (a child of a parent that has TensorFlow loaded reports the parent's peak), so use
+    # VmHWM, the high-water mark of the mm that exec created; ru_maxrss elsewhere.
+    if d.get("vmhwm_kb") is not None:
+        kb = d["vmhwm_kb"]
+    else:
+        kb = d["maxrss_kb"] if sys.platform != "darwin" else d["maxrss_kb"] / 1024
+    return {"seconds": d["seconds"], "rss_mb": kb * 1024 / 1e6, "process_seconds": wall, "modules": d["modules"],
+            "ru_maxrss_mb": (d["maxrss_kb"] if sys.platform != "darwin" else d["maxrss_kb"] / 1024) * 1024 / 1e6}
 
 
 def bench_cold_start(ctx: Context) -> list:

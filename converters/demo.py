@@ -294,6 +294,12 @@ def _latencies(models: dict, sample: np.ndarray, *, runs: int, warmup: int) -> d
     return out
 
 
+def _show(path: str) -> str:
+    """``path`` relative to the current folder when it is below it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _fmt_bytes(n: int) -> str:
     return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB"
 
@@ -363,7 +369,7 @@ def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool
         t0 = time.perf_counter()
         results[precision] = converters.convert(
             model_path, bundles[precision], calib=data.calib_dir, precision=precision,
-            eval_data=data.test_npz, labels=list(LABELS), preprocess=spec, name=f"digits-{precision}",
+            io="int8" if precision == "int8" else "float", eval_data=data.test_npz, labels=list(LABELS), preprocess=spec, name=f"digits-{precision}",
             task="classification", seed=settings.seed, force=True,
         )
         convert_seconds[precision] = time.perf_counter() - t0
@@ -458,8 +464,8 @@ def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool
     with open(report_json, "w") as fh:
         json.dump(figures, fh, indent=2, default=str)
 
-    rel_int8 = os.path.relpath(bundles["int8"])
-    rel_img = os.path.relpath(example_path)
+    rel_int8 = _show(bundles["int8"])
+    rel_img = _show(example_path)
     say("")
     say(header)
     say(table)
@@ -469,13 +475,13 @@ def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool
     say(f"classify({rel_img}) -> {example['label']} ({example['score']:.2f}) through the INT8 bundle")
     say("")
     say(f"INT8 bundle:  {rel_int8}  (manifest.json, {arts['int8']['file']}, report)")
-    say(f"FP32 bundle:  {os.path.relpath(bundles['fp32'])}")
-    say(f"Test images:  {os.path.relpath(data.test_dir)}  (and {os.path.relpath(data.test_npz)})")
-    say(f"Figures:      {os.path.relpath(report_md)}, {os.path.relpath(report_json)}")
+    say(f"FP32 bundle:  {_show(bundles['fp32'])}")
+    say(f"Test images:  {_show(data.test_dir)}  (and {_show(data.test_npz)})")
+    say(f"Figures:      {_show(report_md)}, {_show(report_json)}")
     say(f"Done in {figures['seconds']:.1f} s{' (model from cache)' if cached else ''}. Try next:")
     say(f"  edgeship inspect {rel_int8}")
     say(f"  edgeship run {rel_int8} {rel_img} --top-k 3")
-    say(f"  edgeship eval {rel_int8} --data {os.path.relpath(data.test_npz)}")
+    say(f"  edgeship eval {rel_int8} --data {_show(data.test_npz)}")
     say(f"  edgeship bench {rel_int8} --runs 200")
     return figures
 
