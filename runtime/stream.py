@@ -611,6 +611,7 @@ def run_stream(model, source, *, display: str | Display = Display.NONE, host: st
         t_stats = 0.0
         base = {"source": stream.source.spec.uri, "model": os.path.basename(str(getattr(model, "path", "") or "")),
                 "backend": getattr(getattr(model, "info", None), "backend", None)}
+        base = {k: v for k, v in base.items() if v}
         for r in stream:
             if recorder is not None:
                 recorder.write(r.image)

@@ -400,14 +400,15 @@ class VideoSource:
                 failures = 0
                 if self.size is None:
                     self.size = (int(img.shape[1]), int(img.shape[0]))
-                if period:
+                read_ms = (t1 - t0) * 1000.0
+                if period:  # a file paced like a camera: the frame "arrives" at its time
                     t_next = max(t_next + period, t1)
                     wait = t_next - time.perf_counter()
                     if wait > 0 and self._stop.wait(wait):
                         break
                     t1 = time.perf_counter()
                 self.frames_read += 1
-                if not self._publish(Frame(img, index, t1, (t1 - t0) * 1000.0)):
+                if not self._publish(Frame(img, index, t1, read_ms)):
                     break
                 index += 1
                 continue

@@ -51,13 +51,17 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
- body {{ margin:0; background:#111; color:#ddd; font:14px/1.4 system-ui, sans-serif; display:flex; flex-wrap:wrap; }}
- #view {{ flex:1 1 640px; padding:8px; }}
+ body {{ margin:0; background:#111; color:#ddd; font:14px/1.4 system-ui, sans-serif;
+        display:grid; grid-template-columns:minmax(0, 1fr) 300px; }}
+ @media (max-width: 700px) {{ body {{ grid-template-columns:1fr; }} }}
+ #view {{ padding:8px; min-width:0; }}
  #view img {{ max-width:100%; background:#000; display:block; min-height:120px; }}
- #side {{ flex:0 0 300px; padding:8px 12px; }}
+ #side {{ padding:8px 12px; }}
  h1 {{ font-size:16px; margin:4px 0 8px; color:#fff; }}
- table {{ border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }}
- td {{ padding:2px 4px; border-bottom:1px solid #333; }} td.v {{ text-align:right; color:#7fdc7f; }}
+ table {{ border-collapse:collapse; width:100%; table-layout:fixed; font-variant-numeric:tabular-nums; }}
+ td {{ padding:2px 4px; border-bottom:1px solid #333; white-space:nowrap; }}
+ td.v {{ text-align:right; color:#7fdc7f; overflow:hidden; text-overflow:ellipsis; }}
+ #side {{ overflow:hidden; }}
  #fps {{ font-size:28px; color:#7fdc7f; }}
 </style></head>
 <body>
@@ -68,15 +72,16 @@ _PAGE = """<!doctype html>
 const img = document.getElementById('frame');
 window.addEventListener('load', () => {{ img.src = '/stream.mjpg'; }});
 img.addEventListener('error', () => {{ setTimeout(() => {{ img.src = '/stream.mjpg?' + Date.now(); }}, 1000); }});
-function fmt(v) {{ return (typeof v === 'number') ? (Number.isInteger(v) ? v : v.toFixed(2)) : v; }}
+function fmt(v) {{ if (typeof v === 'number') return Number.isInteger(v) ? v : v.toFixed(2); v = String(v); return v.length > 34 ? '\u2026' + v.slice(-33) : v; }}
 function rows(s) {{
   const out = [];
   for (const [k, v] of Object.entries(s)) {{
     if (v && typeof v === 'object' && !Array.isArray(v)) {{
-      for (const [k2, v2] of Object.entries(v)) out.push([k + ' ' + k2, fmt(v2)]);
+      for (const [k2, v2] of Object.entries(v)) out.push([k2 + (k.endsWith('_ms') ? ' ms' : ''), fmt(v2)]);
     }} else if (!Array.isArray(v)) out.push([k, fmt(v)]);
   }}
-  return out.map(([k, v]) => '<tr><td>' + k + '</td><td class="v">' + v + '</td></tr>').join('');
+  const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({{'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}}[c]));
+  return out.map(([k, v]) => '<tr><td>' + esc(k) + '</td><td class="v" title="' + esc(v) + '">' + esc(v) + '</td></tr>').join('');
 }}
 async function poll() {{
   try {{
@@ -97,7 +102,7 @@ def _rows(stats: dict) -> str:
     out = []
     for k, v in stats.items():
         if isinstance(v, dict):
-            out += [(f"{k} {k2}", v2) for k2, v2 in v.items()]
+            out += [(f"{k2} ms" if k.endswith("_ms") else k2, v2) for k2, v2 in v.items()]
         elif not isinstance(v, (list, tuple)):
             out.append((k, v))
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
