@@ -187,8 +187,10 @@ def decode_yolo(pred: np.ndarray, *, input_size: tuple[int, int] | None = None, 
     if num_classes is not None and p.shape[1] not in (num_classes + 4, num_classes + 5) and \
             p.shape[0] in (num_classes + 4, num_classes + 5):
         p = p.T
-    elif num_classes is None and p.shape[0] < p.shape[1] and p.shape[0] <= 512:
-        p = p.T  # [4+C, N] -> [N, 4+C]
+    elif num_classes is None and p.shape[0] < p.shape[1] and (p.shape[1] >= 32 or objectness is False):
+        # [4+C, N] (YOLOv8: many candidates, few values each) -> [N, 4+C]; small ambiguous
+        # shapes are read as [N, 5+C] unless format="yolov8" says otherwise.
+        p = p.T
         if objectness is None:
             objectness = False
     if p.shape[1] < 5:
