@@ -319,6 +319,38 @@ def _table(rows: list, header: list) -> str:
 # ---------------------------------------------------------------------------- the demo
 
 
+def prepare_model(workdir: str = DEFAULT_WORKDIR, *, force: bool = False,
+                  settings: TrainSettings | None = None) -> dict:
+    """Write the digits data and train (or reuse) the model, without converting it.
+
+    Returns the paths a user needs to run ``edgeship convert`` by hand:
+    ``model_path``, ``calib_dir``, ``test_dir``, ``test_npz``, plus ``labels``, the
+    ``preprocess`` string for ``--preprocess`` and ``keras_test_accuracy``.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgeship.errors import require  # noqa: PLC0415
+
+    for mod in ("keras", "tensorflow", "sklearn"):
+        require(mod, "convert", "to train the demo model")
+    settings = settings or TrainSettings()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    data = _prepare_data(workdir, settings, force=force)
+    _model, model_path, meta, cached = _train_or_load(workdir, settings, data, force=force)
+    s = settings.image_size
+    return {
+        "model_path": model_path,
+        "model_cached": cached,
+        "calib_dir": data.calib_dir,
+        "test_dir": data.test_dir,
+        "test_npz": data.test_npz,
+        "labels": list(LABELS),
+        "preprocess": f"size={s}x{s},color=gray,scale=1/255",
+        "keras_test_accuracy": meta.get("keras_test_accuracy"),
+    }
+
+
+
 def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool = False,
              settings: TrainSettings | None = None, verbose: bool = True) -> dict:
     """Train (or reuse) the digits CNN, convert it to INT8 and FP32 bundles, measure both.
