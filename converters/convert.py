@@ -382,7 +382,8 @@ def convert(
 
         validation = {}
         for entry in artifacts:
-            res = validate_artifact(w.path(entry["file"]), reference, val_set.x, val_set.y, name=entry["file"])
+            res = validate_artifact(w.path(entry["file"]), reference, val_set.x, val_set.y, name=entry["file"],
+                                    source_layout=source.layout, artifact_layout=entry.get("layout"))
             validation[entry["file"]] = {k: res.get(k) for k in _METRIC_KEYS}
             if max_drop is not None:
                 drop = _metrics.drop_points(res)

@@ -122,8 +122,19 @@ def check_collapse(reference: np.ndarray, candidate: np.ndarray, result: dict, a
         )
 
 
-def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *, name: str) -> dict:
+def _to_layout(a: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
+    """Transpose a 4-D batch between NCHW and NHWC (the artifact file alone does not know the source's)."""
+    if a.ndim != 4 or not src or not dst or src == dst or "other" in (src, dst):
+        return a
+    return np.ascontiguousarray(np.transpose(a, (0, 2, 3, 1) if src == "NCHW" else (0, 3, 1, 2)))
+
+
+def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *, name: str,
+                      source_layout: str | None = None, artifact_layout: str | None = None) -> dict:
     """Metrics of the artifact at ``path`` against the ``reference`` outputs on ``x``.
+
+    ``x`` and ``reference`` are in ``source_layout``; a bare artifact file is fed and
+    read in ``artifact_layout`` (4-D tensors are transposed between the two).
 
     Returns:
         ``edgeship.metrics.compare`` of the first output (plus ``outputs``: how many were compared).
@@ -131,7 +142,8 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
     Raises:
         ValidationFailedError: the artifact collapsed or its outputs do not match the source's.
     """
-    cand = run_artifact(path, x, desc=f"validating {name}")
+    cand = run_artifact(path, _to_layout(x, source_layout, artifact_layout), desc=f"validating {name}")
+    cand = [_to_layout(c, artifact_layout, source_layout) for c in cand]
     if len(cand) != len(reference):
         raise ValidationFailedError(f"{name} has {len(cand)} outputs but the source model has {len(reference)}")
     results = []
