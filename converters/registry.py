@@ -34,9 +34,17 @@ class Precision(str, Enum):
 
 
 class IOType(str, Enum):
+    """Input/output tensor type of an artifact.
+
+    ``INT16`` is the integer I/O of an ``int16x8`` model. ``convert()`` hands
+    exporters ``INT8`` for it (the integer choice; an int16x8 exporter writes
+    int16 tensors) and records ``"int16"`` in the manifest.
+    """
+
     FLOAT = "float"
     INT8 = "int8"
     UINT8 = "uint8"
+    INT16 = "int16"
 
 
 class Format(str, Enum):
