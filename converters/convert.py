@@ -80,12 +80,17 @@ def _parse_formats(formats) -> tuple:
 
 
 def _parse_io(io, precision: Precision, warnings: list) -> tuple[IOType, str]:
-    """``(IOType for the exporter, manifest io value)``."""
-    if isinstance(io, str) and io == "int16":
-        if precision is not Precision.INT16X8:
-            raise InputError(f"io='int16' needs precision='int16x8'; precision {precision.value} has float or 8-bit I/O")
-        return IOType.INT8, "int16"
+    """``(IOType for the exporter, manifest io value)``.
+
+    ``io="int16"`` (or ``IOType.INT16``) is the integer I/O of ``int16x8``; exporters
+    receive ``IOType.INT8`` for it (their "integer I/O" choice), the manifest says ``int16``.
+    """
     io_t = _enum(io, IOType, "io")
+    if io_t is IOType.INT16:
+        if precision is not Precision.INT16X8:
+            raise InputError(f"io='int16' needs precision='int16x8'; precision {precision.value} has "
+                             "float or 8-bit I/O (use io='int8', 'uint8' or 'float')")
+        return IOType.INT8, "int16"
     if precision not in _INTEGER and io_t is not IOType.FLOAT:
         warnings.append(f"io={io_t.value!r} does not apply to precision {precision.value} (float inputs and outputs); "
                         "the artifact takes and returns float32")
