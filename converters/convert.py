@@ -390,6 +390,9 @@ def convert(
             res = validate_artifact(w.path(entry["file"]), reference, val_set.x, val_set.y, name=entry["file"],
                                     source_layout=source.layout, artifact_layout=entry.get("layout"))
             validation[entry["file"]] = {k: res.get(k) for k in _METRIC_KEYS}
+            if res.get("mixed_ranges"):  # outputs mixing very different ranges (boxes beside scores)
+                validation[entry["file"]]["mixed_ranges"] = res["mixed_ranges"]
+            warnings.extend(f"{entry['file']}: {m}" for m in res.get("warnings") or ())
             if max_drop is not None:
                 drop = _metrics.drop_points(res)
                 if drop > max_drop:

@@ -137,7 +137,10 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
     read in ``artifact_layout`` (4-D tensors are transposed between the two).
 
     Returns:
-        ``edgeship.metrics.compare`` of the first output (plus ``outputs``: how many were compared).
+        ``edgeship.metrics.compare`` of the first output, plus ``outputs`` (how many were
+        compared), ``warnings`` (list of str) and, only when some output mixes channels of
+        very different ranges, ``mixed_ranges`` (one :func:`mixed_ranges` entry per such
+        output, with its index under ``output``).
 
     Raises:
         ValidationFailedError: the artifact collapsed or its outputs do not match the source's.
@@ -158,4 +161,134 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
     if len(results) > 1:
         out["cosine"] = float(min(r["cosine"] for r in results))
         out["max_abs_error"] = float(max(r["max_abs_error"] for r in results))
+    mixed, warnings = [], []
+    for i, (r, c) in enumerate(zip(reference, cand)):
+        entry = mixed_ranges(r, c.reshape(np.shape(r)))
+        if entry is not None:
+            mixed.append({"output": i, **entry})
+            warnings.extend(mixed_range_warnings(entry, output=i))
+    if mixed:
+        out["mixed_ranges"] = mixed
+    out["warnings"] = warnings
     return out
+
+
+# -- outputs that mix quantities of very different ranges -----------------------------------
+
+MIXED_RATIO = 100.0  # channel groups whose value ranges differ by more than this are "mixed"
+GROUP_GAP = 10.0  # sorted channel ranges are split into groups where consecutive ones differ by more than this
+LOSSY_REL_ERROR = 0.1  # a group whose worst error exceeds this fraction of its own range is reported
+_DEAD = 1e-6  # channels spanning less than this fraction of the widest one are treated as constant
+
+
+def _channel_list(ch: list) -> str:
+    """``[0, 1, 2, 3, 7]`` -> ``"0-3, 7"``."""
+    parts, start = [], None
+    for i, c in enumerate(ch):
+        if start is None:
+            start = c
+        if i + 1 == len(ch) or ch[i + 1] != c + 1:
+            parts.append(str(start) if start == c else f"{start}-{c}")
+            start = None
+    return ", ".join(parts)
+
+
+def _is_distribution(ref: np.ndarray) -> bool:
+    """Softmax-like outputs (non-negative, summing to 1 along the last axis): one quantity, not mixed."""
+    return bool(np.all(ref >= -1e-6) and np.allclose(ref.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def mixed_ranges(reference: np.ndarray, candidate: np.ndarray, *, ratio: float = MIXED_RATIO,
+                 lossy: float = LOSSY_REL_ERROR) -> dict | None:
+    """Per-channel-group error of an output whose last-axis channels have very different ranges.
+
+    The channels of the last axis (e.g. ``[y1, x1, y2, x2, score...]`` of a detection
+    head) are grouped by the span (max - min over all samples and positions) of the
+    source's values: sorted spans are split where consecutive ones differ by more than
+    :data:`GROUP_GAP`. The output is *mixed* when the widest and the narrowest group
+    differ by more than ``ratio``. A quantized tensor shares one scale across all of
+    them, so the narrow group can be crushed to a few levels while the overall cosine
+    and max error, dominated by the wide group, look fine. For each group the error
+    is therefore measured against the group's own range.
+
+    Returns:
+        ``None`` when the output is not mixed, else ``{"shape", "axis": -1, "groups": [...]}``;
+        each group: ``channels``, ``range`` ([min, max] of the source's values), ``span``,
+        ``max_rel_error`` (worst over its channels of max |error| / channel span),
+        ``mean_rel_error``, ``min_cosine`` (worst per-channel cosine) and ``lossy``
+        (``max_rel_error > lossy``). Groups are ordered widest first.
+    """
+    ref = np.asarray(reference, np.float64)
+    cand = np.asarray(candidate, np.float64)
+    if ref.ndim < 2 or ref.shape != cand.shape or ref.shape[-1] < 2 or ref.size == 0:
+        return None
+    if not np.all(np.isfinite(ref)) or _is_distribution(ref):
+        return None
+    k = ref.shape[-1]
+    r2, c2 = ref.reshape(-1, k), cand.reshape(-1, k)
+    lo, hi = r2.min(axis=0), r2.max(axis=0)
+    span = hi - lo
+    if span.max() <= 0:
+        return None
+    live = [int(j) for j in np.argsort(-span, kind="stable") if span[j] > _DEAD * span.max()]
+    if len(live) < 2 or span[live[0]] / span[live[-1]] <= ratio:
+        return None
+    groups, cur = [], [live[0]]
+    for a, b in zip(live, live[1:]):
+        if span[a] / span[b] > GROUP_GAP:
+            groups.append(cur)
+            cur = []
+        cur.append(b)
+    groups.append(cur)
+    if len(groups) < 2 or span[groups[0]].min() / span[groups[-1]].max() <= ratio:
+        return None  # a continuous spread of ranges, not separate quantities
+    err = np.abs(r2 - c2)
+    rel = err / np.where(span > 0, span, 1.0)
+    num = np.sum(r2 * c2, axis=0)
+    den = np.linalg.norm(r2, axis=0) * np.linalg.norm(c2, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(err.max(axis=0) == 0, 1.0, 0.0))
+    out_groups = []
+    for g in groups:
+        g = sorted(g)
+        worst = float(rel[:, g].max())
+        out_groups.append({
+            "channels": g,
+            "range": [float(lo[g].min()), float(hi[g].max())],
+            "span": float(span[g].max()),
+            "max_rel_error": worst,
+            "mean_rel_error": float(rel[:, g].mean()),
+            "min_cosine": float(cos[g].min()),
+            "lossy": bool(worst > lossy),
+        })
+    return {"shape": [int(d) for d in ref.shape[1:]], "axis": -1, "groups": out_groups}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def mixed_range_warnings(entry: dict, *, output: int = 0) -> list:
+    """One sentence per lossy channel group of a :func:`mixed_ranges` entry."""
+    groups = entry["groups"]
+    widest = groups[0]
+    msgs = []
+    for g in groups[1:]:
+        if not g["lossy"]:
+            continue
+        lo, hi = g["range"]
+        wlo, whi = widest["range"]
+        msgs.append(
+            f"output {output}: channels {_channel_list(g['channels'])} (range [{_fmt(lo)}, {_fmt(hi)}]) share one "
+            f"tensor with channels {_channel_list(widest['channels'])} (range [{_fmt(wlo)}, {_fmt(whi)}]); their error "
+            f"reaches {g['max_rel_error']:.0%} of their own range (worst relative error {g['max_rel_error']:.3f}, "
+            f"per-channel cosine down to {g['min_cosine']:.3f}); the overall metrics hide this. Split the quantities "
+            "into separate outputs, scale them to similar ranges, or use int16x8 or a float precision"
+        )
+    if widest["lossy"]:
+        msgs.append(
+            f"output {output}: channels {_channel_list(widest['channels'])} (range [{_fmt(widest['range'][0])}, "
+            f"{_fmt(widest['range'][1])}]): error reaches {widest['max_rel_error']:.0%} of their own range "
+            f"(worst relative error {widest['max_rel_error']:.3f})"
+        )
+    return msgs
