@@ -11,8 +11,11 @@ file allows, every frame processed):
   postprocess, draw, one after the other on one thread);
 - ``stream``: :func:`edgeship.runtime.stream.run_stream` (stages on threads).
 
-Models: a MobileNetV2 (alpha 1.0, 224x224, random weights: speed does not
-depend on them) quantized to INT8 with TFLite, built once and cached, and the
+Models: MobileNetV2 (alpha 1.0, random weights: speed does not depend on
+them) quantized to INT8 with TFLite at 224x224 (on a fast CPU, quicker than
+decoding and resizing a 640x480 frame: the source is the bottleneck) and at
+448x448 (inference is the bottleneck: a source faster than inference), built
+once and cached under ``.edgeship-demo/bench``, and the
 repo's demo detector when its bundle is cached (``.edgeship-demo/detector-int8``;
 ``--detector`` builds it). ``rows()`` returns the figures for
 ``benchmarks/run.py``.
@@ -43,9 +46,9 @@ def _synthetic_video(path: str, seconds: float) -> str:
     return path
 
 
-def mobilenet_int8(cache: str = CACHE) -> str:
-    """A MobileNetV2-1.0 224x224 full-INT8 .tflite (random weights, built once; its output is noise)."""
-    path = os.path.join(cache, "mobilenetv2_100_224_int8.tflite")
+def mobilenet_int8(size: int = 224, cache: str = CACHE) -> str:
+    """A MobileNetV2-1.0 ``size``x``size`` full-INT8 .tflite (random weights, built once; its output is noise)."""
+    path = os.path.join(cache, f"mobilenetv2_100_{size}_int8.tflite")
     if os.path.isfile(path):
         return path
     os.makedirs(cache, exist_ok=True)
@@ -54,11 +57,11 @@ def mobilenet_int8(cache: str = CACHE) -> str:
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, weights=None, classes=10)
+    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=1.0, weights=None, classes=10)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     rng = np.random.default_rng(0)
-    conv.representative_dataset = lambda: ([rng.uniform(0, 1, (1, 224, 224, 3)).astype(np.float32)] for _ in range(16))
+    conv.representative_dataset = lambda: ([rng.uniform(0, 1, (1, size, size, 3)).astype(np.float32)] for _ in range(16))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
@@ -157,7 +160,7 @@ def rows(*, seconds: float = 6.0, threads=(None,), detector: bool = False, workd
     """Run the comparison and return one row per (model, threads, mode)."""
     import tempfile
 
-    models = [mobilenet_int8()]
+    models = [mobilenet_int8(224), mobilenet_int8(448)]
     demo_dir = workdir or os.path.join(ROOT, ".edgeship-demo")
     det = os.path.join(demo_dir, "detector-int8")
     if detector and not os.path.isfile(os.path.join(det, "manifest.json")):

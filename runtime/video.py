@@ -162,8 +162,8 @@ class VideoSource:
         source: a URI (see :func:`parse_source`) or a :class:`SourceSpec`.
         open_timeout, read_timeout: seconds, applied to network sources by
             OpenCV (``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``).
-        drop: keep only the newest frame (default: True for live sources,
-            False for files, which are read frame by frame).
+        drop: keep only the newest frame (default: True for live sources and
+            ``realtime`` files, False for other files, which are read frame by frame).
         realtime: pace a file at its frame rate, as a camera would deliver it.
         loop: restart a file at its end instead of ending.
         reconnect: reopen a lost live source (default True for live sources).
@@ -200,7 +200,7 @@ class VideoSource:
         self.spec = source if isinstance(source, SourceSpec) else parse_source(source)
         self.open_timeout = float(open_timeout)
         self.read_timeout = float(read_timeout)
-        self.drop = self.spec.live if drop is None else bool(drop)
+        self.drop = (self.spec.live or bool(realtime)) if drop is None else bool(drop)
         self.realtime = bool(realtime)
         self.loop = bool(loop)
         self.reconnect = self.spec.live if reconnect is None else bool(reconnect)
