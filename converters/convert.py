@@ -189,6 +189,177 @@ def _split(data: CalibrationSet, calib_count: int, want_val: int, seed: int, war
     return cal, val, True
 
 
+# -- pruning and accuracy-aware fallback ------------------------------------------------
+
+MAX_PRUNE = 0.95
+
+
+def _parse_prune(prune, prune_structure, prune_epochs, train_data) -> bool:
+    """Check the pruning options; True when pruning was asked for."""
+    if prune is None and prune_structure in (None, ""):
+        if train_data is not None:
+            raise InputError("train_data is used for pruning only; pass prune= (e.g. 0.5) or prune_structure='2:4'")
+        return False
+    if prune is not None:
+        if isinstance(prune, bool) or not isinstance(prune, (int, float)) or not (0.0 < float(prune) <= MAX_PRUNE):
+            raise InputError(f"prune={prune!r} must be a target sparsity between 0 and {MAX_PRUNE} (e.g. 0.5)")
+    if isinstance(prune_epochs, bool) or not isinstance(prune_epochs, int) or prune_epochs < 1:
+        raise InputError(f"prune_epochs={prune_epochs!r} must be a positive integer")
+    from .prune import _target_sparsity, parse_structure  # noqa: PLC0415
+
+    _target_sparsity(prune, parse_structure(prune_structure))  # PruneOptionError (an InputError-like ValueError)
+    return True
+
+
+def _prune_keras_source(source, *, prune, prune_structure, prune_epochs, train_data, spec, seed, input_shape):
+    """``(export source, manifest pruning section, warnings)`` for a Keras source."""
+    from . import keras_loader  # noqa: PLC0415
+    from .prune import load_train_data, prune_keras  # noqa: PLC0415
+
+    if source.format == "saved_model" or not hasattr(source.handle, "layers"):
+        raise UnsupportedModelError(
+            f"pruning needs a Keras model (.keras file or in-memory); {source.format} sources cannot be pruned"
+        )
+    data = None
+    if train_data is not None:
+        data = load_train_data(train_data, preprocess=spec, input_shape=tuple(source.inputs[0]["shape"]))
+    res = prune_keras(source.handle, sparsity=prune, structure=prune_structure, train_data=data,
+                      epochs=prune_epochs, seed=int(seed), progress=True)
+    pruned = keras_loader._keras_source(res.model, "tf_keras", "tf_keras", source.path, source.sha256,
+                                        input_shape or source.inputs[0]["shape"])
+    section = res.to_manifest()
+    section["bridged"] = bool(res.bridged)
+    section["train_data"] = None if train_data is None else (
+        os.fspath(train_data) if isinstance(train_data, (str, os.PathLike)) else f"{len(data.x)} in-memory samples")
+    section["train_count"] = None if data is None else int(len(data.x))
+    if res.history:
+        section["history"] = res.history
+    return pruned, section, [f"pruning: {m}" for m in res.warnings]
+
+
+def _prune_onnx_source(source, workdir, *, prune, prune_structure, input_shape, val_set, max_drop, warnings):
+    """Prune the FP32 ONNX source into ``workdir``; ``(export source, pruning section)``."""
+    from .onnx_formats import load_onnx  # noqa: PLC0415
+    from .prune_onnx import onnx_accuracy_cost, prune_onnx  # noqa: PLC0415
+
+    dst = os.path.join(workdir, "pruned.fp32.onnx")
+    section = prune_onnx(source.handle, dst, sparsity=prune, structure=prune_structure)
+    pruned = load_onnx(dst, input_shape=input_shape or source.inputs[0]["shape"])
+    cost = onnx_accuracy_cost(source.handle, dst, val_set.x, val_set.y, input_name=source.inputs[0]["name"])
+    section.update({"fine_tuned": False, "epochs": 0, "bridged": False, "accuracy_cost": cost})
+    drop = cost.get("drop_points")
+    if drop is None and cost.get("top1_agreement") is not None:
+        drop = 100.0 * (1.0 - cost["top1_agreement"])
+    if drop is not None and max_drop is not None and drop > max_drop:
+        warnings.append(f"pruning: ONNX magnitude pruning (no fine-tuning) alone costs {drop:.1f} points on "
+                        f"{cost.get('count')} samples, more than max_drop={max_drop}")
+    return pruned, section
+
+
+def _fp32_cost(reference, export_source, val_set) -> dict:
+    """What pruning alone cost: the pruned FP32 model against the dense source."""
+    got = export_source.predict(val_set.x)
+    m = _metrics.compare(reference[0], got[0], val_set.y)
+    out = {k: m.get(k) for k in ("count", "top1_agreement", "accuracy", "source_accuracy", "cosine", "sqnr_db")}
+    out["drop_points"] = float(_metrics.drop_points(m))
+    return out
+
+
+def _accuracy_fallback(entry: dict, w, export_source, request_kw: dict, reference, val_set, max_drop: float,
+                       warnings: list) -> dict | None:
+    """Keep sensitive layers of an INT8 TFLite artifact in float until the drop is within ``max_drop``.
+
+    Rewrites the artifact file and ``entry`` in place when an attempt succeeds; returns the
+    record for ``settings.accuracy_aware`` (None when the plain artifact already passes).
+
+    Raises:
+        ValidationFailedError: no attempt met ``max_drop`` (the best one is described).
+    """
+    from .validate import validate_artifact  # noqa: PLC0415
+
+    fname = entry["file"]
+
+    def evaluate(path):
+        return validate_artifact(path, reference, val_set.x, val_set.y, name=fname,
+                                 source_layout=val_layout, artifact_layout=entry.get("layout"))
+
+    val_layout = request_kw.pop("source_layout")
+    try:
+        base = evaluate(w.path(fname))
+        base_drop = float(_metrics.drop_points(base))
+    except ValidationFailedError:
+        base, base_drop = {}, 100.0
+    if base_drop <= max_drop:
+        return None
+    if entry.get("format") != "tflite" or entry.get("precision") != Precision.INT8.value or \
+            export_source.kind != "keras":
+        warnings.append(f"{fname}: auto_fallback applies to int8 TFLite artifacts of Keras sources; "
+                        "this artifact was not adjusted")
+        return None
+    from .accuracy import TfliteLayerErrors, tflite_fallback  # noqa: PLC0415
+    from .tflite import read_io  # noqa: PLC0415
+
+    work = tempfile.mkdtemp(prefix=".fallback-", dir=w.dir)
+    try:
+        errors = TfliteLayerErrors(export_source, ExportRequest(**{**request_kw, "workdir": work}))
+        res = tflite_fallback(errors, evaluate, max_drop=max_drop, workdir=work,
+                              baseline={"drop_points": base_drop, "bytes": entry["bytes"],
+                                        "gzip_bytes": entry["gzip_bytes"], "accuracy": base.get("accuracy"),
+                                        "top1_agreement": base.get("top1_agreement")})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tried = "; ".join(f"{'+'.join(a['kept_float']) or 'none'} in float: "
+                      + ("failed" if a.get("drop_points") is None else f"{a['drop_points']:.1f} points")
+                      for a in res.attempts)
+    if not res.ok:
+        best = min((a for a in res.attempts if a.get("drop_points") is not None), key=lambda a: a["drop_points"])
+        raise ValidationFailedError(
+            f"{fname}: INT8 dropped {base_drop:.1f} points (max_drop={max_drop}); keeping the most sensitive layers "
+            f"in float did not bring it within max_drop. Attempts: {tried}. Best: {best['drop_points']:.1f} points "
+            f"with {best['kept_float'] or 'no layer'} in float; nothing was written"
+        )
+    old_bytes, old_gzip = entry["bytes"], entry["gzip_bytes"]
+    with open(w.path(fname), "wb") as fh:
+        fh.write(res.model)
+    entry["inputs"], entry["outputs"] = read_io(w.path(fname))
+    entry.update(w.file_info(fname))
+    note = (f"accuracy-aware: kept {', '.join(res.kept_float)} in float (INT8 elsewhere); drop {base_drop:.1f} -> "
+            f"{res.attempts[-1]['drop_points']:.1f} points, {entry['bytes'] - old_bytes:+d} bytes")
+    entry["notes"] = list(entry.get("notes") or []) + [note]
+    warnings.append(f"{fname}: {note}")
+    return {
+        "method": "TFLite QuantizationDebugger per-layer SQNR ranking; denylisted_nodes kept in float one at a time",
+        "max_drop": max_drop,
+        "baseline_drop_points": base_drop,
+        "kept_float": list(res.kept_float),
+        "denylisted_nodes": list(res.denylist),
+        "attempts": res.attempts,
+        "size_cost_bytes": int(entry["bytes"] - old_bytes),
+        "size_cost_gzip_bytes": int(entry["gzip_bytes"] - old_gzip),
+        "seconds": round(res.seconds, 2),
+        "layer_errors": res.layer_errors,
+    }
+
+
+def _layer_errors(entry: dict, export_source, request_kw: dict, warnings: list) -> list | None:
+    """The ten op outputs with the lowest per-layer SQNR of an INT8 TFLite artifact (on request)."""
+    if entry.get("format") != "tflite" or entry.get("precision") != Precision.INT8.value or \
+            export_source.kind != "keras":
+        return None
+    from .accuracy import TfliteLayerErrors  # noqa: PLC0415
+
+    kw = dict(request_kw)
+    kw.pop("source_layout", None)
+    kw["workdir"] = tempfile.mkdtemp(prefix=".layer-errors-")
+    try:
+        return TfliteLayerErrors(export_source, ExportRequest(**kw)).top(10)
+    except UnsupportedModelError as exc:
+        warnings.append(f"{entry['file']}: per-layer quantization error not measured: {exc}")
+        return None
+    finally:
+        shutil.rmtree(kw["workdir"], ignore_errors=True)
+
+
 # -- convert ---------------------------------------------------------------------------
 
 
@@ -215,6 +386,12 @@ def convert(
     target: str = "cpu",
     task: str | None = None,
     name: str | None = None,
+    prune: float | None = None,
+    prune_structure: str | None = None,
+    prune_epochs: int = 2,
+    train_data: Any = None,
+    auto_fallback: bool = False,
+    layer_errors: bool = False,
 ) -> ConversionResult:
     """Convert a Keras or ONNX model into a calibrated, validated bundle folder.
 
@@ -250,6 +427,22 @@ def convert(
         target: target device hint passed to exporters.
         task: ``classification``, ``detection``, ``regression`` or ``other``.
         name: bundle name (default: the output folder name).
+        prune: target weight sparsity (0 < prune <= 0.95). Keras sources are pruned
+            with tfmot (Keras 3 models through the verified tf_keras bridge) and
+            fine-tuned on ``train_data``; ONNX sources have their Conv/Gemm/MatMul
+            initializers magnitude-pruned (no fine-tuning; the cost is measured on
+            the validation data and a warning names it when above ``max_drop``).
+            Validation always compares against the original dense model.
+        prune_structure: ``"N:M"`` structured sparsity (e.g. ``"2:4"``).
+        prune_epochs: fine-tuning epochs (Keras, with ``train_data``).
+        train_data: an image folder with one subfolder per class, or ``.npz`` with
+            ``x`` and ``y``, or ``(x, y)`` arrays: fine-tuning data for pruning.
+        auto_fallback: with ``max_drop``: when an INT8 TFLite artifact drops more,
+            keep its most quantization-sensitive layers in float one at a time
+            (ranked by TFLite's QuantizationDebugger) until it is within
+            ``max_drop``; fails with the best attempt described otherwise.
+        layer_errors: measure the ten layers with the largest quantization error of
+            INT8 TFLite artifacts for the report (done anyway by ``auto_fallback``).
 
     Returns:
         A :class:`ConversionResult`.
@@ -281,6 +474,9 @@ def convert(
         exclude = (exclude,)
     exclude = tuple(str(e) for e in exclude)
     label_names = _parse_labels(labels)
+    do_prune = _parse_prune(prune, prune_structure, prune_epochs, train_data)
+    if auto_fallback and max_drop is None:
+        raise InputError("auto_fallback needs max_drop (the accuracy drop, in points, to stay within)")
 
     writer = BundleWriter(os.fspath(output), force=force)
     writer.check_target()  # before any work
@@ -347,6 +543,14 @@ def convert(
         warnings.append("calibrated on random noise (asked for by name): int8 ranges do not reflect real data")
 
     calib_x = calib_set.x if calib_set is not None else None
+    export_source, pruning = source, None
+    if do_prune and source.kind == "keras":
+        export_source, pruning, prune_warnings = _prune_keras_source(
+            source, prune=prune, prune_structure=prune_structure, prune_epochs=prune_epochs,
+            train_data=train_data, spec=spec, seed=seed, input_shape=input_shape)
+        warnings.extend(prune_warnings)
+    elif do_prune and source.kind != "onnx":
+        raise UnsupportedModelError(f"pruning is not supported for {source.kind} sources")
     out_count = int(source.outputs[0]["shape"][-1]) if source.outputs and source.outputs[0]["shape"] and \
         source.outputs[0]["shape"][-1] else 1
     task_value = task or ("classification" if out_count > 1 and len(source.outputs) == 1 else "other")
@@ -356,11 +560,15 @@ def convert(
         workdir = tempfile.mkdtemp(prefix=".work-", dir=w.dir)
         artifacts, extras = [], {}
         try:
+            if do_prune and source.kind == "onnx":
+                export_source, pruning = _prune_onnx_source(
+                    source, workdir, prune=prune, prune_structure=prune_structure, input_shape=input_shape,
+                    val_set=val_set, max_drop=max_drop, warnings=warnings)
             for f, fn in exporters.items():
                 fname = f"model.{prec.value}.{f.value}"
                 req = ExportRequest(precision=prec, io=io_t, calib=calib_x, out_path=w.path(fname), workdir=workdir,
                                     target=target, calib_method=method, exclude=exclude, seed=int(seed))
-                part = dict(fn(source, req))
+                part = dict(fn(export_source, req))
                 extras.update(part.pop("extra", {}) or {})
                 entry = {"file": fname, **part}
                 entry["io"] = part.get("io") or io_value
@@ -386,7 +594,23 @@ def convert(
         from .validate import validate_artifact  # noqa: PLC0415
 
         validation = {}
+        if pruning is not None and source.kind == "keras":
+            pruning["fp32_cost"] = _fp32_cost(reference, export_source, val_set)
+        quant_errors = {}
         for entry in artifacts:
+            req_kw = dict(precision=prec, io=io_t, calib=calib_x, out_path=w.path(entry["file"]), workdir="",
+                          target=target, calib_method=method, exclude=exclude, seed=int(seed),
+                          source_layout=source.layout)
+            if auto_fallback and max_drop is not None:
+                record = _accuracy_fallback(entry, w, export_source, dict(req_kw), reference, val_set, max_drop,
+                                            warnings)
+                if record is not None:
+                    extras.setdefault("accuracy_aware", {})[entry["file"]] = record
+                    quant_errors[entry["file"]] = record["layer_errors"]
+            if layer_errors and entry["file"] not in quant_errors:
+                errs = _layer_errors(entry, export_source, req_kw, warnings)
+                if errs is not None:
+                    quant_errors[entry["file"]] = errs
             res = validate_artifact(w.path(entry["file"]), reference, val_set.x, val_set.y, name=entry["file"],
                                     source_layout=source.layout, artifact_layout=entry.get("layout"))
             validation[entry["file"]] = {k: res.get(k) for k in _METRIC_KEYS}
@@ -431,7 +655,7 @@ def convert(
                 "seed": int(seed),
                 "file": calib_file,
             },
-            "pruning": None,
+            "pruning": pruning,
             "validation": {"data": data_desc, "count": len(val_set), "artifacts": validation},
             "tools": _versions(),
             "settings": {
@@ -439,11 +663,15 @@ def convert(
                 "calib_count": calib_count, "seed": int(seed), "calib_method": method.value,
                 "exclude": list(exclude), "target": target, "max_drop": max_drop,
                 "input_shape": list(source.inputs[0]["shape"]), "allow_unsafe": bool(allow_unsafe),
-                "allow_legacy_h5": bool(allow_legacy_h5), "loader": loader_name, **extras,
+                "allow_legacy_h5": bool(allow_legacy_h5), "loader": loader_name,
+                "prune": prune, "prune_structure": prune_structure,
+                "prune_epochs": prune_epochs if do_prune else None,
+                "auto_fallback": bool(auto_fallback), "layer_errors": bool(layer_errors), **extras,
             },
         }
+        if quant_errors:
+            manifest["validation"]["layer_errors"] = quant_errors
         src_bytes = os.path.getsize(source.path) if source.path and os.path.isfile(source.path) else None
-        with open(w.path(_report.REPORT_NAME), "w", encoding="utf-8") as fh:
-            fh.write(_report.render(manifest, source_bytes=src_bytes, warnings=tuple(dict.fromkeys(warnings))))
+        _report.write_reports(w.dir, manifest, source_bytes=src_bytes, warnings=tuple(dict.fromkeys(warnings)))
         bundle = w.commit(manifest)
     return ConversionResult(bundle=bundle, manifest=manifest, warnings=tuple(dict.fromkeys(warnings)))

@@ -1,8 +1,32 @@
-"""``report.md``: what a conversion gained (size) and lost (accuracy), in one page."""
+"""``report.md`` and ``report.html``: what a conversion gained (size, speed) and lost (accuracy).
+
+Both are written from the manifest, ``calibration.npz`` and the artifacts in the
+bundle folder, so :func:`build_report` can rebuild them later from a bundle alone
+(no TensorFlow needed: latency is measured through :mod:`edgeship.runtime`).
+``report.html`` is self-contained: plots are PNGs drawn with matplotlib (Agg)
+and embedded as base64 ``data:`` URLs; nothing is fetched from elsewhere.
+
+Figures in the report come from the manifest (sizes, validation, pruning,
+accuracy-aware attempts, per-layer quantization error) except latency, which is
+measured when the report is built, on this machine (its CPU count is printed).
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
 REPORT_NAME = "report.md"
+HTML_NAME = "report.html"
+LATENCY_RUNS = 20
+LATENCY_BUDGET_S = 3.0
 
 
 def _kb(n) -> str:
@@ -36,7 +60,303 @@ def validation_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = ()) -> str:
+# -- measurements made when the report is built ----------------------------------------
+
+
+def measure_latency(folder: str, manifest: dict, *, runs: int = LATENCY_RUNS, budget_s: float = LATENCY_BUDGET_S) -> dict:
+    """p50/p90 of ``Model.run`` on one calibration-shaped sample per artifact, through edgeship.runtime.
+
+    Returns ``{file: {p50_ms, p90_ms, runs, backend, threads} | {error}}`` plus ``_machine``.
+    """
+    out: dict = {"_machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
+                              "python": platform.python_version()}}
+    try:
+        from edgeship.runtime import load  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover
+        out["_error"] = f"edgeship.runtime unavailable: {exc}"
+        return out
+    x = None
+    cal = os.path.join(folder, (manifest.get("calibration") or {}).get("file") or "calibration.npz")
+    if os.path.isfile(cal):
+        with np.load(cal, allow_pickle=False) as z:
+            if "x" in z:
+                x = np.asarray(z["x"][:1], np.float32)
+    if x is None:
+        shape = [1 if d is None else int(d) for d in manifest["source"]["inputs"][0]["shape"]]
+        shape[0] = 1
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for a in manifest.get("artifacts", []):
+        path = os.path.join(folder, a["file"])
+        if not os.path.isfile(path):
+            continue
+        try:
+            from .tflite import quiet  # noqa: PLC0415
+        except ImportError:  # pragma: no cover
+            quiet = None
+        try:
+            if quiet is not None:
+                with quiet():
+                    model = load(path)
+            else:  # pragma: no cover
+                model = load(path)
+            try:
+                for _ in range(3):
+                    model.run(x)
+                times = []
+                start = time.perf_counter()
+                while len(times) < runs and (time.perf_counter() - start < budget_s or len(times) < 3):
+                    t0 = time.perf_counter()
+                    model.run(x)
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                info = getattr(model, "info", None)
+                out[a["file"]] = {
+                    "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
+                    "runs": len(times), "backend": getattr(info, "backend", None),
+                    "threads": getattr(info, "threads", None),
+                }
+            finally:
+                model.close()
+        except Exception as exc:  # a report never fails a conversion: say what could not be measured
+            out[a["file"]] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    return out
+
+
+def calibration_summary(folder: str, manifest: dict) -> dict | None:
+    """Count, shape, value range, mean/std and class histogram of ``calibration.npz``."""
+    cal = manifest.get("calibration") or {}
+    path = os.path.join(folder, cal.get("file") or "calibration.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        x = np.asarray(z["x"]) if "x" in z else None
+        y = np.asarray(z["y"]) if "y" in z else None
+    if x is None:
+        return None
+    out = {"count": int(x.shape[0]), "shape": [int(d) for d in x.shape[1:]], "dtype": str(x.dtype),
+           "min": float(np.min(x)), "max": float(np.max(x)), "mean": float(np.mean(x)), "std": float(np.std(x))}
+    if y is not None and y.size:
+        labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
+        if labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+            vals, counts = np.unique(labels.astype(np.int64), return_counts=True)
+            out["classes"] = {int(v): int(c) for v, c in zip(vals, counts)}
+    return out
+
+
+# -- plots ------------------------------------------------------------------------------
+
+
+def _plt():
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(manifest: dict, source_bytes, latency: dict) -> list:
+    """``[(title, base64 png)]``; empty when matplotlib is missing."""
+    plt = _plt()
+    if plt is None:
+        return []
+    out = []
+    arts = manifest.get("artifacts", [])
+    try:
+        names = [a["file"] for a in arts]
+        raw = [a["bytes"] / 1024 for a in arts]
+        gz = [a["gzip_bytes"] / 1024 for a in arts]
+        if source_bytes:
+            names, raw, gz = ["source"] + names, [source_bytes / 1024] + raw, [float("nan")] + gz
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        pos = np.arange(len(names))
+        ax.bar(pos - 0.2, raw, 0.4, label="raw")
+        ax.bar(pos + 0.2, gz, 0.4, label="gzip -9")
+        ax.set_xticks(pos, names, rotation=15, fontsize=8)
+        ax.set_ylabel("KiB")
+        ax.legend()
+        ax.set_title("Size per artifact")
+        out.append(("Size per artifact (raw and gzip)", _png(fig)))
+        plt.close(fig)
+
+        vals = manifest.get("validation", {}).get("artifacts", {})
+        rows = [(n, vals.get(n, {})) for n in [a["file"] for a in arts]]
+        if rows:
+            fig, ax = plt.subplots(figsize=(6.5, 3.2))
+            pos = np.arange(len(rows))
+            agree = [100 * (v.get("top1_agreement") or 0) for _, v in rows]
+            acc = [100 * v["accuracy"] if v.get("accuracy") is not None else float("nan") for _, v in rows]
+            ax.bar(pos - 0.2, agree, 0.4, label="top-1 agreement")
+            ax.bar(pos + 0.2, acc, 0.4, label="accuracy")
+            src = next((v.get("source_accuracy") for _, v in rows if v.get("source_accuracy") is not None), None)
+            if src is not None:
+                ax.axhline(100 * src, color="k", ls="--", lw=1, label="source accuracy")
+            ax.set_xticks(pos, [n for n, _ in rows], rotation=15, fontsize=8)
+            ax.set_ylim(0, 105)
+            ax.set_ylabel("%")
+            ax.legend(fontsize=8, loc="lower right")
+            ax.set_title("Accuracy and agreement with the source")
+            out.append(("Accuracy and agreement per artifact", _png(fig)))
+            plt.close(fig)
+
+        pr = manifest.get("pruning") or {}
+        layers = pr.get("layers") or []
+        if layers:
+            fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(layers) + 1.2))
+            pos = np.arange(len(layers))
+            ax.barh(pos, [100 * lyr["achieved"] for lyr in layers], label="achieved")
+            ax.scatter([100 * lyr["target"] for lyr in layers], pos, color="k", marker="|", s=200, label="target")
+            ax.set_yticks(pos, [lyr["name"] for lyr in layers], fontsize=8)
+            ax.set_xlim(0, 100)
+            ax.set_xlabel("% zero weights")
+            ax.invert_yaxis()
+            ax.legend(fontsize=8)
+            ax.set_title("Sparsity per layer")
+            out.append(("Sparsity per layer", _png(fig)))
+            plt.close(fig)
+
+        errs = manifest.get("validation", {}).get("layer_errors") or {}
+        for fname, rows_e in errs.items():
+            rows_e = [r for r in rows_e if r.get("sqnr_db") is not None]
+            if not rows_e:
+                continue
+            fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(rows_e) + 1.2))
+            pos = np.arange(len(rows_e))
+            ax.barh(pos, [r["sqnr_db"] for r in rows_e])
+            ax.set_yticks(pos, [f"{r['layer']} ({r['op']})" for r in rows_e], fontsize=8)
+            ax.set_xlabel("per-layer SQNR, dB (lower = larger quantization error)")
+            ax.invert_yaxis()
+            ax.set_title(f"{fname}: layers with the largest quantization error")
+            out.append((f"Per-layer quantization error ({fname})", _png(fig)))
+            plt.close(fig)
+
+        lat = [(k, v) for k, v in latency.items() if not k.startswith("_") and "p50_ms" in v]
+        if lat:
+            fig, ax = plt.subplots(figsize=(6.5, 3.0))
+            pos = np.arange(len(lat))
+            ax.bar(pos - 0.2, [v["p50_ms"] for _, v in lat], 0.4, label="p50")
+            ax.bar(pos + 0.2, [v["p90_ms"] for _, v in lat], 0.4, label="p90")
+            ax.set_xticks(pos, [k for k, _ in lat], rotation=15, fontsize=8)
+            ax.set_ylabel("ms per batch-1 run")
+            ax.legend()
+            ax.set_title(f"Latency measured here ({latency.get('_machine', {}).get('cpu_count')} CPUs)")
+            out.append(("Latency (measured when this report was built)", _png(fig)))
+            plt.close(fig)
+    finally:
+        plt.close("all")
+    return out
+
+
+# -- markdown ---------------------------------------------------------------------------
+
+
+def _size_lines(manifest: dict, source_bytes) -> list:
+    arts = manifest.get("artifacts", [])
+    lines = ["| artifact | bytes | gzip bytes | gzip / raw |", "|---|---|---|---|"]
+    if source_bytes:
+        lines.append(f"| source | {source_bytes} | - | - |")
+    for a in arts:
+        ratio = a["gzip_bytes"] / a["bytes"] if a.get("bytes") else None
+        lines.append(f"| {a['file']} | {a['bytes']} | {a['gzip_bytes']} | {_num(ratio, '{:.3f}')} |")
+    return lines
+
+
+def _pruning_lines(pr: dict) -> list:
+    lines = [
+        f"- method: {pr.get('method', '-')}; target {_num(pr.get('target'), '{:.2f}')}"
+        + (f", structure {pr['structure']}" if pr.get("structure") else "")
+        + f"; achieved {_pct(pr.get('achieved_total'))} of the prunable weights",
+        f"- fine-tuned: {'yes, ' + str(pr.get('epochs')) + ' epochs' if pr.get('fine_tuned') else 'no'}"
+        + (f" on {pr['train_count']} samples" if pr.get("train_count") else ""),
+    ]
+    bridge = pr.get("bridge") or {}
+    if pr.get("bridged") or bridge.get("bridged"):
+        lines.append(f"- Keras 3 model bridged to tf_keras; max abs output difference before pruning: "
+                     f"{_num(bridge.get('max_abs_diff'), '{:.2e}')}")
+    cost = pr.get("fp32_cost") or pr.get("accuracy_cost")
+    if cost:
+        acc = ""
+        if cost.get("accuracy") is not None:
+            acc = f", accuracy {_pct(cost['accuracy'])} vs {_pct(cost.get('source_accuracy'))} dense"
+        lines.append(f"- pruned FP32 model vs the dense source: drop {_num(cost.get('drop_points'), '{:.1f}')} points, "
+                     f"top-1 agreement {_pct(cost.get('top1_agreement'))}{acc} ({cost.get('count')} samples)")
+    lines += ["", "| layer | target | achieved | params |", "|---|---|---|---|"]
+    for lyr in pr.get("layers") or []:
+        lines.append(f"| {lyr['name']} | {_pct(lyr.get('target'))} | {_pct(lyr.get('achieved'))} | {lyr.get('params')} |")
+    for s in pr.get("skipped") or []:
+        lines.append(f"| {s['name']} | skipped | {s.get('reason', '')} | |")
+    return lines
+
+
+def _accuracy_aware_lines(aa: dict) -> list:
+    lines = []
+    for fname, r in aa.items():
+        lines += [
+            f"**{fname}**: plain INT8 dropped {_num(r.get('baseline_drop_points'), '{:.1f}')} points "
+            f"(max_drop {r.get('max_drop')}); kept in float: **{', '.join(r.get('kept_float') or []) or 'none'}**; "
+            f"size cost {r.get('size_cost_bytes'):+d} bytes ({r.get('size_cost_gzip_bytes'):+d} gzip); "
+            f"{r.get('seconds')} s.",
+            "",
+            "| attempt | kept in float | drop (points) | bytes | gzip bytes |",
+            "|---|---|---|---|---|",
+        ]
+        for i, a in enumerate(r.get("attempts") or []):
+            lines.append(f"| {i} | {', '.join(a.get('kept_float') or []) or '(plain INT8)'} | "
+                         f"{_num(a.get('drop_points'), '{:.1f}')} | {a.get('bytes', '-')} | {a.get('gzip_bytes', '-')} |")
+        lines.append("")
+    return lines
+
+
+def _layer_error_lines(errs: dict) -> list:
+    lines = []
+    for fname, rows in errs.items():
+        lines += [f"{fname} (TFLite QuantizationDebugger on the calibration samples; per-layer SQNR = RMS of the "
+                  "float activation over the RMSE of its quantized twin, lowest first):", "",
+                  "| layer | op | SQNR dB | RMSE | RMSE / scale | scale |", "|---|---|---|---|---|---|"]
+        for r in rows[:10]:
+            lines.append(f"| {r['layer']} | {r['op']} | {_num(r.get('sqnr_db'), '{:.1f}')} | {_num(r.get('rmse'), '{:.4g}')} | "
+                         f"{_num(r.get('rmse_over_scale'), '{:.3f}')} | {_num(r.get('scale'), '{:.4g}')} |")
+        lines.append("")
+    return lines
+
+
+def _latency_lines(latency: dict) -> list:
+    m = latency.get("_machine", {})
+    lines = [f"Measured when this report was built, on this machine ({m.get('cpu_count')} CPUs, {m.get('machine')}), "
+             "through edgeship.runtime, batch 1, after 3 warm-up runs; not a device claim.", "",
+             "| artifact | p50 ms | p90 ms | runs | backend | threads |", "|---|---|---|---|---|---|"]
+    for k, v in latency.items():
+        if k.startswith("_"):
+            continue
+        if "error" in v:
+            lines.append(f"| {k} | not measured: {v['error']} | | | | |")
+        else:
+            lines.append(f"| {k} | {v['p50_ms']:.3f} | {v['p90_ms']:.3f} | {v['runs']} | {v.get('backend') or '-'} | "
+                         f"{v.get('threads') or '-'} |")
+    if latency.get("_error"):
+        lines.append(f"\nLatency not measured: {latency['_error']}")
+    return lines
+
+
+def _calib_lines(summary: dict | None) -> list:
+    if not summary:
+        return ["- no calibration.npz in the bundle"]
+    lines = [f"- {summary['count']} samples shaped {summary['shape']} ({summary['dtype']}), values in "
+             f"[{summary['min']:.4g}, {summary['max']:.4g}], mean {summary['mean']:.4g}, std {summary['std']:.4g}"]
+    if summary.get("classes"):
+        lines.append("- samples per class: " + ", ".join(f"{k}: {v}" for k, v in summary["classes"].items()))
+    return lines
+
+
+def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = (), latency: dict | None = None,
+           calibration: dict | None = None) -> str:
     """The report as markdown text."""
     src = manifest["source"]
     cal = manifest.get("calibration") or {}
@@ -51,7 +371,30 @@ def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = ()) ->
         "",
         validation_table(manifest),
         "",
-        f"Validated on {val.get('count', 0)} samples: {val.get('data', '-')}.",
+        f"Validated on {val.get('count', 0)} samples: {val.get('data', '-')}."
+        + (" Reference: the original dense source model (the figures include what pruning cost)."
+           if manifest.get("pruning") else ""),
+        "",
+        "## Size",
+        "",
+        *_size_lines(manifest, source_bytes),
+        "",
+        "Sparsity saves space only after compression: compare the gzip column.",
+    ]
+    if manifest.get("pruning"):
+        lines += ["", "## Pruning", "", *_pruning_lines(manifest["pruning"])]
+    aa = (manifest.get("settings") or {}).get("accuracy_aware")
+    if aa:
+        lines += ["", "## Accuracy-aware quantization", "", *_accuracy_aware_lines(aa)]
+    if val.get("layer_errors"):
+        lines += ["", "## Layers with the largest quantization error", "", *_layer_error_lines(val["layer_errors"])]
+    if latency:
+        lines += ["", "## Latency", "", *_latency_lines(latency)]
+    lines += [
+        "",
+        "## Calibration set",
+        "",
+        *_calib_lines(calibration),
         "",
         "## Settings",
         "",
@@ -61,7 +404,7 @@ def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = ()) ->
     if cal.get("kind") == "random":
         lines.append("- **calibration used random noise (asked for by name)**: ranges and numbers do not reflect real data")
     for key, value in (manifest.get("settings") or {}).items():
-        if key in ("calib", "calib_count", "seed", "calib_method"):
+        if key in ("calib", "calib_count", "seed", "calib_method", "accuracy_aware"):
             continue
         lines.append(f"- {key}: `{value}`")
     notes = [f"{a['file']}: {n}" for a in manifest["artifacts"] for n in a.get("notes", [])]
@@ -72,3 +415,129 @@ def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = ()) ->
     tools = manifest.get("tools", {})
     lines += ["", "Tools: " + ", ".join(f"{k} {v}" for k, v in tools.items()), ""]
     return "\n".join(lines)
+
+
+# -- html -------------------------------------------------------------------------------
+
+
+def _md_to_html(md: str) -> str:
+    """The small markdown subset this module writes (headings, tables, lists, paragraphs)."""
+    out, table, lst = [], [], False
+
+    def inline(text: str) -> str:
+        t = html.escape(text)
+        parts = t.split("`")
+        t = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+        parts = t.split("**")
+        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+    def flush_table():
+        if not table:
+            return
+        rows = [r.strip().strip("|").split("|") for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+        out.append("<table>")
+        for i, r in enumerate(rows):
+            tag = "th" if i == 0 else "td"
+            out.append("<tr>" + "".join(f"<{tag}>{inline(c.strip())}</{tag}>" for c in r) + "</tr>")
+        out.append("</table>")
+        table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("- "):
+            if not lst:
+                out.append("<ul>")
+                lst = True
+            out.append(f"<li>{inline(line[2:])}</li>")
+            continue
+        if lst:
+            out.append("</ul>")
+            lst = False
+        if line.startswith("## "):
+            out.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush_table()
+    if lst:
+        out.append("</ul>")
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #ccc;padding:.25rem .5rem}
+th{background:#f3f3f3}code{background:#f6f6f6;padding:0 .2rem}figure{margin:1rem 0}img{max-width:100%}
+figcaption{font-size:.85rem;color:#555}"""
+
+
+def render_html(markdown: str, plots: list, manifest: dict) -> str:
+    """A self-contained HTML page: the markdown report plus embedded PNG plots."""
+    figs = "\n".join(
+        f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(t)}'
+        "</figcaption></figure>" for t, b64 in plots
+    ) or "<p>(matplotlib is not installed: no plots)</p>"
+    body = _md_to_html(markdown)
+    head = body.split("\n", 1)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(str(manifest.get('name', 'model')))}: conversion report</title>"
+        f"<style>{_CSS}</style></head><body>\n{head[0]}\n<h2>Plots</h2>\n{figs}\n"
+        f"{head[1] if len(head) > 1 else ''}\n</body></html>\n"
+    )
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+def write_reports(folder: str, manifest: dict, *, source_bytes: int | None = None, warnings: tuple = (),
+                  latency: bool = True) -> tuple[str, str]:
+    """Write ``report.md`` and ``report.html`` into ``folder`` (the artifacts and
+    ``calibration.npz`` must be there); returns their paths."""
+    lat = measure_latency(folder, manifest) if latency else None
+    calib = calibration_summary(folder, manifest)
+    md = render(manifest, source_bytes=source_bytes, warnings=warnings, latency=lat, calibration=calib)
+    page = render_html(md, _plots(manifest, source_bytes, lat or {}), manifest)
+    md_path, html_path = os.path.join(folder, REPORT_NAME), os.path.join(folder, HTML_NAME)
+    with open(md_path, "w", encoding="utf-8") as fh:
+        fh.write(md)
+    with open(html_path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return md_path, html_path
+
+
+def build_report(bundle_dir, *, source_model=None, latency: bool = True) -> tuple[str, str]:
+    """Rebuild ``report.md`` and ``report.html`` of an existing bundle (``edgeship report PATH``).
+
+    Uses the bundle's ``manifest.json``, ``calibration.npz`` and artifacts (latency is
+    re-measured here through edgeship.runtime); TensorFlow is not needed.
+    ``source_model`` (a path) only supplies the source size when the manifest's
+    source path is gone.
+
+    Raises:
+        BundleError: ``bundle_dir`` has no readable ``manifest.json``.
+    """
+    from edgeship.errors import BundleError  # noqa: PLC0415
+
+    folder = os.fspath(bundle_dir)
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(path):
+        raise BundleError(f"{folder} is not a bundle folder: it has no manifest.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} cannot be read: {exc}") from None
+    src_bytes = None
+    for cand in (source_model, (manifest.get("source") or {}).get("path")):
+        if cand and os.path.isfile(os.fspath(cand)):
+            src_bytes = os.path.getsize(os.fspath(cand))
+            break
+    return write_reports(folder, manifest, source_bytes=src_bytes, latency=latency)
+
+
+__all__ = ["REPORT_NAME", "HTML_NAME", "validation_table", "render", "render_html", "write_reports", "build_report",
+           "measure_latency", "calibration_summary"]
