@@ -503,6 +503,38 @@ class Model:
         scores = out[self._outputs[0].name][0]
         return _adapters.get_classes(scores, top_k=top_k, threshold=threshold, labels=self._labels)
 
+    def detect(self, image, threshold: float = 0.5, *, iou: float = 0.45, max_detections: int = 100,
+               format: str = "auto", anchors=None) -> tuple:
+        """Detect objects in one image: preprocessing, run, box decoding and NMS.
+
+        A thin wrapper over :func:`edgeship.runtime.detect.detect` (SSD- and
+        YOLO-style outputs; ``format="auto"`` tells them apart by shape).
+
+        Args:
+          image: HxWx3 BGR uint8 image (as OpenCV gives it) or an image path.
+          threshold: Minimum score of a detection.
+          iou: NMS overlap above which the weaker box of a class is dropped.
+          max_detections: Most detections returned.
+          format: ``auto``, ``ssd``, ``ssd_raw``, ``yolo``, ``yolov5`` or ``yolov8``.
+          anchors: ``[A, 4]`` anchors for ``ssd_raw`` outputs.
+
+        Returns:
+          A tuple of ``Detection(bbox, id, score, label)``, best first, boxes in
+          the image's pixels.
+
+        Raises:
+          InputError: the image is not an image or the outputs are not a known layout.
+          ModelClosedError: the model was closed.
+        """
+        from . import detect as _detect  # noqa: PLC0415
+
+        if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+            from edgeship.preprocess import read_image  # noqa: PLC0415
+
+            image = read_image(str(image))
+        return _detect.detect(self, image, threshold, iou=iou, max_detections=max_detections, format=format,
+                              anchors=anchors)
+
     # -- life cycle --------------------------------------------------------------------
 
     def close(self) -> None:

@@ -143,7 +143,7 @@ def test_demo_detector_trains_converts_and_finds_shapes(tmp_path):
         assert m.inputs[0].dtype == np.int8 or m.artifact["precision"] == "int8"
         for _ in range(20):
             img, boxes, ids = detector_demo.render_scene(rng, (320, 240), max_objects=3)
-            dets = D.detect(m, img, threshold=0.4)
+            dets = m.detect(img, threshold=0.4)  # Model.detect: the public path
             for b, k in zip(boxes * np.array([320, 240, 320, 240]), ids):
                 hits += any(d.id == k and D.box_iou(b, np.array([list(d.bbox)]))[0] > 0.4 for d in dets)
             total = len(ids)
