@@ -262,7 +262,7 @@ def _gzip_len(data: bytes) -> int:
 
 
 def tflite_fallback(errors: TfliteLayerErrors, evaluate: Callable[[str], dict], *, max_drop: float,
-                    baseline: dict, workdir: str, max_attempts: int = MAX_ATTEMPTS) -> FallbackResult:
+                    baseline: dict, workdir: str, max_attempts: int | None = None) -> FallbackResult:
     """Keep the most sensitive layers in float, one at a time, until the drop is within ``max_drop``.
 
     Args:
@@ -272,11 +272,12 @@ def tflite_fallback(errors: TfliteLayerErrors, evaluate: Callable[[str], dict], 
         max_drop: allowed accuracy (or agreement) drop in points.
         baseline: ``{"drop_points", "bytes", "gzip_bytes"}`` of the plain INT8 artifact.
         workdir: scratch folder for attempt files.
-        max_attempts: at most this many layers are tried.
+        max_attempts: at most this many layers are tried (default :data:`MAX_ATTEMPTS`).
     """
     from edgeship import metrics as _metrics  # noqa: PLC0415
     from edgeship.errors import ValidationFailedError  # noqa: PLC0415
 
+    max_attempts = MAX_ATTEMPTS if max_attempts is None else int(max_attempts)
     t0 = time.perf_counter()
     attempts = [{"kept_float": [], "drop_points": baseline.get("drop_points"), "bytes": baseline.get("bytes"),
                  "gzip_bytes": baseline.get("gzip_bytes"), "accuracy": baseline.get("accuracy"),
