@@ -29,7 +29,11 @@ loss=None, ramp=0.6, bridge_samples=None) -> PruneResult``
     consecutive weights along the input-channel axis (``"2:4"``, tfmot's
     ``sparsity_m_by_n=(2, 4)``); the sparsity is then (M-N)/M, ``sparsity`` must be
     None or equal to it, and layers whose input-channel count is not a multiple of
-    M are left dense (listed in ``skipped``). The loss is inferred from the model's
+    M are left dense (listed in ``skipped``). ``"1xK"`` (e.g. ``"1x4"``) prunes
+    Dense kernels in aligned blocks of K consecutive input-channel weights
+    (contiguous in the TFLite file, so the zeros gzip better; tfmot's
+    ``block_size=(K, 1)``) and other layers elementwise, at ``sparsity``; each
+    layer row then has a ``structure`` field. The loss is inferred from the model's
     output and ``y`` (integer labels, one-hot, binary, else MSE) unless ``loss``
     is given.
 
@@ -54,8 +58,9 @@ loss=None, ramp=0.6, bridge_samples=None) -> PruneResult``
 ``achieved_sparsity(model, names=None) -> list[dict]``: per-layer zero fraction of
 the prunable weights of a tf_keras or Keras 3 model.
 
-``check_n_m(kernel, n, m, layer_type) -> bool``: at most N nonzeros in every M
-consecutive weights along the input-channel axis.
+``check_n_m(kernel, n, m, axis) -> bool``: at most N nonzeros in every M
+consecutive weights along ``axis`` (the input channels: 2 for Conv2D, 0 for Dense).
+``check_blocks(kernel, k, axis) -> bool``: zeros come in whole aligned blocks of k.
 
 Errors: ``PruneOptionError`` (bad sparsity/structure/epochs), ``CalibrationError``
 (training data), ``UnsupportedModelError`` (bridge), ``MissingDependencyError``.
@@ -87,6 +92,10 @@ PRUNABLE = {
     "SeparableConv2D": ("pointwise_kernel", 2),
     "Conv2DTranspose": ("kernel", 3),
 }
+
+
+# tfmot's N:M masks group weights along the input channels of rank-2 and rank-4 kernels.
+_N_M_LAYERS = ("Conv2D", "SeparableConv2D", "Dense")
 
 
 class PruneOptionError(EdgeshipError, ValueError):
@@ -130,6 +139,34 @@ class PruneResult:
 
 
 # -- options ------------------------------------------------------------------------
+
+
+def parse_block(structure) -> int | None:
+    """``"1x4"`` -> 4: blocks of K consecutive input-channel weights pruned together.
+
+    Raises:
+        PruneOptionError: K outside 2..64.
+    """
+    if not isinstance(structure, str) or "x" not in structure.lower():
+        return None
+    try:
+        one, k_text = structure.lower().split("x")
+        if one.strip() != "1":
+            raise ValueError
+        k = int(k_text)
+    except ValueError:
+        raise PruneOptionError(f"block structure {structure!r} is not 1xK (e.g. '1x4')") from None
+    if not (2 <= k <= 64):
+        raise PruneOptionError(f"block structure {structure!r} needs 2 <= K <= 64")
+    return k
+
+
+def check_blocks(kernel, k: int, axis: int) -> bool:
+    """True when the zeros of ``kernel`` come in whole aligned blocks of ``k`` along ``axis``."""
+    a = np.moveaxis(np.asarray(kernel), axis, -1)
+    c = a.shape[-1] - a.shape[-1] % k
+    zeros = (a[..., :c] == 0).reshape(-1, k).sum(axis=1)
+    return bool(np.all((zeros == 0) | (zeros == k)))
 
 
 def parse_structure(structure: str | None) -> tuple[int, int] | None:
@@ -447,7 +484,8 @@ def prune_keras(
         UnsupportedModelError: the model cannot be bridged or has nothing to prune.
         MissingDependencyError: tensorflow, tf_keras or tfmot missing (extra ``convert``).
     """
-    nm = parse_structure(structure)
+    block = parse_block(structure)
+    nm = None if block else parse_structure(structure)
     target = _target_sparsity(sparsity, nm)
     if int(epochs) < 1:
         raise PruneOptionError(f"epochs must be >= 1, got {epochs}")
@@ -458,7 +496,7 @@ def prune_keras(
 
     data = None
     if train_data is not None:
-        data = load_train_data(train_data)
+        data = load_train_data(train_data, input_shape=_model_input_shape(model))
     warnings: list[str] = []
 
     tf, tk, tfmot = _tf_stack()
@@ -469,13 +507,24 @@ def prune_keras(
     base = bridge.model
 
     # Work on a copy: never change the caller's model.
-    work = tk.models.clone_model(base)
-    work.set_weights(base.get_weights())
+    try:
+        work = tk.models.clone_model(base)
+        work.set_weights(base.get_weights())
+    except Exception as exc:  # subclassed or non-serializable tf_keras models
+        raise UnsupportedModelError(
+            f"cannot rebuild model {getattr(base, 'name', '?')!r} for pruning ({type(exc).__name__}: {exc}); "
+            "pruning needs a Sequential or Functional model of built-in layers"
+        ) from None
 
     selected, skipped = [], []
     for layer in work.layers:
         w, axis = _prunable_kernel(layer)
         if w is None:
+            continue
+        if nm is not None and type(layer).__name__ not in _N_M_LAYERS:
+            skipped.append({"name": layer.name,
+                            "reason": f"{type(layer).__name__}: N:M pruning supports Conv2D, SeparableConv2D and "
+                                      "Dense kernels only"})
             continue
         if nm is not None and w.shape[axis] % nm[1] != 0:
             skipped.append({"name": layer.name,
@@ -506,8 +555,15 @@ def prune_keras(
 
     def wrap(layer):
         if layer.name in selected:
-            return sched_mod.prune_low_magnitude(layer, **params)
+            extra = {}
+            if block and type(layer).__name__ == "Dense" and layer.kernel.shape[0] % block == 0:
+                # tf kernel (in, out); TFLite stores (out, in): blocks over the input rows are contiguous there.
+                extra["block_size"] = (block, 1)
+                block_layers.add(layer.name)
+            return sched_mod.prune_low_magnitude(layer, **params, **extra)
         return layer
+
+    block_layers: set = set()
 
     pruned = tk.models.clone_model(work, clone_function=wrap)
 
@@ -539,6 +595,9 @@ def prune_keras(
     measured = {r["name"]: r for r in achieved_sparsity(stripped, names=set(selected))}
     layers = [{"name": n, "target": target, "achieved": measured[n]["achieved"], "params": measured[n]["params"]}
               for n in selected if n in measured]
+    if block:
+        for r in layers:
+            r["structure"] = f"1x{block}" if r["name"] in block_layers else "elementwise"
     total = sum(r["params"] for r in layers)
     achieved_total = sum(r["achieved"] * r["params"] for r in layers) / total if total else 0.0
     for r in layers:
@@ -550,12 +609,17 @@ def prune_keras(
                 w, axis = _prunable_kernel(lyr)
                 if not check_n_m(np.asarray(w), nm[0], nm[1], axis):
                     warnings.append(f"layer {lyr.name} does not hold the {nm[0]}:{nm[1]} structure")
+    for lyr in stripped.layers:
+        if lyr.name in block_layers:
+            w, axis = _prunable_kernel(lyr)
+            if not check_blocks(np.asarray(w), block, axis):
+                warnings.append(f"layer {lyr.name} does not hold the 1x{block} block structure")
     return PruneResult(
         model=stripped,
         layers=layers,
         achieved_total=float(achieved_total),
         target=float(target),
-        structure=f"{nm[0]}:{nm[1]}" if nm else None,
+        structure=f"{nm[0]}:{nm[1]}" if nm else (f"1x{block}" if block else None),
         bridged=bridge.bridged,
         bridge_max_abs_diff=float(bridge.max_abs_diff) if bridge.bridged else None,
         fine_tuned=fine_tuned,
@@ -564,6 +628,11 @@ def prune_keras(
         skipped=skipped,
         warnings=tuple(warnings),
     )
+
+
+def _model_input_shape(model):
+    inputs = getattr(model, "inputs", None) or []
+    return tuple(inputs[0].shape) if len(inputs) == 1 else None
 
 
 def _check_input_shape(model, x) -> None:

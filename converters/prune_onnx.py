@@ -123,6 +123,8 @@ def prune_onnx(src_path, dst_path, *, sparsity: float | None = None, structure: 
         ModelFormatError: the source is not a readable ONNX model.
         UnsupportedModelError: no Conv/Gemm/MatMul weight initializer to prune.
     """
+    if isinstance(structure, str) and "x" in structure.lower():
+        raise PruneOptionError(f"structure {structure!r}: ONNX pruning supports unstructured or N:M (e.g. '2:4')")
     nm = parse_structure(structure)
     target = _target_sparsity(sparsity, nm)
     onnx = _onnx()

@@ -25,6 +25,7 @@ from edgeship.converters.keras_bridge import bridge_to_tf_keras, is_tf_keras_mod
 from edgeship.converters.prune import (  # noqa: E402
     PruneOptionError,
     TrainData,
+    check_blocks,
     check_n_m,
     load_train_data,
     prune_keras,
@@ -200,6 +201,20 @@ def test_prune_2_4_structure_holds_along_input_channels(dense_model, digits):
         assert abs(r["achieved"] - 0.5) < 1e-6
     assert not any("2:4" in w for w in res.warnings)
     assert _acc(res.model, xte, yte) >= _acc(dense_model, xte, yte) - 0.05
+
+
+def test_prune_1x4_blocks_on_dense_layers(dense_model, digits):
+    xtr, ytr, _xte, _yte = digits
+    res = prune_keras(dense_model, sparsity=0.5, structure="1x4", train_data=(xtr, ytr), epochs=1, progress=False)
+    assert res.structure == "1x4"
+    kinds = {r["name"]: r["structure"] for r in res.layers}
+    assert kinds == {"c1": "elementwise", "c2": "elementwise", "fc1": "1x4", "logits": "1x4"}
+    layers = {layer.name: layer for layer in res.model.layers}
+    for name in ("fc1", "logits"):
+        kernel = layers[name].kernel.numpy()
+        assert check_blocks(kernel, 4, axis=0), name
+        assert not check_blocks(kernel, 4, axis=1)  # the blocks run along the input rows only
+    assert all(abs(r["achieved"] - 0.5) < 0.02 for r in res.layers)
 
 
 def test_prune_without_training_data_warns(dense_model, digits):

@@ -125,7 +125,7 @@ def test_conv_n_m_skips_indivisible_first_layer(tmp_path):
 def test_bad_options_and_inputs(digits_mlp, tmp_path):
     src, _x, _y = digits_mlp
     for kwargs in ({"sparsity": 1.0}, {"sparsity": 0}, {"structure": "4:2"}, {"structure": "2-4"},
-                   {"sparsity": 0.75, "structure": "2:4"}, {}):
+                   {"sparsity": 0.75, "structure": "2:4"}, {}, {"sparsity": 0.5, "structure": "1x4"}):
         with pytest.raises(PruneOptionError):
             prune_onnx(src, tmp_path / "x.onnx", **kwargs)
     bad = tmp_path / "bad.onnx"
