@@ -26,7 +26,7 @@ import numpy as np
 REPORT_NAME = "report.md"
 HTML_NAME = "report.html"
 LATENCY_RUNS = 20
-LATENCY_BUDGET_S = 3.0
+LATENCY_BUDGET_S = 2.0
 
 
 def _kb(n) -> str:
