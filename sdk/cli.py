@@ -172,6 +172,12 @@ def cmd_convert(args) -> int:
             calib_method=args.calib_method,
             exclude=tuple(e for e in (args.exclude or "").split(",") if e),
             target=args.target,
+            prune=args.prune,
+            prune_structure=args.prune_structure,
+            prune_epochs=args.prune_epochs,
+            train_data=args.train_data,
+            auto_fallback=args.auto_fallback,
+            layer_errors=args.layer_errors,
         )
         if args.json:
             _emit_json(out, {"bundle": result.bundle, "warnings": list(result.warnings), "manifest": result.manifest})
@@ -405,6 +411,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from edgeship.converters.report import build_report
+
+    md, html = build_report(args.path, source_model=args.source, latency=not args.no_latency)
+    print(f"wrote {md}\nwrote {html}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     _set_threads_env()
     from edgeship.converters import demo
@@ -444,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-drop", type=float, help="fail (writing nothing) if accuracy drops more than this many points")
     c.add_argument("--input-shape", help="fix the input shape, e.g. 1,224,224,3 (default: batch fixed to 1)")
     c.add_argument("--exclude", help="comma list of node names or op types to keep in float (ONNX)")
+    c.add_argument("--prune", type=float, metavar="SPARSITY", help="prune weights to this sparsity (0-0.95) first")
+    c.add_argument("--prune-structure", help="structured sparsity, e.g. 2:4 (N:M) or 1x4 (blocks)")
+    c.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs while pruning (default 2)")
+    c.add_argument("--train-data", help="fine-tuning data for pruning: image folder with class subfolders, or .npz x/y")
+    c.add_argument("--auto-fallback", action="store_true",
+                   help="with --max-drop: keep the most quantization-sensitive layers in float until the drop fits")
+    c.add_argument("--layer-errors", action="store_true", help="measure the ten layers with the largest INT8 error")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--force", action="store_true", help="replace an existing bundle")
     c.add_argument("--allow-legacy-h5", action="store_true", help="accept legacy .h5 files (HDF5 loading ignores safe mode)")
@@ -483,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--artifact")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser("report", help="rebuild a bundle's report.md and report.html")
+    rp.add_argument("path")
+    rp.add_argument("--source", help="the source model, to measure per-layer errors against it")
+    rp.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="train a small digits CNN, convert it to INT8 and measure it")
     d.add_argument("--workdir", default=None)

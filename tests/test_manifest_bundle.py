@@ -120,14 +120,14 @@ def test_atomic_writes(tmp_path, model, data):
     with pytest.raises(BundleExistsError):
         convert(model, out, calib=calib, eval_data=ev, calib_count=32)
     second = convert(model, out, calib=calib, eval_data=ev, precision="fp16", calib_count=32, force=True)
-    assert sorted(os.listdir(out)) == ["calibration.npz", "manifest.json", "model.fp16.tflite", "report.md"]
+    assert sorted(os.listdir(out)) == ["calibration.npz", "manifest.json", "model.fp16.tflite", "report.html", "report.md"]
     assert second.manifest["artifacts"][0]["precision"] == "fp16" != first.manifest["artifacts"][0]["precision"]
     before = (out / "manifest.json").read_bytes()
     # a forced conversion that fails mid-way (artifact written, validation fails) keeps the old bundle
     with pytest.raises(ValidationFailedError):
         convert(model, out, calib=np.zeros((32, 8, 8, 1), np.float32), eval_data=ev, force=True)
     assert (out / "manifest.json").read_bytes() == before
-    assert sorted(os.listdir(out)) == ["calibration.npz", "manifest.json", "model.fp16.tflite", "report.md"]
+    assert sorted(os.listdir(out)) == ["calibration.npz", "manifest.json", "model.fp16.tflite", "report.html", "report.md"]
     assert stale_temp_dirs(str(out)) == [] and [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
     # a fresh target with a failure mid-conversion: no target, no temp folder
     fresh = tmp_path / "fresh"
