@@ -207,3 +207,27 @@ def test_bad_arguments_exit_2():
     assert r.returncode == 2
     r = cli("inspect", "/definitely/not/here")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_report_rebuilds_html(work, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(work["bundle"], copy)
+    os.remove(copy / "report.html")
+    r = cli("report", copy, "--no-latency")
+    assert r.returncode == 0, r.stderr[-2000:]
+    html = (copy / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_convert_with_pruning_records_sparsity(work, tmp_path):
+    r = cli("convert", work["model"], "-o", tmp_path / "pruned", "--calib", work["root"] / "calib.npz",
+            "--eval", work["root"] / "test.npz", "--prune", "0.5", "--train-data", work["root"] / "calib.npz",
+            "--prune-epochs", "1", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    man = json.loads(r.stdout)["manifest"]
+    assert man["pruning"]["target"] == 0.5
+    assert 0.45 <= man["pruning"]["achieved_total"] <= 0.55
+    r = cli("convert", work["model"], "-o", tmp_path / "bad", "--calib", work["root"] / "calib.npz", "--prune", "1.5")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
