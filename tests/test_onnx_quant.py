@@ -211,3 +211,27 @@ def test_detect_layout():
     assert onnx_formats.detect_layout([1, 1, 28, 28]) == "NCHW"
     assert onnx_formats.detect_layout([1, 28, 28, 1]) == "NHWC"
     assert onnx_formats.detect_layout([1, 10]) == "other"
+
+
+def test_x86_int8_runs_in_integer_kernels(tmp_path):
+    """ONNX Runtime must fuse every Q/DQ pair of the x86 (U8S8) model into integer kernels.
+
+    Unfused QDQ runs in float with extra (de)quantize steps and is slower than FP32;
+    on MobileNetV2 the S8S8 scheme left 25 float ops and 97 Q/DQ nodes on this x86 CPU
+    and the "basic" optimization level 65 and 199 (see benchmarks/bench_onnx.py --variants).
+    """
+    ort = pytest.importorskip("onnxruntime")
+    p = tmp_path / "m.onnx"
+    conv_net(p)
+    src = onnx_formats.load_onnx(str(p))
+    info = _export(src, _request(tmp_path, digits_like(16), target="x86"))
+    q = info["extra"]["onnx_quantization"]
+    assert (q["activation_type"], q["weight_type"], q["format"]) == ("uint8", "int8", "QDQ")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), sess_options=so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert not {"Conv", "Gemm", "MatMul", "Relu", "GlobalAveragePool"} & set(ops), ops
+    assert ops.count("QuantizeLinear") <= 1 and ops.count("DequantizeLinear") <= 1  # the float input and output
+    assert {"QLinearConv", "QGemm"} <= set(ops)
