@@ -612,7 +612,9 @@ def run_stream(model, source, *, display: str | Display = Display.NONE, host: st
         base = {"source": stream.source.spec.uri, "model": os.path.basename(str(getattr(model, "path", "") or "")),
                 "backend": getattr(getattr(model, "info", None), "backend", None)}
         base = {k: v for k, v in base.items() if v}
+        delivered = 0
         for r in stream:
+            delivered += 1
             if recorder is not None:
                 recorder.write(r.image)
             if view is not None:
@@ -628,7 +630,7 @@ def run_stream(model, source, *, display: str | Display = Display.NONE, host: st
                     break
             if on_result is not None:
                 on_result(r)
-            if max_frames is not None and stream.frames >= max_frames:
+            if max_frames is not None and delivered >= max_frames:
                 stream.ended_by = "max_frames"
                 break
             if duration is not None and time.perf_counter() - t0 >= duration:
@@ -650,6 +652,8 @@ def run_stream(model, source, *, display: str | Display = Display.NONE, host: st
         if own_model:
             model.close()
     out = stream.summary()
+    if stream.ended_by == "max_frames":
+        out["frames"] = max_frames  # a frame still in flight when we stopped is not delivered
     out.update({"display": mode.value, "url": view.url if view else None, "record": record,
                 "recorded_frames": recorder.frames if recorder else 0})
     if stream.source.error and out["ended_by"] in (None, "end_of_source"):
