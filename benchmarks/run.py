@@ -636,6 +636,11 @@ def main(argv=None) -> int:
     say = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  (stdout carries the table)
     spec = QUICK_MODEL if args.quick else FULL_MODEL
     cache_dir = os.path.abspath(args.cache_dir or os.path.join(RESULTS_DIR, "cache"))
+    known = [b.__name__.removeprefix("bench_") for b in BENCHMARKS]
+    wanted = None if not args.only else {s.strip() for s in args.only.split(",") if s.strip()}
+    if wanted is not None and not wanted <= set(known):
+        p.error(f"--only: unknown benchmark(s) {', '.join(sorted(wanted - set(known)))}; "
+                f"expected some of {', '.join(known)}")
     built = build_models(spec, cache_dir, rebuild=args.rebuild, say=say)
     cold = args.cold_runs or (2 if args.quick else 5)
     ctx = Context(
@@ -648,7 +653,6 @@ def main(argv=None) -> int:
         quick=args.quick,
         say=say,
     )
-    wanted = None if not args.only else {s.strip() for s in args.only.split(",") if s.strip()}
     rows: list = []
     for bench in BENCHMARKS:
         name = bench.__name__.removeprefix("bench_")
