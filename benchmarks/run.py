@@ -560,7 +560,7 @@ def plot(rows: list, path: str, title: str) -> None:
         bars = ax.bar(range(len(vals)), vals, color=colors)
         ax.set_xticks(range(len(vals)), labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=9)
-        if g == "cold_seconds" and max(vals) / max(min(vals), 1e-9) > 8:
+        if g in ("cold_seconds", "cold_rss") and max(vals) / max(min(vals), 1e-9) > 8:
             ax.set_yscale("log")
         for b, v in zip(bars, vals):
             ax.annotate(f"{v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
