@@ -10,13 +10,11 @@ and deleted only after the new one is in place.
 
 from __future__ import annotations
 
-import glob
-import gzip
-import hashlib
 import os
-import shutil
-import tempfile
 from typing import Iterator
+
+# glob, gzip, shutil and tempfile are imported by the writer functions only: the
+# runtime reads bundles at cold start on devices and must not pay for them.
 
 from . import manifest as _manifest
 from .errors import BundleError, BundleExistsError, IntegrityError
@@ -25,8 +23,24 @@ _TMP_MARK = ".tmp-"
 _OLD_MARK = ".old-"
 
 
+def _sha256():
+    try:  # the built-in implementation: no OpenSSL load at a device's cold start
+        import _sha256  # noqa: PLC0415  (Python <= 3.11)
+
+        return _sha256.sha256()
+    except ImportError:
+        try:
+            import _sha2  # noqa: PLC0415  (Python >= 3.12)
+
+            return _sha2.sha256()
+        except ImportError:
+            import hashlib  # noqa: PLC0415
+
+            return hashlib.sha256()
+
+
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    h = _sha256()
     with open(path, "rb") as fh:
         while True:
             block = fh.read(chunk)
@@ -37,11 +51,15 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    h = _sha256()
+    h.update(data)
+    return h.hexdigest()
 
 
 def gzip_size(path: str) -> int:
     """Bytes of ``path`` after gzip -9 (what a download or OTA update costs)."""
+    import gzip  # noqa: PLC0415
+
     with open(path, "rb") as fh:
         return len(gzip.compress(fh.read(), compresslevel=9, mtime=0))
 
@@ -61,6 +79,8 @@ def _fsync_dir(path: str) -> None:
 
 def stale_temp_dirs(target: str) -> list[str]:
     """Leftover temp folders of earlier interrupted writes to ``target``."""
+    import glob  # noqa: PLC0415
+
     target = os.path.abspath(target)
     parent, name = os.path.split(target)
     pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}{_TMP_MARK}*")
@@ -109,6 +129,9 @@ class BundleWriter:
                 )
 
     def __enter__(self) -> "BundleWriter":
+        import shutil  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
         self.check_target()
         parent, name = os.path.split(self.target)
         os.makedirs(parent or ".", exist_ok=True)
@@ -130,6 +153,9 @@ class BundleWriter:
 
     def commit(self, manifest: dict) -> str:
         """Validate ``manifest``, write it, check hashes, fsync and rename into place."""
+        import shutil  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
         assert self.dir is not None
         _manifest.validate(manifest, where="the manifest being written")
         for art in manifest["artifacts"]:
@@ -167,6 +193,8 @@ class BundleWriter:
         return self.target
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil  # noqa: PLC0415
+
         if self.dir is not None and os.path.isdir(self.dir):
             shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
