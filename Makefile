@@ -8,10 +8,11 @@ PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install demo test test-fast bench harden clean help
+.PHONY: install demo stream-demo test test-fast bench harden clean help
 
 help:
 	@echo "make demo    train a digits CNN, convert it to INT8, measure it (sets up .venv first)"
+	@echo "make stream-demo  a live detection stream on a synthetic video (web page on headless machines)"
 	@echo "make test    run the test suite (sets up .venv first)"
 	@echo "make bench   run the benchmark harness in benchmarks/"
 	@echo "make clean   remove caches and demo output (keeps .venv)"
@@ -28,6 +29,14 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgeship demo
+	@echo ""
+	@echo "Live next: 'make stream-demo' trains a small shape detector, writes a synthetic video and"
+	@echo "streams it with boxes drawn (a window if OpenCV has a GUI, else http://127.0.0.1:8080/)."
+
+stream-demo: $(STAMP)
+	$(PY) -m edgeship.converters.detector_demo
+	$(PY) examples/synthetic_video.py .edgeship-demo/shapes.mp4 --seconds 20
+	$(VENV)/bin/edgeship stream .edgeship-demo/detector-int8 --source .edgeship-demo/shapes.mp4 --realtime --loop --port 8080
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not hardening" $(PYTEST_ARGS)
