@@ -75,3 +75,27 @@ def test_demo_main_prints_table_and_next_steps(demo, capsys):
     out = capsys.readouterr().out
     for text in ("TFLite INT8", "test accuracy", "edgeship inspect", "edgeship run", "edgeship bench", "PASS"):
         assert text in out
+
+
+def test_demo_model_to_int8_onnx_and_tflite_in_one_bundle(demo, tmp_path):
+    """Issue 3, "Done when": Keras -> FP32 ONNX (<= 1e-4) -> INT8 ONNX within 0.5 points of FP32."""
+    import edgeship
+
+    mod, workdir, f = demo
+    prep = mod.prepare_model(str(workdir))  # cached: returns the trained model at once
+    res = edgeship.convert(prep["model_path"], str(tmp_path / "both"), calib=prep["calib_dir"],
+                           eval_data=prep["test_npz"], preprocess=prep["preprocess"], formats=("tflite", "onnx"))
+    arts = {a["format"]: a for a in res.manifest["artifacts"]}
+    assert set(arts) == {"tflite", "onnx"}
+    assert res.manifest["settings"]["keras_to_onnx"]["max_abs_error"] <= 1e-4
+    val = res.manifest["validation"]["artifacts"]
+    for fmt in ("tflite", "onnx"):
+        v = val[arts[fmt]["file"]]
+        assert (v["source_accuracy"] - v["accuracy"]) * 100 <= 0.5, (fmt, v)
+    # the runtime runs each artifact of the bundle with the same float input
+    with np.load(prep["test_npz"]) as z:
+        x, y = z["x"][:100], z["y"][:100]
+    for fmt in ("tflite", "onnx"):
+        with edgeship.runtime.load(res.bundle, artifact=fmt) as m:
+            acc = float(np.mean(np.argmax(next(iter(m.run(x).values())), 1) == y))
+        assert acc >= 0.95, (fmt, acc)
