@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.edgeship-installed
 PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-export PYTHONDONTWRITEBYTECODE = 1
 
 .PHONY: install demo stream-demo test test-fast bench harden clean help
 
