@@ -59,6 +59,18 @@ class FallbackError(BackendUnavailableError):
     """``strict=True`` and the requested backend/delegate could not be used."""
 
 
+class ModelNotFoundError(EdgeshipError, FileNotFoundError):
+    """The model path given to the runtime or the converter does not exist."""
+
+
+class ModelClosedError(EdgeshipError, ValueError):
+    """The model was closed; load it again to run it."""
+
+
+class PruneOptionError(EdgeshipError, ValueError):
+    """A pruning option (sparsity, structure, epochs ...) is out of range."""
+
+
 class MissingDependencyError(EdgeshipError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
