@@ -16,6 +16,12 @@ What it measures (issue 2, section 7):
   the first result and its peak RSS (``ru_maxrss``), the median of a few
   processes. The same for the bare LiteRT interpreter (reference) and for
   ``tf.lite.Interpreter`` (contrast). Targets: <= 0.15 s and <= 60 MB.
+* ``onnx``, ``prune``, ``stream``: wrappers around the standalone
+  ``bench_onnx.py`` (target: INT8 ONNX >= 2x faster than FP32 ONNX),
+  ``bench_prune.py`` (50 %: within 1 point and <= 0.72x gzip; 75 %: within 2
+  points and <= 0.48x; ``--quick`` uses scikit-learn digits and few epochs) and
+  ``bench_stream.py`` (stream FPS >= 0.9x inference-only and above the naive loop).
+  A benchmark that raises becomes a failed ``<name>.error`` row; the others run.
 
 The model is ``keras.applications.MobileNetV2(weights=None)`` at 224x224 (the
 speed of a network does not depend on its weights), converted with
@@ -505,7 +511,97 @@ def bench_cold_start(ctx: Context) -> list:
     return rows
 
 
-BENCHMARKS: list = [bench_runtime_vs_bare, bench_int8_vs_fp32, bench_cold_start]
+# ---------------------------------------------------------------------------- standalone modules
+
+
+def _module(name: str):
+    """Import ``benchmarks/<name>.py`` (a standalone script beside this one)."""
+    import importlib  # noqa: PLC0415
+
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    return importlib.import_module(name)
+
+
+def _slug(text: str) -> str:
+    out = "".join(c if c.isalnum() else "_" for c in text.lower())
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out.strip("_")
+
+
+def bench_onnx(ctx: Context) -> list:
+    """ONNX Runtime FP32 vs INT8 (bare and through edgeship.runtime), and LiteRT INT8 beside them."""
+    mod = _module("bench_onnx")
+    rs = mod.rows(quick=ctx.quick, threads=ctx.threads, say=ctx.say)
+    ctx.details["onnx"] = rs
+    out = []
+    for r in rs:
+        key = _slug(r["name"].split("(")[0])
+        out.append(row("onnx", f"{key}_p50_ms", f"{r['name'].split(' (')[0]}: p50", r["p50_ms"], "ms",
+                       plot="latency"))
+        out.append(row("onnx", f"{key}_p90_ms", f"{r['name'].split(' (')[0]}: p90", r["p90_ms"], "ms"))
+        if r.get("ratio") is not None:
+            label = r["name"][r["name"].find("(") + 1:].rstrip(")") if "(" in r["name"] else "ratio"
+            out.append(row("onnx", f"{key}_ratio", f"{r['name'].split(' (')[0]}: {label}", r["ratio"], "x",
+                           target=r.get("target"), passed=r.get("pass")))
+    return out
+
+
+def bench_prune(ctx: Context) -> list:
+    """Dense vs pruned (50%, 75%, 2:4, 1x4) INT8 TFLite: gzip bytes and accuracy (digits in --quick)."""
+    mod = _module("bench_prune")
+    opts = dict(dataset="digits", epochs=2, prune_epochs=1) if ctx.quick else dict(dataset="auto")
+    rs = mod.rows(**opts)
+    ctx.details["prune"] = {"options": opts, "rows": rs}
+    out = []
+    for r in rs:
+        key = _slug(r["config"])
+        out.append(row("prune", f"{key}_int8_accuracy", f"{r['config']}: INT8 accuracy", r["int8_accuracy"]))
+        out.append(row("prune", f"{key}_int8_gzip_bytes", f"{r['config']}: INT8 gzip", r["int8_gzip_bytes"], "B"))
+        if r.get("target_drop_points") is None:
+            continue
+        ok_drop = r["drop_points_int8"] <= r["target_drop_points"]
+        ok_gz = r["gzip_ratio"] <= r["target_gzip_ratio"]
+        out.append(row("prune", f"{key}_drop_points", f"{r['config']}: accuracy drop vs dense FP32 (INT8)",
+                       r["drop_points_int8"], "pt", target=f"<= {r['target_drop_points']:g} pt", passed=ok_drop))
+        out.append(row("prune", f"{key}_gzip_ratio", f"{r['config']}: INT8 gzip / dense INT8 gzip", r["gzip_ratio"],
+                       "x", target=f"<= {r['target_gzip_ratio']:g}x", passed=ok_gz))
+    return out
+
+
+TARGET_STREAM_VS_INFERENCE = 0.9  # end-to-end stream FPS / inference-only FPS
+
+
+def bench_stream(ctx: Context) -> list:
+    """Video stream FPS: edgeship stream vs inference only vs a naive serial loop."""
+    mod = _module("bench_stream")
+    rs = mod.rows(seconds=2 if ctx.quick else 5, threads=(ctx.threads,))
+    ctx.details["stream"] = rs
+    out = []
+    groups: dict = {}
+    for r in rs:
+        groups.setdefault((r["model"], r["threads"]), {})[r["mode"]] = r
+    for (model, threads), modes in groups.items():
+        key = _slug(f"{model} {threads}t")
+        name = f"{model} ({threads} threads)"
+        for mode, r in modes.items():
+            out.append(row("stream", f"{key}_{_slug(mode)}_fps", f"{name}: {mode}", r["fps"], "FPS"))
+        s, inf, naive = modes.get("edgeship stream"), modes.get("inference only"), modes.get("naive serial loop")
+        if s and inf:
+            ratio = s["fps"] / inf["fps"] if inf["fps"] else 0.0
+            out.append(row("stream", f"{key}_stream_vs_inference", f"{name}: stream / inference-only FPS", ratio,
+                           "x", target=f">= {TARGET_STREAM_VS_INFERENCE:g}x",
+                           passed=ratio >= TARGET_STREAM_VS_INFERENCE))
+        if s and naive:
+            ratio = s["fps"] / naive["fps"] if naive["fps"] else float("inf")
+            out.append(row("stream", f"{key}_stream_vs_naive", f"{name}: stream / naive loop FPS", ratio, "x",
+                           target="> 1x", passed=ratio > 1.0))
+    return out
+
+
+BENCHMARKS: list = [bench_runtime_vs_bare, bench_int8_vs_fp32, bench_cold_start, bench_onnx, bench_prune,
+                    bench_stream]
 
 
 # ---------------------------------------------------------------------------- output
@@ -659,7 +755,17 @@ def main(argv=None) -> int:
         if wanted is not None and name not in wanted:
             continue
         say(f"[{name}] {(bench.__doc__ or '').strip().splitlines()[0]}")
-        rows += bench(ctx)
+        try:
+            rows += bench(ctx)
+        except (Exception, SystemExit) as exc:  # one broken benchmark must not cost the others' figures
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exc(file=sys.stderr)
+            msg = f"{type(exc).__name__}: {exc}".strip()[:300]
+            say(f"[{name}] FAILED: {msg}")
+            ctx.details.setdefault("errors", {})[name] = msg
+            rows.append(row(name, "error", f"{name}: benchmark raised", msg, target="runs without error",
+                            passed=False))
 
     title = (f"edgeship benchmarks: {spec.name}, {ctx.threads} threads, {ctx.runs} runs/engine, "
              f"{platform.machine()} x{os.cpu_count()}")

@@ -23,7 +23,8 @@ def test_bench_quick_writes_json_and_plot(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", EDGESHIP_PROGRESS="0")
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--runs", "10", "--warmup", "2",
-         "--cold-runs", "1", "--json", str(out), "--cache-dir", str(tmp_path / "cache")],
+         "--cold-runs", "1", "--only", "runtime_vs_bare,int8_vs_fp32,cold_start", "--json", str(out),
+         "--cache-dir", str(tmp_path / "cache")],
         capture_output=True, text=True, env=env, timeout=900, cwd=str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,3 +57,21 @@ def test_bench_quick_writes_json_and_plot(tmp_path):
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["meta"]["bundles_cached"] is True
     assert again["summary"]["runtime.ratio_p50"] > 0
+
+
+def test_bench_quick_onnx_rows(tmp_path):
+    out = tmp_path / "onnx.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", EDGESHIP_PROGRESS="0")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--only", "onnx", "--runs", "5",
+         "--warmup", "0", "--json", str(out), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, env=env, timeout=900, cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = [r for r in data["rows"] if r["section"] == "onnx"]
+    assert rows and not [r for r in data["rows"] if r["key"] == "error"], data["rows"]
+    for key in ("onnx.onnx_fp32_ort_bare_p50_ms", "onnx.onnx_int8_ort_bare_p50_ms",
+                "onnx.onnx_int8_edgeship_runtime_p50_ms"):
+        assert isinstance(data["summary"][key], (int, float)) and data["summary"][key] > 0, key
+    assert data["targets"]["onnx.onnx_int8_ort_bare_ratio"]["pass"] in (True, False)
