@@ -61,12 +61,7 @@ _PRECISION_RANK = {
 _TRANSPOSE = {("NCHW", "NHWC"): (0, 2, 3, 1), ("NHWC", "NCHW"): (0, 3, 1, 2)}  # (from, to) -> axes
 
 
-class ModelNotFoundError(EdgeshipError, FileNotFoundError):
-    """The path given to :func:`load` does not exist."""
-
-
-class ModelClosedError(EdgeshipError, ValueError):
-    """The model was closed; load it again to run it."""
+from ..errors import ModelClosedError, ModelNotFoundError  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -757,7 +752,7 @@ def _open_backend(path: str, fmt: str, *, backend: str | None, device: str | Non
 
 
 def load(path, *, artifact: str | None = None, backend: str | None = None, device: str | None = None,
-         threads: int | None = None, strict: bool = False) -> Model:
+         threads: int | None = None, strict: bool = False, isolate: bool = False) -> Model:
     """Open a bundle folder or a bare ``.tflite``/``.onnx`` file for inference.
 
     For a bundle, ``manifest.json`` is read and checked against the schema,
@@ -785,6 +780,10 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
       threads: CPU threads for the engine (XNNPACK ``num_threads``). Default:
         the CPUs this process may use, at most 4.
       strict: Turn any fallback (backend, delegate) into a :class:`FallbackError`.
+      isolate: First load the model and run one zero input in a child process
+        (:func:`edgeship.isolate.probe_model`), so that a malformed or hostile
+        file that crashes or hangs the engine raises :class:`ModelFormatError`
+        here instead of killing this process. Costs one interpreter start-up.
 
     Returns:
       A :class:`Model`.
@@ -816,6 +815,10 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         _backend_entry(backend)
     if not os.path.exists(path):
         raise ModelNotFoundError(f"{path!r} does not exist; pass a bundle folder or a .tflite/.onnx file")
+    if isolate:
+        from ..isolate import probe_model  # noqa: PLC0415
+
+        probe_model(path, backend=backend, artifact=artifact)
     if os.path.isdir(path):
         manifest = _manifest.read(path)
         entry = choose_artifact(manifest, artifact, backend=backend, device=device)
