@@ -713,7 +713,7 @@ def _backend_entry(name: str):
 
 
 def _open_backend(path: str, fmt: str, *, backend: str | None, device: str | None, threads: int | None,
-                  strict: bool) -> _backends.Backend:
+                  strict: bool, delegates: list | None = None) -> _backends.Backend:
     entries = _backends.registered(fmt)
     if not entries:
         raise UnsupportedModelError(f"no registered backend runs {fmt} files ({path})")
@@ -725,6 +725,17 @@ def _open_backend(path: str, fmt: str, *, backend: str | None, device: str | Non
             raise InputError(f"backend {backend!r} runs {', '.join(forced.formats)} files, not {fmt} ({path})")
         entries = [forced] + [e for e in entries if e is not forced]
     options = {"device": device} if device is not None else None
+    delegate_skip: list = []
+    if delegates:
+        if fmt != "tflite":
+            why = (f"delegate {', '.join(os.path.basename(d[0]) for d in delegates)}: TFLite delegates do not "
+                   f"apply to {fmt} files ({os.path.basename(path)}); use device= for ONNX Runtime providers")
+            if strict:
+                raise FallbackError(f"{why}; strict=True forbids running without it")
+            _log.warning("%s; running without it", why)
+            delegate_skip = [why]
+        else:
+            options = dict(options or {}, delegates=list(delegates))
     for entry in entries:
         cls, why = _backend_class(entry)
         if cls is not None:
@@ -745,14 +756,14 @@ def _open_backend(path: str, fmt: str, *, backend: str | None, device: str | Non
         if fallback:
             _log.warning("backend %r is not usable (%s); running %s with %r instead",
                          backend, skipped[0], os.path.basename(path), entry.name)
-        be.info.skipped[:0] = skipped
-        be.info.fallback = be.info.fallback or fallback
+        be.info.skipped[:0] = delegate_skip + skipped
+        be.info.fallback = be.info.fallback or fallback or bool(delegate_skip)
         return be
     raise BackendUnavailableError(f"no backend can run {path} here: {'; '.join(skipped)}; {_INSTALL_HINT.get(fmt, '')}")
 
 
 def load(path, *, artifact: str | None = None, backend: str | None = None, device: str | None = None,
-         threads: int | None = None, strict: bool = False, isolate: bool = False) -> Model:
+         threads: int | None = None, strict: bool = False, isolate: bool = False, delegate=None) -> Model:
     """Open a bundle folder or a bare ``.tflite``/``.onnx`` file for inference.
 
     For a bundle, ``manifest.json`` is read and checked against the schema,
@@ -784,6 +795,12 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         (:func:`edgeship.isolate.probe_model`), so that a malformed or hostile
         file that crashes or hangs the engine raises :class:`ModelFormatError`
         here instead of killing this process. Costs one interpreter start-up.
+      delegate: TFLite external delegate(s) to load with ``load_delegate``:
+        ``"PATH[:key=value,...]"``, ``(path, {options})`` or a list of them.
+        :attr:`Model.info` then reports the delegate and how many of the
+        model's ops it took (``ops_delegated``/``ops_total``). A delegate that
+        cannot be created, or takes no op, is a fallback: one warning, or a
+        :class:`FallbackError` with ``strict``.
 
     Returns:
       A :class:`Model`.
@@ -813,6 +830,9 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         raise InputError(f"device must be a string such as 'cpu' or 'edgetpu', got {device!r}")
     if backend is not None:
         _backend_entry(backend)
+    from .accel import normalize_delegates  # noqa: PLC0415
+
+    delegates = normalize_delegates(delegate)
     if not os.path.exists(path):
         raise ModelNotFoundError(f"{path!r} does not exist; pass a bundle folder or a .tflite/.onnx file")
     if isolate:
@@ -833,7 +853,7 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         file = _bundle.verify_file(path, entry)
         fmt = entry["format"]
         be = _open_backend(file, fmt, backend=backend, device=None if skipped else device, threads=threads,
-                           strict=strict)
+                           strict=strict, delegates=delegates)
         if skipped:
             be.info.skipped[:0] = skipped
             be.info.fallback = True
@@ -845,7 +865,8 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         file, fmt = path, _sniff_format(path)
         if os.path.getsize(path) == 0:
             raise ModelFormatError(f"{path} is empty; re-copy or re-convert the model")
-    be = _open_backend(file, fmt, backend=backend, device=device, threads=threads, strict=strict)
+    be = _open_backend(file, fmt, backend=backend, device=device, threads=threads, strict=strict,
+                       delegates=delegates)
     return _wrap(be, file, manifest, entry)
 
 

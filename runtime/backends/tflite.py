@@ -126,7 +126,7 @@ class _TFLiteBackend(Backend):
         device = options.pop("device", None)
         skipped: list = []
         fallback = False
-        wanted = list(delegates)
+        wanted = list(delegates) + list(options.pop("delegates", None) or ())
         lib, dopts = delegate_for_device(device)
         if lib is not None:
             wanted.append((lib, dopts))
@@ -141,6 +141,8 @@ class _TFLiteBackend(Backend):
                 names.append(type(d).__name__)
                 continue
             try:
+                if os.sep in dlib and not os.path.exists(dlib):  # (LiteRT's Delegate.__del__ trips on this)
+                    raise OSError(f"{dlib}: no such file")
                 loaded.append(mod.load_delegate(dlib, dopt))
                 names.append(os.path.basename(dlib))
             except (ValueError, OSError, RuntimeError) as exc:
@@ -167,6 +169,16 @@ class _TFLiteBackend(Backend):
                 interp = self._make_interpreter(mod, path, threads, [])
             except (ValueError, RuntimeError) as exc2:
                 raise _format_error(path, exc2) from None
+        ops_delegated, ops_total = self._ops_account
+        if names and ops_delegated == 0:
+            # Loaded but took nothing: the model would quietly run on the CPU.
+            why = (f"delegate {', '.join(names)} took none of the {ops_total} ops of this model "
+                   "(it runs entirely on the CPU)")
+            if strict:
+                raise FallbackError(f"{why}; strict=True forbids running without it")
+            _log.warning("%s: %s", self.name, why)
+            skipped.append(why)
+            fallback = True
         self._interp = interp
         in_details = interp.get_input_details()
         out_details = interp.get_output_details()
@@ -179,21 +191,31 @@ class _TFLiteBackend(Backend):
         self.info = ExecutionInfo(
             backend=self.name,
             engine_version=self._version(),
-            device=("edgetpu" if device and device.startswith("edgetpu") else device or "cpu") if names else "cpu",
+            device=("edgetpu" if device and device.startswith("edgetpu") else device or "delegate") if names else "cpu",
             delegate=", ".join(names) or None,
+            ops_delegated=ops_delegated if names else (0 if ops_total is not None else None),
+            ops_total=ops_total,
             threads=threads,
             skipped=skipped,
             fallback=fallback,
         )
 
-    @staticmethod
-    def _make_interpreter(mod, path, threads, delegates):
+    def _make_interpreter(self, mod, path, threads, delegates):
         kwargs = {"model_path": path}
         if threads is not None:
             kwargs["num_threads"] = int(threads)
         if delegates:
             kwargs["experimental_delegates"] = list(delegates)
         interp = mod.Interpreter(**kwargs)
+        # Count before allocate_tensors(): LiteRT applies its default XNNPACK
+        # delegate at the first allocation, so only external delegates show here.
+        try:
+            from ..accel import delegated_ops  # noqa: PLC0415
+
+            taken, total, _ = delegated_ops(interp._interpreter)
+            self._ops_account = (taken, total)
+        except Exception:  # noqa: BLE001 - an interpreter build without node introspection
+            self._ops_account = (None, None)
         interp.allocate_tensors()
         return interp
 
