@@ -42,10 +42,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 TARGETS = {"50%": (1.0, 0.72), "75%": (2.0, 0.48)}  # (max drop in points, max gzip ratio), by sparsity
-CONFIGS = (  # (label, sparsity, structure)
+CONFIGS = (  # (label, sparsity, structure); structure None is prune_keras's default (Dense 1x4, conv elementwise)
     ("50%", 0.5, None), ("75%", 0.75, None), ("2:4", None, "2:4"),
-    ("50% 1x4", 0.5, "1x4"), ("75% 1x4", 0.75, "1x4"),
+    ("50% elementwise", 0.5, "elementwise"), ("75% elementwise", 0.75, "elementwise"),
 )
+SPARSE_ENCODING_FOR = ("50%", "75%")  # also converted with tf.lite.Optimize.EXPERIMENTAL_SPARSITY
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -93,12 +94,14 @@ def build_cnn(keras, shape=(28, 28, 1), classes=10):
     ], name="cnn")
 
 
-def int8_tflite(model, calib: np.ndarray, count: int = 200) -> bytes:
-    """Full-integer INT8 TFLite (int8 input and output) calibrated on ``calib``."""
+def int8_tflite(model, calib: np.ndarray, count: int = 200, sparse_encoding: bool = False) -> bytes:
+    """Full-integer INT8 TFLite (int8 input and output) calibrated on ``calib``; with
+    ``sparse_encoding``, also ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY`` (sparse tensors)."""
     import tensorflow as tf  # noqa: PLC0415
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.optimizations = [tf.lite.Optimize.DEFAULT] + ([tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+                                                        if sparse_encoding else [])
     conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(min(count, len(calib))))
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
@@ -106,18 +109,20 @@ def int8_tflite(model, calib: np.ndarray, count: int = 200) -> bytes:
     return conv.convert()
 
 
-def _interpreter(content: bytes):
+def _interpreter(content: bytes, xnnpack: bool = True):
     try:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+        from ai_edge_litert import interpreter as lite  # noqa: PLC0415
     except ImportError:  # pragma: no cover
         import tensorflow as tf  # noqa: PLC0415
 
-        Interpreter = tf.lite.Interpreter  # noqa: N806
-    return Interpreter(model_content=content, num_threads=2)
+        lite = tf.lite
+    resolver = getattr(lite, "OpResolverType", None) or getattr(getattr(lite, "experimental", None), "OpResolverType")
+    kw = {} if xnnpack else {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    return lite.Interpreter(model_content=content, num_threads=2, **kw)
 
 
-def tflite_accuracy(content: bytes, x: np.ndarray, y: np.ndarray, batch: int = 250) -> float:
-    it = _interpreter(content)
+def tflite_accuracy(content: bytes, x: np.ndarray, y: np.ndarray, batch: int = 250, xnnpack: bool = True) -> float:
+    it = _interpreter(content, xnnpack)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     it.resize_tensor_input(inp["index"], [batch, *x.shape[1:]])
     it.allocate_tensors()
@@ -139,6 +144,34 @@ def tflite_accuracy(content: bytes, x: np.ndarray, y: np.ndarray, batch: int = 2
     return correct / len(x)
 
 
+def weight_layout(content: bytes) -> dict:
+    """Zeros of the int8 weights as serialized: for the largest FullyConnected (2-D, OHWI
+    is 4-D for Conv2D) weight tensor, its zero fraction and mean zero-run length in
+    flatbuffer (C) order; ``sparse_tensors``: tensors stored in TFLite's sparse format."""
+    it = _interpreter(content, xnnpack=False)  # the weights as stored, not XNNPack's repacked copy
+    it.allocate_tensors()
+    best: dict = {}
+    sparse = 0
+    for d in it.get_tensor_details():
+        if d.get("sparsity_parameters"):
+            sparse += 1
+        if d["dtype"] != np.int8 or len(d["shape"]) not in (2, 4) or int(np.prod(d["shape"])) < 256:
+            continue
+        try:
+            a = it.get_tensor(d["index"])
+        except ValueError:
+            continue
+        kind = "fc" if a.ndim == 2 else "conv"
+        if kind in best and best[kind]["size"] >= a.size:
+            continue
+        z = (a.reshape(-1) == 0).astype(np.int8)
+        edges = np.diff(np.concatenate([[0], z, [0]]))
+        runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+        best[kind] = {"name": d["name"], "shape": [int(v) for v in a.shape], "size": int(a.size),
+                      "zero_fraction": float(z.mean()), "mean_zero_run": float(runs.mean()) if len(runs) else 0.0}
+    return {**best, "sparse_tensors": sparse}
+
+
 def _gzip(b: bytes) -> int:
     return len(gzip.compress(b, compresslevel=9, mtime=0))
 
@@ -148,7 +181,7 @@ def _fp32_accuracy(model, x, y) -> float:
 
 
 def bench_prune(*, dataset: str = "auto", epochs: int = 4, prune_epochs: int = 3, train_limit: int | None = None,
-                seed: int = 0, progress: bool = False, configs=CONFIGS) -> dict:
+                seed: int = 0, progress: bool = False, configs=CONFIGS, sparse_encoding: bool = True) -> dict:
     """Train a dense CNN, prune it per configuration, convert each to INT8; measure."""
     import keras  # noqa: PLC0415
 
@@ -156,6 +189,10 @@ def bench_prune(*, dataset: str = "auto", epochs: int = 4, prune_epochs: int = 3
     from edgeship.converters.prune import prune_keras  # noqa: PLC0415
 
     name, xtr, ytr, xte, yte = load_dataset(dataset)
+    print(f"bench_prune: dataset {name}" + ("" if name == "fashion-mnist" or dataset != "auto" else
+          f" (Fashion-MNIST not found in {FASHION_DIR}, fell back to digits; "
+          "apt-get install dataset-fashion-mnist)"),
+          file=sys.stderr, flush=True)
     if train_limit:
         xtr, ytr = xtr[:train_limit], ytr[:train_limit]
     calib = xtr[np.random.default_rng(seed).permutation(len(xtr))[:200]]
@@ -181,6 +218,7 @@ def bench_prune(*, dataset: str = "auto", epochs: int = 4, prune_epochs: int = 3
     def dense_row(label, model, secs):
         content = int8_tflite(bridge_to_tf_keras(model, samples=xte[:16]).model, calib)
         return {"config": label, "target": 0.0, "structure": None, "achieved_total": 0.0,
+                "granularity": "dense", "layout": weight_layout(content),
                 "fp32_accuracy": _fp32_accuracy(model, xte, yte), "int8_accuracy": tflite_accuracy(content, xte, yte),
                 "int8_bytes": len(content), "int8_gzip_bytes": _gzip(content), "seconds": round(secs, 1),
                 "target_drop_points": None, "target_gzip_ratio": None, "meets_target": None}
@@ -203,7 +241,8 @@ def bench_prune(*, dataset: str = "auto", epochs: int = 4, prune_epochs: int = 3
         int8 = tflite_accuracy(content, xte, yte)
         gz = _gzip(content)
         row = {
-            "config": label, "target": res.target, "structure": res.structure,
+            "config": label, "target": res.target, "structure": res.structure, "granularity": res.granularity,
+            "layout": weight_layout(content),
             "achieved_total": res.achieved_total, "fp32_accuracy": fp32, "int8_accuracy": int8,
             "int8_bytes": len(content), "int8_gzip_bytes": gz, "gzip_ratio": gz / reference["int8_gzip_bytes"],
             "drop_points_fp32": 100 * (dense_fp32 - fp32), "drop_points_int8": 100 * (dense_fp32 - int8),
@@ -213,11 +252,42 @@ def bench_prune(*, dataset: str = "auto", epochs: int = 4, prune_epochs: int = 3
         row["target_drop_points"], row["target_gzip_ratio"] = tgt if tgt else (None, None)
         row["meets_target"] = (row["drop_points_int8"] <= tgt[0] and row["gzip_ratio"] <= tgt[1]) if tgt else None
         rows.append(row)
+        if sparse_encoding and label in SPARSE_ENCODING_FOR:
+            rows.append(_sparse_row(row, res.model, calib, xte, yte, reference, dense_fp32))
     return {
         "dataset": name, "train_samples": int(len(xtr)), "test_samples": int(len(xte)),
         "epochs": epochs, "prune_epochs": prune_epochs, "bridge_max_abs_diff": bridge.max_abs_diff,
         "rows": rows,
     }
+
+
+def _sparse_row(base: dict, model, calib, xte, yte, reference: dict, dense_fp32: float) -> dict:
+    """The same pruned model converted with EXPERIMENTAL_SPARSITY: size, gzip, and whether
+    LiteRT runs it (accuracy None and ``error`` set when it does not)."""
+    row = {k: v for k, v in base.items() if k not in ("layers", "skipped", "layout")}
+    row["config"] = base["config"] + " +EXPERIMENTAL_SPARSITY"
+    row["target_drop_points"] = row["target_gzip_ratio"] = row["meets_target"] = None
+    try:
+        content = int8_tflite(model, calib, sparse_encoding=True)
+    except Exception as exc:  # noqa: BLE001 - a measurement, reported as such
+        row.update(int8_bytes=None, int8_gzip_bytes=None, gzip_ratio=None, int8_accuracy=None,
+                   drop_points_int8=None, error=f"conversion: {type(exc).__name__}: {exc}"[:300])
+        return row
+    gz = _gzip(content)
+    row.update(int8_bytes=len(content), int8_gzip_bytes=gz, gzip_ratio=gz / reference["int8_gzip_bytes"])
+    try:
+        row["layout"] = weight_layout(content)
+        try:
+            acc = tflite_accuracy(content, xte, yte)
+            row["runs_on"] = "LiteRT (default delegates)"
+        except RuntimeError as exc:  # XNNPack refuses sparse int8 FullyConnected: retry without it
+            row["xnnpack_error"] = str(exc)[:200]
+            acc = tflite_accuracy(content, xte, yte, xnnpack=False)
+            row["runs_on"] = "LiteRT without XNNPack (XNNPack failed to prepare the sparse FullyConnected)"
+        row.update(int8_accuracy=acc, drop_points_int8=100 * (dense_fp32 - acc))
+    except Exception as exc:  # noqa: BLE001
+        row.update(int8_accuracy=None, drop_points_int8=None, error=f"LiteRT: {type(exc).__name__}: {exc}"[:300])
+    return row
 
 
 def rows(**options) -> list[dict]:
@@ -234,6 +304,12 @@ def format_table(result: dict) -> str:
              "| config | sparsity | FP32 acc | INT8 acc | drop vs dense FP32 (INT8) | INT8 bytes | INT8 gzip | gzip ratio | target | met |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if r.get("int8_gzip_bytes") is None or r.get("int8_accuracy") is None:
+            lines.append(f"| {r['config']} | {r['achieved_total']:.3f} | {100 * r['fp32_accuracy']:.2f}% | - | - "
+                         f"| {r.get('int8_bytes') or '-'} | {r.get('int8_gzip_bytes') or '-'} | "
+                         f"{'-' if r.get('gzip_ratio') is None else format(r['gzip_ratio'], '.3f') + 'x'} | "
+                         f"{r.get('error', '')} | |")
+            continue
         tgt = "" if r["target_gzip_ratio"] is None else f"<= {r['target_drop_points']:g} pt, <= {r['target_gzip_ratio']:.2f}x"
         met = "" if r["meets_target"] is None else ("yes" if r["meets_target"] else "NO")
         lines.append(
@@ -241,6 +317,18 @@ def format_table(result: dict) -> str:
             f"| {r['drop_points_int8']:+.2f} pt | {r['int8_bytes']} | {r['int8_gzip_bytes']} | {r['gzip_ratio']:.3f}x "
             f"| {tgt} | {met} |"
         )
+    lay = [r for r in result["rows"] if r.get("layout")]
+    if lay:
+        lines += ["", "int8 weights as serialized (largest FullyConnected (out, in) and Conv2D OHWI tensor): "
+                      "zero fraction / mean zero-run length in bytes",
+                  "", "| config | granularity | FC zeros | FC mean run | conv zeros | conv mean run | sparse tensors |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in lay:
+            fc, cv = r["layout"].get("fc", {}), r["layout"].get("conv", {})
+            g = (r.get("granularity") or "").split(";")[0]
+            lines.append(f"| {r['config']} | {g} | {fc.get('zero_fraction', 0):.3f} | {fc.get('mean_zero_run', 0):.2f} "
+                         f"| {cv.get('zero_fraction', 0):.3f} | {cv.get('mean_zero_run', 0):.2f} "
+                         f"| {r['layout'].get('sparse_tensors', 0)} |")
     return "\n".join(lines)
 
 
@@ -251,10 +339,12 @@ def main(argv=None) -> int:
     p.add_argument("--prune-epochs", type=int, default=3, help="fine-tuning epochs per pruned model")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-sparse-encoding", action="store_true",
+                   help="skip the EXPERIMENTAL_SPARSITY conversions of the 50%%/75%% models")
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
     res = bench_prune(dataset=a.dataset, epochs=a.epochs, prune_epochs=a.prune_epochs, train_limit=a.train_limit,
-                      seed=a.seed, progress=sys.stderr.isatty())
+                      seed=a.seed, progress=sys.stderr.isatty(), sparse_encoding=not a.no_sparse_encoding)
     print(format_table(res))
     if a.json:
         with open(a.json, "w") as fh:

@@ -88,6 +88,10 @@ def test_pruned_manifest_records_sparsity_per_layer(pruned_bundle):
         assert set(lyr) >= {"name", "target", "achieved", "params"}
         assert abs(lyr["achieved"] - 0.5) <= 0.02, lyr
     assert abs(p["achieved_total"] - 0.5) <= 0.02
+    # the default granularity is recorded: Dense kernels in 1x4 blocks, convolutions elementwise
+    assert {lyr["name"]: lyr["structure"] for lyr in p["layers"]} == {
+        "c1": "elementwise", "c2": "elementwise", "fc1": "1x4", "logits": "1x4"}
+    assert p["granularity"].startswith("Dense kernels in aligned 1x4 blocks")
     # the manifest on disk is what convert() returned, and the settings say what was asked
     on_disk = json.load(open(os.path.join(pruned_bundle.bundle, "manifest.json"), encoding="utf-8"))
     assert on_disk["pruning"]["layers"] == p["layers"]

@@ -177,7 +177,15 @@ def test_prune_50_with_fine_tuning_keeps_accuracy_and_shrinks_int8_gzip(dense_mo
         np.testing.assert_array_equal(a, b)
     pruned_acc = _acc(res.model, xte, yte)
     assert pruned_acc >= dense_acc - 0.03, (dense_acc, pruned_acc)
+    # the default granularity: Dense kernels in 1x4 blocks (contiguous in TFLite), convs elementwise
+    assert res.structure is None
+    assert {r["name"]: r["structure"] for r in res.layers} == {
+        "c1": "elementwise", "c2": "elementwise", "fc1": "1x4", "logits": "1x4"}
+    layers = {layer.name: layer for layer in res.model.layers}
+    assert check_blocks(layers["fc1"].kernel.numpy(), 4, axis=0)
+    assert "1x4" in res.granularity and "elementwise" in res.granularity
     man = res.to_manifest()
+    assert man["granularity"] == res.granularity and man["layers"][2]["structure"] == "1x4"
     assert man["layers"][0]["achieved"] == res.layers[0]["achieved"] and man["bridge"]["bridged"]
 
     dense_tk = bridge_to_tf_keras(dense_model).model
@@ -214,6 +222,18 @@ def test_prune_1x4_blocks_on_dense_layers(dense_model, digits):
         kernel = layers[name].kernel.numpy()
         assert check_blocks(kernel, 4, axis=0), name
         assert not check_blocks(kernel, 4, axis=1)  # the blocks run along the input rows only
+    assert all(abs(r["achieved"] - 0.5) < 0.02 for r in res.layers)
+
+
+def test_prune_elementwise_structure_prunes_every_layer_elementwise(dense_model, digits):
+    xtr, ytr, _xte, _yte = digits
+    res = prune_keras(dense_model, sparsity=0.5, structure="elementwise", train_data=(xtr, ytr), epochs=1,
+                      progress=False)
+    assert res.structure == "elementwise" and res.target == 0.5
+    assert all(r["structure"] == "elementwise" for r in res.layers)
+    assert "elementwise" in res.to_manifest()["granularity"]
+    fc1 = {layer.name: layer for layer in res.model.layers}["fc1"].kernel.numpy()
+    assert not check_blocks(fc1, 4, axis=0)  # isolated zeros, not blocks
     assert all(abs(r["achieved"] - 0.5) < 0.02 for r in res.layers)
 
 
