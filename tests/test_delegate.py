@@ -170,3 +170,18 @@ def test_parse_delegate_spec():
         normalize_delegates(42)
     assert normalize_delegates(None) == []
     assert normalize_delegates(["x.so", ("y.so", {"a": 1})]) == [("x.so", {}), ("y.so", {"a": "1"})]
+
+
+def test_cli_delegate_flag_reaches_the_delegate(lib, model, tmp_path):
+    import argparse  # noqa: PLC0415
+
+    from edgeship.cli_accel import add_accel_arguments, describe_info, load_kwargs  # noqa: PLC0415
+
+    p = argparse.ArgumentParser()
+    add_accel_arguments(p)
+    report = tmp_path / "cli.txt"
+    args = p.parse_args(["--delegate", f"{lib}:ops=ADD,MUL,report={report}", "--strict"])
+    with rt.load(model, **load_kwargs(args)) as m:
+        line = describe_info(m.info)
+    assert int(_report(report)["claimed"]) == 3
+    assert f"delegate {os.path.basename(lib)} (3/5 ops, 60%)" in line and "FALLBACK" not in line

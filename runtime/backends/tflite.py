@@ -141,8 +141,12 @@ class _TFLiteBackend(Backend):
                 names.append(type(d).__name__)
                 continue
             try:
-                if os.sep in dlib and not os.path.exists(dlib):  # (LiteRT's Delegate.__del__ trips on this)
-                    raise OSError(f"{dlib}: no such file")
+                if os.sep in dlib:  # a bad path: say so before LiteRT's half-built Delegate complains in __del__
+                    if not os.path.exists(dlib):
+                        raise OSError(f"{dlib}: no such file")
+                    from ..accel import _dlopen_check  # noqa: PLC0415
+
+                    _dlopen_check(dlib)
                 loaded.append(mod.load_delegate(dlib, dopt))
                 names.append(os.path.basename(dlib))
             except (ValueError, OSError, RuntimeError) as exc:
