@@ -363,6 +363,42 @@ def _layer_errors(entry: dict, export_source, request_kw: dict, warnings: list) 
 # -- convert ---------------------------------------------------------------------------
 
 
+def content_hash(manifest: dict) -> str:
+    """``sha256:<hex>`` over what a bundle computes, ignoring when and with what it was made.
+
+    Covered: each artifact's bytes (through its sha256), file name, format,
+    precision, I/O type, layout and input/output tensors (names, shapes, dtypes,
+    quantization scale/zero-point), the source's tensors and layout, the task,
+    preprocessing and labels. Not covered: ``created``, tool versions, source
+    and calibration paths, validation metrics, notes and report files, so two
+    conversions of the same model with the same data and settings get the same
+    hash. Keras' automatic tensor names (``keras_tensor_12``, numbered per
+    process) are hashed without their number. JSON with sorted keys and no
+    whitespace is hashed.
+    """
+    import hashlib  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    def tensors(entries):
+        return [dict(t, name=re.sub(r"^(keras_tensor)_\d+$", r"\1", t["name"]))
+                if isinstance(t, dict) and isinstance(t.get("name"), str) else t for t in entries or ()]
+
+    keys = ("file", "format", "precision", "io", "layout", "sha256", "inputs", "outputs")
+    src = manifest.get("source") or {}
+    stable = {
+        "artifacts": sorted(({k: a.get(k) for k in keys} for a in manifest.get("artifacts") or ()),
+                            key=lambda a: a["file"]),
+        "source": {"layout": src.get("layout"), "inputs": tensors(src.get("inputs")),
+                   "outputs": tensors(src.get("outputs"))},
+        "task": manifest.get("task"),
+        "preprocessing": manifest.get("preprocessing"),
+        "labels": manifest.get("labels"),
+    }
+    blob = json.dumps(stable, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
 def convert(
     model: Any,
     output: str | os.PathLike,
@@ -671,6 +707,7 @@ def convert(
         }
         if quant_errors:
             manifest["validation"]["layer_errors"] = quant_errors
+        manifest["content_hash"] = content_hash(manifest)
         src_bytes = os.path.getsize(source.path) if source.path and os.path.isfile(source.path) else None
         _report.write_reports(w.dir, manifest, source_bytes=src_bytes, warnings=tuple(dict.fromkeys(warnings)))
         bundle = w.commit(manifest)
