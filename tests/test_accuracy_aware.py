@@ -131,3 +131,88 @@ def test_auto_fallback_that_cannot_meet_max_drop_fails_with_the_best_attempt(out
 def test_auto_fallback_leaves_a_passing_artifact_alone(outlier_model, data, tmp_path):
     r = convert(outlier_model, tmp_path / "b", max_drop=60.0, auto_fallback=True, **_kw(data))
     assert "accuracy_aware" not in r.manifest["settings"]
+
+
+# -- ONNX: per-node error with onnxruntime, nodes kept in float via exclude -------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_outlier(tmp_path_factory):
+    """An ONNX MLP on 8x8 digits (Gemm 'pre' -> Relu -> Gemm 'hidden' -> Relu -> Gemm 'logits'),
+    trained with scikit-learn; unit 0 of 'hidden' is a constant 3000 that 'logits' ignores."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx], y[idx]
+    clf = MLPClassifier((48, 32), max_iter=400, random_state=0).fit(x[:1400], y[:1400])
+    w = [a.astype(np.float32).copy() for a in clf.coefs_]
+    b = [a.astype(np.float32).copy() for a in clf.intercepts_]
+    w[1][:, 0], b[1][0] = 0.0, 3000.0  # the outlier unit in 'hidden'
+    w[2][0, :] = 0.0  # ... ignored by 'logits'
+    nodes = [
+        helper.make_node("Gemm", ["x", "w0", "b0"], ["pre_out"], name="pre"),
+        helper.make_node("Relu", ["pre_out"], ["pre_relu_out"], name="pre_relu"),
+        helper.make_node("Gemm", ["pre_relu_out", "w1", "b1"], ["hidden_out"], name="hidden"),
+        helper.make_node("Relu", ["hidden_out"], ["hidden_relu_out"], name="hidden_relu"),
+        helper.make_node("Gemm", ["hidden_relu_out", "w2", "b2"], ["logits"], name="logits"),
+    ]
+    inits = [numpy_helper.from_array(a, f"w{i}") for i, a in enumerate(w)]
+    inits += [numpy_helper.from_array(a, f"b{i}") for i, a in enumerate(b)]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path = tmp_path_factory.mktemp("onnx_outlier") / "mlp.onnx"
+    onnx.save(m, str(path))
+    return str(path), x, y
+
+
+def _onnx_eval(x, y, source_accuracy):
+    import onnxruntime as ort
+
+    def evaluate(path):
+        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        out = np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+        return {"accuracy": float(np.mean(np.argmax(out, -1) == y)), "source_accuracy": source_accuracy}
+
+    return evaluate
+
+
+def test_onnx_auto_fallback_excludes_the_outlier_nodes_and_meets_max_drop(onnx_outlier, tmp_path):
+    path, x, y = onnx_outlier
+    xe, ye = x[1400:], y[1400:]
+    source = _onnx_eval(xe, ye, None)(path)["accuracy"]
+    assert source > 0.9
+    evaluate = _onnx_eval(xe, ye, source)
+    errors = accuracy.OnnxNodeErrors(path, x[:200], workdir=str(tmp_path))
+    # the outlier tensor (hidden's output, through its Relu) ranks first by local SQNR
+    assert errors.layers[0].node in ("hidden", "hidden_relu"), [e.to_dict() for e in errors.layers]
+    top = errors.top(10)
+    assert top[0]["sqnr_db"] < min(e["sqnr_db"] for e in top[1:] if e["sqnr_db"] is not None)
+    plain = evaluate(errors.plain_path)
+    plain_drop = 100 * (source - plain["accuracy"])
+    assert plain_drop > 5.0, plain
+
+    res = accuracy.onnx_fallback(errors, evaluate, max_drop=1.0,
+                                 baseline={"drop_points": plain_drop, "accuracy": plain["accuracy"]})
+    assert res.ok, res.attempts
+    assert res.attempts[-1]["drop_points"] <= 1.0 and res.attempts[0]["drop_points"] == plain_drop
+    assert "hidden" in res.kept_float or "logits" in res.kept_float
+    assert "pre" not in res.kept_float and "pre_relu" not in res.kept_float  # the first layer stays INT8
+    assert len(res.attempts) <= 4
+    import onnx
+
+    q = onnx.load(res.model)
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # still an INT8 model, not all float
+
+    # one attempt only, forced to fail: the best attempt is reported with ok=False
+    res1 = accuracy.onnx_fallback(errors, evaluate, max_drop=-1.0, baseline={"drop_points": plain_drop},
+                                  max_attempts=1)
+    assert not res1.ok and len(res1.attempts) == 2 and res1.model is not None
