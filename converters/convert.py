@@ -79,6 +79,79 @@ def _parse_formats(formats) -> tuple:
     return tuple(dict.fromkeys(_enum(f, Format, "formats") for f in items))
 
 
+TARGETS = ("cpu", "edgetpu", "gpu", "jetson")
+
+
+def _parse_targets(target, precision, io, formats) -> tuple[tuple, Any, Any, Any]:
+    """(targets, precision, io, formats) with the targets' rules applied.
+
+    ``edgetpu``: full INT8 TFLite with int8/uint8 I/O and builtin INT8 ops only
+    (the converter refuses anything else); ``gpu``: fp16 TFLite by default;
+    ``jetson``: INT8 QDQ ONNX (symmetric, for TensorRT) by default. ``None``
+    precision/formats mean "what the targets prefer"; explicit choices that a
+    target cannot run are an :class:`InputError`. Other target strings (``x86``,
+    ``arm``, ``tensorrt``) pass through to the exporters as before.
+    """
+    items = [t.strip() for t in target.split(",")] if isinstance(target, str) else list(target or ())
+    tgts = tuple(dict.fromkeys(str(t).lower() for t in items if str(t).strip())) or ("cpu",)
+    if precision is None:
+        precision = "fp16" if set(tgts) == {"gpu"} else "int8"
+    if formats is None:
+        formats = ("onnx",) if set(tgts) == {"jetson"} else ("tflite", "onnx") if "jetson" in tgts else ("tflite",)
+    if "edgetpu" in tgts:
+        prec = _enum(precision, Precision, "precision")
+        fmts = _parse_formats(formats)
+        if prec is not Precision.INT8:
+            raise InputError(f"target edgetpu needs precision='int8' (the Edge TPU runs full-integer models only), "
+                             f"got {prec.value!r}")
+        if str(getattr(io, "value", io)).lower() not in ("int8", "uint8"):
+            raise InputError(f"target edgetpu needs io='int8' or io='uint8' (the I/O types the Edge TPU compiler "
+                             f"accepts), got {getattr(io, 'value', io)!r}")
+        if Format.TFLITE not in fmts:
+            raise InputError("target edgetpu needs the tflite format (the Edge TPU compiler takes .tflite files); "
+                             f"formats={[f.value for f in fmts]}")
+    if "jetson" in tgts and Format.ONNX not in _parse_formats(formats):
+        raise InputError("target jetson needs the onnx format (TensorRT through ONNX Runtime runs INT8 QDQ ONNX); "
+                         "add 'onnx' to formats")
+    return tgts, precision, io, formats
+
+
+def _artifact_targets(tgts: tuple, fmt: Format) -> list:
+    """The targets one artifact is meant for."""
+    skip = ("jetson",) if fmt is Format.TFLITE else ("edgetpu",)
+    return [t for t in tgts if t not in skip] or list(tgts)
+
+
+def _export_target(tgts: tuple, fmt: Format) -> str:
+    if fmt is Format.ONNX:
+        return "jetson" if "jetson" in tgts else next((t for t in tgts if t != "edgetpu"), "cpu")
+    return "edgetpu" if "edgetpu" in tgts else tgts[0]
+
+
+def _edgetpu_step(w, artifacts: list, warnings: list) -> dict:
+    """Compile the INT8 TFLite artifact with edgetpu_compiler (when on PATH); the manifest record."""
+    from .edgetpu import OUTPUT_FILE, compile_model  # noqa: PLC0415
+
+    src = next(a for a in artifacts if a["format"] == "tflite" and a["precision"] == "int8")
+    res = compile_model(w.path(src["file"]), w.dir)
+    record = res.to_manifest()
+    record["source_artifact"] = src["file"]
+    if not res.compiled:
+        record["command"] = list(res.command)
+        warnings.extend(res.notes)
+        return record
+    entry = {k: v for k, v in src.items() if k not in ("sha256", "bytes", "gzip_bytes", "notes", "file")}
+    entry.update(file=OUTPUT_FILE, targets=["edgetpu"], **w.file_info(OUTPUT_FILE))
+    entry["notes"] = [f"compiled by edgetpu_compiler {res.version or ''} from {src['file']}: "
+                      f"{res.ops_edgetpu} of {res.ops_total} ops on the Edge TPU, {res.ops_cpu} on the CPU, "
+                      f"{res.subgraphs if res.subgraphs is not None else '?'} Edge TPU subgraph(s)", *res.notes]
+    entry["edgetpu"] = record
+    src["targets"] = [t for t in src["targets"] if t != "edgetpu"] or ["cpu"]
+    artifacts.append(entry)
+    warnings.extend(n for n in res.notes if "stay on the CPU" in n)
+    return record
+
+
 def _parse_io(io, precision: Precision, warnings: list) -> tuple[IOType, str]:
     """``(IOType for the exporter, manifest io value)``.
 
@@ -404,9 +477,9 @@ def convert(
     output: str | os.PathLike,
     *,
     calib: Any = None,
-    precision: Precision | str = "int8",
+    precision: Precision | str | None = None,
     io: IOType | str = "int8",
-    formats: Sequence[Format | str] | Format | str = ("tflite",),
+    formats: Sequence[Format | str] | Format | str | None = None,
     preprocess: PreprocessSpec | dict | str | None = None,
     labels: Sequence[str] | str | None = None,
     eval_data: Any = None,
@@ -419,7 +492,7 @@ def convert(
     allow_unsafe: bool = False,
     calib_method: CalibMethod | str = "minmax",
     exclude: Sequence[str] = (),
-    target: str = "cpu",
+    target: str | Sequence[str] = "cpu",
     task: str | None = None,
     name: str | None = None,
     prune: float | None = None,
@@ -442,10 +515,11 @@ def convert(
         output: the bundle folder to write.
         calib: calibration data: an image folder, ``.npy``/``.npz``, an array or
             iterable, or ``"random"`` (by name only). Needed for int8/int16x8.
-        precision: ``fp32``, ``fp16``, ``dynamic``, ``int8`` or ``int16x8``.
+        precision: ``fp32``, ``fp16``, ``dynamic``, ``int8`` or ``int16x8``; default
+            what the targets prefer (``int8``; ``fp16`` when the only target is ``gpu``).
         io: input/output type: ``int8``, ``uint8`` or ``float`` (``int16`` for
             int16x8). Float precisions always have float I/O (a warning says so).
-        formats: ``tflite`` and/or ``onnx``.
+        formats: ``tflite`` and/or ``onnx``; default ``tflite`` (``onnx`` for ``jetson``).
         preprocess: how images become inputs (stored in the manifest).
         labels: class names, or a text file with one per line.
         eval_data: data to validate on (same kinds as ``calib``); by default
@@ -460,7 +534,12 @@ def convert(
         allow_unsafe: load models that contain code (Lambda layers, custom objects).
         calib_method: ``minmax``, ``entropy`` or ``percentile`` (ONNX; TFLite uses min/max).
         exclude: node names to keep in float (ONNX exporter).
-        target: target device hint passed to exporters.
+        target: ``cpu``, ``edgetpu``, ``gpu``, ``jetson`` (several: a list or a comma
+            string), recorded per artifact in the manifest (``targets``). ``edgetpu``
+            forces full INT8 with int8/uint8 I/O and runs ``edgetpu_compiler`` when it
+            is on PATH (``model_edgetpu.tflite`` + op mapping in the manifest; else a
+            warning with the exact command); ``jetson`` quantizes ONNX symmetric
+            INT8 QDQ for TensorRT. Other values (``x86``, ``arm``) go to the exporters.
         task: ``classification``, ``detection``, ``regression`` or ``other``.
         name: bundle name (default: the output folder name).
         prune: target weight sparsity (0 < prune <= 0.95). Keras sources are pruned
@@ -493,6 +572,8 @@ def convert(
         ValidationFailedError: an artifact collapsed or lost more than ``max_drop`` points.
     """
     warnings: list = []
+    tgts, precision, io, formats = _parse_targets(target, precision, io, formats)
+    target = tgts[0] if len(tgts) == 1 else ",".join(tgts)
     prec = _enum(precision, Precision, "precision")
     io_t, io_value = _parse_io(io, prec, warnings)
     fmts = _parse_formats(formats)
@@ -603,13 +684,14 @@ def convert(
             for f, fn in exporters.items():
                 fname = f"model.{prec.value}.{f.value}"
                 req = ExportRequest(precision=prec, io=io_t, calib=calib_x, out_path=w.path(fname), workdir=workdir,
-                                    target=target, calib_method=method, exclude=exclude, seed=int(seed))
+                                    target=_export_target(tgts, f), calib_method=method, exclude=exclude,
+                                    seed=int(seed))
                 part = dict(fn(export_source, req))
                 extras.update(part.pop("extra", {}) or {})
                 entry = {"file": fname, **part}
                 entry["io"] = part.get("io") or io_value
                 entry.setdefault("layout", source.layout)
-                entry["targets"] = [target]
+                entry["targets"] = _artifact_targets(tgts, f)
                 entry.update(w.file_info(fname))
                 entry["notes"] = list(part.get("notes") or [])
                 # notes are informational; the ones flagged as warnings (or slow choices) are surfaced too
@@ -635,7 +717,8 @@ def convert(
         quant_errors = {}
         for entry in artifacts:
             req_kw = dict(precision=prec, io=io_t, calib=calib_x, out_path=w.path(entry["file"]), workdir="",
-                          target=target, calib_method=method, exclude=exclude, seed=int(seed),
+                          target=_export_target(tgts, Format(entry["format"])), calib_method=method,
+                          exclude=exclude, seed=int(seed),
                           source_layout=source.layout)
             if auto_fallback and max_drop is not None:
                 record = _accuracy_fallback(entry, w, export_source, dict(req_kw), reference, val_set, max_drop,
@@ -662,6 +745,8 @@ def convert(
                         f"max_drop={max_drop}; nothing was written (try int16x8, more/better calibration data or "
                         "a float precision)"
                     )
+        if "edgetpu" in tgts:  # after validation: the compiled file runs only with the Edge TPU delegate
+            extras["edgetpu"] = _edgetpu_step(w, artifacts, warnings)
         data_desc = (f"{len(val_set)} samples held out from {val_set.source}" if held_out and eval_data is None
                      else f"{val_set.source}" + ("" if held_out else " (the calibration samples themselves)"))
         manifest = {
