@@ -152,23 +152,32 @@ def tflite_accuracy(content: bytes, x: np.ndarray, y: np.ndarray, batch: int = 2
 
 
 def weight_layout(content: bytes) -> dict:
-    """Zeros of the int8 weights as serialized: for the largest FullyConnected (2-D, OHWI
-    is 4-D for Conv2D) weight tensor, its zero fraction and mean zero-run length in
-    flatbuffer (C) order; ``sparse_tensors``: tensors stored in TFLite's sparse format."""
+    """Zeros of the int8 weights as serialized: for the largest FullyConnected weight
+    ((out, in)) and the largest Conv2D weight (OHWI), the zero fraction and the mean
+    zero-run length in flatbuffer (C) order; ``sparse_tensors``: tensors stored in
+    TFLite's sparse format (their FC/conv weights come out of a DENSIFY op and are
+    not reported)."""
     it = _interpreter(content, xnnpack=False)  # the weights as stored, not XNNPack's repacked copy
     it.allocate_tensors()
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    sparse = sum(1 for d in details.values() if d.get("sparsity_parameters"))
+    try:
+        ops = it._get_ops_details()  # noqa: SLF001
+    except AttributeError:  # pragma: no cover
+        return {"sparse_tensors": sparse}
+    produced = {int(t) for op in ops for t in op["outputs"]}
     best: dict = {}
-    sparse = 0
-    for d in it.get_tensor_details():
-        if d.get("sparsity_parameters"):
-            sparse += 1
-        if d["dtype"] != np.int8 or len(d["shape"]) not in (2, 4) or int(np.prod(d["shape"])) < 256:
+    for op in ops:
+        kind = {"FULLY_CONNECTED": "fc", "CONV_2D": "conv"}.get(op["op_name"])
+        if kind is None or len(op["inputs"]) < 2 or int(op["inputs"][1]) in produced:
+            continue
+        d = details.get(int(op["inputs"][1]))
+        if d is None or d["dtype"] != np.int8:
             continue
         try:
             a = it.get_tensor(d["index"])
         except ValueError:
             continue
-        kind = "fc" if a.ndim == 2 else "conv"
         if kind in best and best[kind]["size"] >= a.size:
             continue
         z = (a.reshape(-1) == 0).astype(np.int8)
@@ -332,7 +341,9 @@ def format_table(result: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for r in lay:
             fc, cv = r["layout"].get("fc", {}), r["layout"].get("conv", {})
-            g = (r.get("granularity") or "").split(";")[0]
+            g = r.get("granularity") or ""
+            g = ("Dense 1x4 blocks, rest elementwise" if g.startswith("Dense kernels in aligned 1x4")
+                 else g.split(" (")[0].split(" along")[0])
             lines.append(f"| {r['config']} | {g} | {fc.get('zero_fraction', 0):.3f} | {fc.get('mean_zero_run', 0):.2f} "
                          f"| {cv.get('zero_fraction', 0):.3f} | {cv.get('mean_zero_run', 0):.2f} "
                          f"| {r['layout'].get('sparse_tensors', 0)} |")
