@@ -28,6 +28,7 @@ from edgeship.converters.prune import (  # noqa: E402
     check_blocks,
     check_n_m,
     load_train_data,
+    parse_structure,
     prune_keras,
 )
 from edgeship.errors import CalibrationError, UnsupportedModelError  # noqa: E402
@@ -311,3 +312,14 @@ def test_load_train_data_image_folder(tmp_path):
     (tmp_path / "imgs" / "empty" / "bad.png").write_bytes(b"garbage")
     with pytest.raises(CalibrationError, match="bad.png"):
         load_train_data(str(tmp_path / "imgs"), input_shape=(None, 16, 16, 1))
+
+
+def test_parse_structure_accepts_blocks_and_elementwise_for_convert():
+    # convert() validates --prune-structure with parse_structure: non-N:M granularities pass through
+    assert parse_structure("2:4") == (2, 4)
+    assert parse_structure("1x4") is None and parse_structure("elementwise") is None
+    assert parse_structure("unstructured") is None and parse_structure(None) is None
+    with pytest.raises(PruneOptionError):
+        parse_structure("1x99")
+    with pytest.raises(PruneOptionError):
+        parse_structure("2x4")
