@@ -133,6 +133,14 @@ def provider_options(provider: str, *, model_sha256: str, qdq: bool, options: di
             "trt_timing_cache_enable": "True",
             "trt_timing_cache_path": cache,
         }
+        table = options.get("trt_calibration_table")
+        if table and not qdq:  # FP32 model run in INT8 with a table (see edgeship.runtime.accel)
+            if os.path.dirname(os.path.abspath(table)) != os.path.abspath(cache):
+                import shutil  # noqa: PLC0415
+
+                shutil.copyfile(table, os.path.join(cache, os.path.basename(table)))
+            opts.update(trt_int8_enable="True", trt_int8_calibration_table_name=os.path.basename(table),
+                        trt_int8_use_native_calibration_table="False")
         if "device_id" in options:
             opts["device_id"] = str(int(options["device_id"]))
         return opts
