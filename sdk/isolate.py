@@ -179,8 +179,20 @@ def _child(argv: list[str]) -> int:
     ap.add_argument("--artifact")
     args = ap.parse_args(argv)
 
+    def peak_rss_kb() -> int:
+        # VmHWM belongs to this process image; ru_maxrss would include the parent's peak
+        # (Linux keeps the pre-exec high-water mark across fork+exec).
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
     def emit(obj):
-        obj["peak_rss_kb"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        obj["peak_rss_kb"] = peak_rss_kb()
         sys.stdout.write(_MARK + json.dumps(obj, default=str) + "\n")
         sys.stdout.flush()
 
