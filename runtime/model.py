@@ -844,10 +844,11 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         entry = choose_artifact(manifest, artifact, backend=backend, device=device)
         if _is_edgetpu(entry) and _device_kind(device) == "edgetpu" and artifact is None:
             opened = _open_edgetpu(path, entry, backend=backend, device=device, threads=threads, strict=strict)
-            if opened is not None:
+            if opened[0] is not None:
                 return _wrap(opened[0], opened[1], manifest, entry)
             entry = choose_artifact(_without_edgetpu(manifest), None, backend=backend, device="cpu")
-            skipped = [f"{entry['file']}: the Edge TPU delegate is not usable, ran the CPU artifact instead"]
+            skipped = [f"{entry['file']}: the Edge TPU delegate is not usable ({opened[1]}), ran the CPU artifact "
+                       "instead"]
         else:
             skipped = []
         file = _bundle.verify_file(path, entry)
@@ -887,21 +888,26 @@ def _without_edgetpu(manifest: dict) -> dict:
 
 
 def _open_edgetpu(path, entry, *, backend, device, threads, strict):
-    """(backend, file) of an Edge TPU-compiled artifact; None (after one warning) when the TPU is unusable.
+    """(backend, file) of an Edge TPU-compiled artifact; (None, why) (after one warning) when the TPU is unusable.
 
     An Edge TPU-compiled file cannot run without the delegate, so a fallback
     means another artifact of the bundle, not the same file on the CPU.
     """
     file = _bundle.verify_file(path, entry)
-    try:
-        be = _open_backend(file, entry["format"], backend=backend, device=device, threads=threads, strict=strict)
-    except ModelFormatError:
-        be = None
+    why = "the delegate took no op"
+    try:  # strict inside: a failing delegate raises with its reason instead of warning (one warning, below)
+        be = _open_backend(file, entry["format"], backend=backend, device=device, threads=threads, strict=True)
+    except FallbackError as exc:
+        be, why = None, str(exc).replace("; strict=True forbids running without it", "")
+    except ModelFormatError as exc:
+        be, why = None, str(exc)
     if be is not None and be.info.delegate is not None:
         return be, file
     if be is not None:
         be.close()
     if strict:
-        raise FallbackError(f"{entry['file']} needs the Edge TPU delegate, which cannot be loaded (strict=True)")
-    _log.warning("%s needs the Edge TPU, which is not usable here; running a CPU artifact instead", entry["file"])
-    return None
+        raise FallbackError(f"{entry['file']} needs the Edge TPU delegate, which cannot be loaded ({why}); "
+                            "strict=True forbids running another artifact")
+    _log.warning("%s needs the Edge TPU, which is not usable here (%s); running a CPU artifact instead",
+                 entry["file"], why)
+    return None, why

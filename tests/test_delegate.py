@@ -107,6 +107,18 @@ def test_delegate_claims_match_runtime_account(lib, model, tmp_path, ops, claime
         np.testing.assert_array_equal(out, _run_rows(cpu, X))
 
 
+def test_delegate_with_batches(lib, model, tmp_path):
+    """A whole batch at once: the interpreter is resized and the delegate re-applied."""
+    big = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    c = _counters(lib)
+    with rt.load(model, delegate=f"{lib}:ops=ADD,MUL", strict=True) as m:
+        before = c.dummy_evaluated_nodes()
+        out = next(iter(m.run(big).values()))
+        assert c.dummy_evaluated_nodes() > before
+        assert m.info.ops_delegated == 3
+    np.testing.assert_allclose(out, _expected(big), rtol=1e-6, atol=1e-6)
+
+
 def test_delegate_as_path_and_options_pair(lib, model, tmp_path):
     report = tmp_path / "r.txt"
     with rt.load(model, delegate=[(lib, {"ops": "MUL", "report": str(report)})]) as m:
@@ -185,3 +197,70 @@ def test_cli_delegate_flag_reaches_the_delegate(lib, model, tmp_path):
         line = describe_info(m.info)
     assert int(_report(report)["claimed"]) == 3
     assert f"delegate {os.path.basename(lib)} (3/5 ops, 60%)" in line and "FALLBACK" not in line
+
+
+_EDGETPU_CHILD = r"""
+import ctypes, json, logging, sys
+import numpy as np
+import edgeship.runtime as rt
+from edgeship.errors import FallbackError
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+bundle, strict = sys.argv[1], sys.argv[2] == "1"
+try:
+    m = rt.load(bundle, device="edgetpu:usb:0", strict=strict)
+except FallbackError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+x = np.array([[0.5, -1.0, 2.0, 3.0]], np.float32)
+d = {"file": m.artifact["file"], "info": m.info.to_dict(), "out": next(iter(m.run(x).values())).tolist()}
+try:
+    d["claimed"] = ctypes.CDLL("libedgetpu.so.1").dummy_claimed_nodes()
+except OSError:
+    pass
+print(json.dumps(d))
+"""
+
+
+def test_edgetpu_device_path_with_the_test_delegate_as_libedgetpu(lib, model, tmp_path):
+    """device='edgetpu:usb:0' finds 'libedgetpu.so.1' by name on the library path, passes device=usb:0,
+    runs the _edgetpu artifact through it and reports it; without the library, the CPU artifact
+    runs after one warning, and strict=True refuses."""
+    import json  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    try:
+        import _tflite_fixtures as F  # noqa: PLC0415
+    except ImportError:
+        from tests import _tflite_fixtures as F  # noqa: PLC0415
+    bundle = F.write_bundle(str(tmp_path / "b"), {"model.fp32.tflite": (model, "fp32", "float"),
+                                                  "model_edgetpu.tflite": (model, "fp32", "float")}, task="other")
+    libdir = tmp_path / "libs"
+    libdir.mkdir()
+    shutil.copyfile(lib, libdir / "libedgetpu.so.1")
+
+    def child(strict: bool, with_lib: bool) -> tuple[dict, str]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = str(libdir) if with_lib else str(tmp_path / "empty")
+        p = subprocess.run([sys.executable, "-c", _EDGETPU_CHILD, bundle, "1" if strict else "0"], env=env,
+                           capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+
+    on_tpu, _ = child(strict=True, with_lib=True)
+    assert on_tpu["file"] == "model_edgetpu.tflite"
+    info = on_tpu["info"]
+    assert info["delegate"] == "libedgetpu.so.1" and info["device"] == "edgetpu" and not info["fallback"]
+    assert info["ops_delegated"] == on_tpu["claimed"] == 2 and info["ops_total"] == 5
+    np.testing.assert_allclose(on_tpu["out"], _expected(np.array([[0.5, -1.0, 2.0, 3.0]], np.float32)), rtol=1e-6)
+
+    refused, _ = child(strict=True, with_lib=False)
+    assert "libedgetpu.so.1" in refused["error"] and "cannot open shared object" in refused["error"]
+    assert "strict=True" in refused["error"]
+
+    fallback, stderr = child(strict=False, with_lib=False)
+    assert fallback["file"] == "model.fp32.tflite" and fallback["info"]["fallback"] is True
+    assert fallback["info"]["delegate"] is None
+    assert any("Edge TPU" in s for s in fallback["info"]["skipped"])
+    assert "libedgetpu.so.1" in " ".join(fallback["info"]["skipped"])
+    warnings = [ln for ln in stderr.splitlines() if ln.startswith("WARNING:edgeship")]
+    assert len(warnings) == 1, stderr[-2000:]  # one clear warning, with the reason
+    assert "libedgetpu.so.1" in warnings[0] and "CPU artifact" in warnings[0]

@@ -9,6 +9,7 @@
  *   fail=1            tflite_plugin_create_delegate fails (returns NULL)
  *   report=PATH       write "claimed=N partitions=P ops=..." to PATH after Prepare
  *   name=NAME         name of the delegate kernel (default EdgeshipDummyDelegate)
+ *   device=SPEC       accepted and ignored (as libedgetpu's device=usb:0)
  *
  * Claimed nodes are float32 element-wise ADD/MUL/SUB without a fused
  * activation, with equal-sized inputs or one single-element input; the kernel
@@ -234,7 +235,12 @@ static void kernel_free(TfLiteContext* ctx, void* buffer) {
 
 static TfLiteStatus kernel_prepare(TfLiteContext* ctx, TfLiteNode* node) {
   (void)ctx;
-  return node->user_data ? kTfLiteOk : kTfLiteError;
+  Kernel* k = (Kernel*)node->user_data;
+  if (!k) return kTfLiteError;
+  /* shapes may have changed (batch resize): drop the scratch buffers, re-made at the next invoke */
+  for (int i = 0; i < k->n_scratch; i++) free(k->scratch[i]);
+  k->n_scratch = 0;
+  return kTfLiteOk;
 }
 
 static TfLiteStatus kernel_invoke(TfLiteContext* ctx, TfLiteNode* node) {
@@ -335,10 +341,12 @@ TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** values, size_t
       }
     } else if (!strcmp(k, "report")) {
       strncpy(o->report, v, sizeof o->report - 1);
+    } else if (!strcmp(k, "device")) {
+      /* accepted like the Edge TPU delegate's device=usb:0 option; nothing to select here */
     } else if (!strcmp(k, "name")) {
       strncpy(o->name, v, sizeof o->name - 1);
     } else {
-      if (report_error) report_error("EdgeshipDummyDelegate: unknown option (known: ops, fail, report, name)");
+      if (report_error) report_error("EdgeshipDummyDelegate: unknown option (known: ops, fail, report, name, device)");
       free(o);
       return NULL;
     }
