@@ -231,11 +231,13 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def devices(try_load: bool = True) -> dict:
+def devices(try_load: bool = True, model: str | None = None) -> dict:
     """What this machine can run: interpreters, delegates, ONNX Runtime providers, CPU features, LiteRT GPU/NPU.
 
     Nothing is installed or downloaded; a delegate library is only loaded
-    (``load_delegate``) when its file exists and ``try_load`` is True.
+    (``load_delegate``) when its file exists and ``try_load`` is True. With
+    ``model`` (a ``.tflite`` file), LiteRT's CompiledModel is tried on each of
+    its accelerators with that model (:func:`probe_compiled_model`).
     """
     import importlib  # noqa: PLC0415
     import importlib.util  # noqa: PLC0415
@@ -301,6 +303,8 @@ def devices(try_load: bool = True) -> dict:
     except Exception as exc:  # noqa: BLE001 - older LiteRT or none
         compiled["reason"] = f"ai_edge_litert.compiled_model not importable ({type(exc).__name__}: {exc})"
 
+    if model is not None and compiled["available"]:
+        compiled["probe"] = [probe_compiled_model(model, a.lower()) for a in compiled["accelerators"]]
     gpu = {"nvidia": os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version"),
            "jetson": os.path.exists("/etc/nv_tegra_release"),
            "dri_render_nodes": sorted(n for n in (os.listdir("/dev/dri") if os.path.isdir("/dev/dri") else ())
@@ -413,3 +417,81 @@ def bundle_trt_calibration_table(bundle: str, out_dir: str, *, artifact: str | N
     path = _bundle.verify_file(bundle, art)
     name = (art.get("inputs") or [{}])[0].get("name") if len(art.get("inputs") or []) == 1 else None
     return write_trt_calibration_table(path, x, out_dir, input_name=name)
+
+
+# -- LiteRT CompiledModel (GPU / NPU through LiteRT's accelerators) ---------------------------------
+
+
+def _capture_fd2(fn):
+    """(fn(), text written to file descriptor 2 meanwhile): native libraries log their reasons there."""
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            try:
+                result, error = fn(), None
+            except Exception as exc:  # noqa: BLE001 - returned to the caller with the log
+                result, error = None, exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode("utf-8", "replace")
+    return result, error, text
+
+
+_ACCEL_WORDS = {"gpu": ("gpu", "vulkan", "opencl", "opengl", "webgpu", "adapter", "metal"),
+                "npu": ("npu", "dispatch", "qualcomm", "mediatek", "openvino", "neuron", "qnn"),
+                "cpu": ("cpu", "xnnpack")}
+
+
+def _accelerator_reason(accelerator: str, error: str, log: str) -> str:
+    """The lines of an exception and a native log that say why ``accelerator`` failed."""
+    def text(line: str) -> str:
+        line = line.strip().lstrip("└").strip()
+        return line.split("] ", 1)[1].strip() if "] " in line and line[:1] in "EWI" else line
+
+    words = _ACCEL_WORDS.get(accelerator.lower(), ())
+    picked = [text(ln) for ln in error.splitlines()]
+    picked += [text(ln) for ln in log.splitlines()
+               if any(w in ln.lower() for w in words) and not ln.lstrip().startswith(("INFO", "at ", "third_party"))
+               and "DestroyAccelerator" not in ln and "Source Location" not in ln]
+    picked = [p for p in dict.fromkeys(picked) if p and not p.startswith(("ERROR: [", "WARNING: ["))]
+    return ("; ".join(picked) or error.strip() or "failed without a message")[:600]
+
+
+def probe_compiled_model(model_path: str, accelerator: str = "gpu") -> dict:
+    """Can LiteRT's CompiledModel run ``model_path`` on ``accelerator`` (cpu, gpu, npu) here?
+
+    Returns ``{"accelerator", "usable", "fully_accelerated", "reason"}``:
+    ``fully_accelerated`` is CompiledModel's ``is_fully_accelerated()`` (every
+    op on that accelerator); ``reason`` says why not, with the accelerator's own
+    log line (e.g. "Failed to initialize WebGPU environment") when it gave one.
+    The accelerator is asked alone: LiteRT refuses a graph it cannot take whole
+    unless the CPU is added, which is what a silent fallback would be.
+    """
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel  # noqa: PLC0415
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator  # noqa: PLC0415
+    except ImportError as exc:
+        return {"accelerator": accelerator, "usable": False, "fully_accelerated": None,
+                "reason": f"ai_edge_litert.compiled_model is not importable ({exc}); pip install -U ai-edge-litert"}
+    try:
+        acc = HardwareAccelerator[accelerator.upper()]
+    except KeyError:
+        raise InputError(f"accelerator {accelerator!r} is not one of "
+                         f"{[m.name.lower() for m in HardwareAccelerator]}") from None
+    cm, error, log = _capture_fd2(lambda: CompiledModel.from_file(os.fspath(model_path), hardware_accel=acc))
+    if error is not None:
+        return {"accelerator": accelerator, "usable": False, "fully_accelerated": False,
+                "reason": _accelerator_reason(accelerator, str(error), log)}
+    try:
+        full = bool(cm.is_fully_accelerated())
+    finally:
+        del cm
+    return {"accelerator": accelerator, "usable": True, "fully_accelerated": full,
+            "reason": None if full else "some ops are not on this accelerator"}

@@ -9,6 +9,10 @@ one JSON object on stdout.
 
 from __future__ import annotations
 
+import os
+
+from .errors import InputError
+
 
 def parse_delegate(spec: str) -> tuple[str, dict]:
     """``--delegate PATH[:key=value,...]`` -> ``(path, options)`` (see :func:`edgeship.runtime.accel.parse_delegate_spec`)."""
@@ -41,6 +45,19 @@ def load_kwargs(args) -> dict:
     return kw
 
 
+def parse_targets(text: str) -> tuple:
+    """``--target cpu,edgetpu`` -> ``("cpu", "edgetpu")`` (argparse ``type=``)."""
+    from edgeship.converters.convert import TARGETS  # noqa: PLC0415 - the converter's list
+
+    items = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    bad = [t for t in items if t not in TARGETS]
+    if not items or bad:
+        import argparse  # noqa: PLC0415
+
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of {', '.join(TARGETS)}")
+    return items
+
+
 def describe_info(info) -> str:
     """One line on what runs the model: backend, delegate, share of ops taken, fallbacks."""
     parts = [f"backend {info.backend}" + (f" {info.engine_version}" if info.engine_version else "")]
@@ -67,7 +84,10 @@ def cmd_devices(args) -> int:
     from edgeship.runtime.accel import devices  # noqa: PLC0415
 
     with _stdout_to_stderr(args.json) as out:
-        report = devices(try_load=not args.no_load)
+        model = getattr(args, "model", None)
+        if model is not None and not os.path.isfile(model):
+            raise InputError(f"--model {model!r} is not a file; pass a .tflite model")
+        report = devices(try_load=not args.no_load, model=model)
         if args.json:
             _emit_json(out, report)
         else:
@@ -100,6 +120,9 @@ def format_devices(r: dict) -> str:
     c = r["litert_compiled_model"]
     lines.append("LiteRT CompiledModel")
     lines.append(f"  {_mark(c['available'])} accelerators {', '.join(c['accelerators']) or '-'}  ({c['reason']})")
+    for pr in c.get("probe") or ():
+        state = ("fully accelerated" if pr["fully_accelerated"] else "partly") if pr["usable"] else pr["reason"]
+        lines.append(f"      {pr['accelerator']:<4} {_mark(pr['usable'])} {state}")
     g = r["gpu"]
     lines.append("GPU")
     lines.append(f"  NVIDIA driver: {_mark(g['nvidia']).strip()}; Jetson: {_mark(g['jetson']).strip()}; "
@@ -115,5 +138,7 @@ def add_devices_parser(subparsers) -> None:
     d = subparsers.add_parser("devices", help="what this machine can run: interpreters, delegates, providers, CPU")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     d.add_argument("--no-load", action="store_true", help="only look for delegate libraries, do not load them")
+    d.add_argument("--model", default=None, metavar="FILE.tflite",
+                   help="also try LiteRT CompiledModel on each accelerator with this model")
     d.set_defaults(func=cmd_devices)
 

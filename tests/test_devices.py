@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -131,3 +129,50 @@ def test_describe_info_line():
     assert describe_info(info) == "backend litert 2.3.0; delegate libd.so (3/5 ops, 60%); device delegate"
     fb = ExecutionInfo(backend="litert", fallback=True, skipped=["delegate x: failed"])
     assert describe_info(fb).endswith("[FALLBACK: delegate x: failed]")
+
+
+@pytest.fixture(scope="module")
+def float_model(tmp_path_factory):
+    tf = pytest.importorskip("tensorflow")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def f(x):
+        return tf.tanh(x * 2.0 + 1.0)
+
+    path = tmp_path_factory.mktemp("m") / "f.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f).convert())
+    return str(path)
+
+
+def test_compiled_model_probe(float_model):
+    from edgeship.runtime.accel import probe_compiled_model  # noqa: PLC0415
+
+    cpu = probe_compiled_model(float_model, "cpu")
+    assert cpu == {"accelerator": "cpu", "usable": True, "fully_accelerated": True, "reason": None}
+    for acc in ("gpu", "npu"):
+        r = probe_compiled_model(float_model, acc)
+        if not r["usable"]:  # no GPU/NPU runtime here: it must say why, in words
+            assert r["reason"] and "ERROR: [" not in r["reason"].split(";")[0]
+    with pytest.raises(InputError):
+        probe_compiled_model(float_model, "tpu")
+
+
+def test_devices_command_with_model(float_model, capfd):
+    p = _parser()
+    assert cmd_devices(p.parse_args(["devices", "--json", "--model", float_model])) == 0
+    obj = json.loads(capfd.readouterr().out)
+    probe = {r["accelerator"]: r for r in obj["litert_compiled_model"]["probe"]}
+    assert set(probe) == {"cpu", "gpu", "npu"} and probe["cpu"]["usable"]
+    with pytest.raises(InputError):
+        cmd_devices(p.parse_args(["devices", "--model", "/nonexistent.tflite"]))
+
+
+def test_parse_targets_for_the_cli():
+    from edgeship.cli_accel import parse_targets  # noqa: PLC0415
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", type=parse_targets, default=("cpu",))
+    assert p.parse_args(["--target", "cpu,edgetpu"]).target == ("cpu", "edgetpu")
+    assert p.parse_args([]).target == ("cpu",)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--target", "tpu"])
