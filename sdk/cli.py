@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", help="fix the input shape, e.g. 1,224,224,3 (default: batch fixed to 1)")
     c.add_argument("--exclude", help="comma list of node names or op types to keep in float (ONNX)")
     c.add_argument("--prune", type=float, metavar="SPARSITY", help="prune weights to this sparsity (0-0.95) first")
-    c.add_argument("--prune-structure", help="structured sparsity, e.g. 2:4 (N:M) or 1x4 (blocks)")
+    c.add_argument("--prune-structure", help="sparsity pattern: 2:4 (N:M), 1xK (blocks of K input weights) or elementwise; "
+                        "default: 1x4 blocks in Dense kernels, elementwise in convolutions")
     c.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning epochs while pruning (default 2)")
     c.add_argument("--train-data", help="fine-tuning data for pruning: image folder with class subfolders, or .npz x/y")
     c.add_argument("--auto-fallback", action="store_true",
