@@ -158,6 +158,8 @@ def _parse_io(io, precision: Precision, warnings: list) -> tuple[IOType, str]:
     ``io="int16"`` (or ``IOType.INT16``) is the integer I/O of ``int16x8``; exporters
     receive ``IOType.INT8`` for it (their "integer I/O" choice), the manifest says ``int16``.
     """
+    if io is None:  # not chosen: integer I/O for integer models, float otherwise
+        io = IOType.INT8 if precision in _INTEGER else IOType.FLOAT
     io_t = _enum(io, IOType, "io")
     if io_t is IOType.INT16:
         if precision is not Precision.INT16X8:
@@ -364,10 +366,15 @@ def _accuracy_fallback(entry: dict, w, export_source, request_kw: dict, referenc
         base, base_drop = {}, 100.0
     if base_drop <= max_drop:
         return None
+    baseline = {"drop_points": base_drop, "bytes": entry["bytes"], "gzip_bytes": entry["gzip_bytes"],
+                "accuracy": base.get("accuracy"), "top1_agreement": base.get("top1_agreement")}
+    if entry.get("format") == "onnx" and entry.get("precision") == Precision.INT8.value and \
+            export_source.kind in ("onnx", "keras"):
+        return _onnx_accuracy_fallback(entry, w, export_source, request_kw, evaluate, baseline, max_drop, warnings)
     if entry.get("format") != "tflite" or entry.get("precision") != Precision.INT8.value or \
             export_source.kind != "keras":
-        warnings.append(f"{fname}: auto_fallback applies to int8 TFLite artifacts of Keras sources; "
-                        "this artifact was not adjusted")
+        warnings.append(f"{fname}: auto_fallback applies to int8 TFLite artifacts of Keras sources and int8 ONNX "
+                        "artifacts of ONNX or Keras sources; this artifact was not adjusted")
         return None
     from .accuracy import TfliteLayerErrors, tflite_fallback  # noqa: PLC0415
     from .tflite import read_io  # noqa: PLC0415
@@ -406,6 +413,77 @@ def _accuracy_fallback(entry: dict, w, export_source, request_kw: dict, referenc
         "baseline_drop_points": base_drop,
         "kept_float": list(res.kept_float),
         "denylisted_nodes": list(res.denylist),
+        "attempts": res.attempts,
+        "size_cost_bytes": int(entry["bytes"] - old_bytes),
+        "size_cost_gzip_bytes": int(entry["gzip_bytes"] - old_gzip),
+        "seconds": round(res.seconds, 2),
+        "layer_errors": res.layer_errors,
+    }
+
+
+def _onnx_accuracy_fallback(entry: dict, w, export_source, request_kw: dict, evaluate, baseline: dict,
+                            max_drop: float, warnings: list) -> dict:
+    """The ONNX branch of :func:`_accuracy_fallback`: rank nodes with ONNX Runtime's qdq_loss_debug and
+    quantize again with the most sensitive ones in ``exclude`` until the drop is within ``max_drop``.
+
+    The FP32 model is the (possibly pruned) ONNX export source, or for a Keras source a fresh tf2onnx
+    export; it is quantized with the exporter's settings (target, calib_method, per_channel, and the
+    user's ``exclude`` on top of the fallback's).
+    """
+    import onnx  # noqa: PLC0415
+
+    from .accuracy import OnnxNodeErrors, onnx_fallback  # noqa: PLC0415
+    from .onnx_formats import _input_shape_of  # noqa: PLC0415
+    from .onnx_quant import io_tensors  # noqa: PLC0415
+
+    fname = entry["file"]
+    req = ExportRequest(**{**request_kw, "workdir": ""})
+    base_drop = baseline["drop_points"]
+    user_exclude = list(req.exclude or ())
+    work = tempfile.mkdtemp(prefix=".fallback-", dir=w.dir)
+    try:
+        if export_source.kind == "keras":
+            from .onnx_export import export_keras  # noqa: PLC0415
+
+            fp32 = os.path.join(work, "keras_fp32.onnx")
+            export_keras(export_source.handle, fp32, samples=req.calib, reference=export_source.predict,
+                         input_shape=_input_shape_of(export_source))
+        else:
+            fp32 = export_source.handle
+        errors = OnnxNodeErrors(fp32, req.calib, workdir=work, target=req.target, calib_method=req.calib_method,
+                                per_channel=req.per_channel, input_shape=_input_shape_of(export_source))
+        if user_exclude:  # the user's exclusions stay in every attempt
+            quantize = errors.quantize
+            errors.quantize = lambda exclude=(): quantize(
+                [*user_exclude, *(e for e in exclude if e not in user_exclude)])
+        res = onnx_fallback(errors, evaluate, max_drop=max_drop, baseline=baseline)
+        tried = "; ".join(f"{'+'.join(a['kept_float']) or 'none'} in float: "
+                          + ("failed" if a.get("drop_points") is None else f"{a['drop_points']:.1f} points")
+                          for a in res.attempts)
+        if not res.ok:
+            done = [a for a in res.attempts[1:] if a.get("drop_points") is not None]
+            best = min(done or res.attempts[:1], key=lambda a: a["drop_points"])
+            raise ValidationFailedError(
+                f"{fname}: INT8 dropped {base_drop:.1f} points (max_drop={max_drop}); keeping the most sensitive "
+                f"nodes in float did not bring it within max_drop. Attempts: {tried}. Best: "
+                f"{best['drop_points']:.1f} points with {best['kept_float'] or 'no node'} in float; nothing was written"
+            )
+        old_bytes, old_gzip = entry["bytes"], entry["gzip_bytes"]
+        shutil.copyfile(res.model, w.path(fname))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    entry["inputs"], entry["outputs"] = io_tensors(onnx.load(w.path(fname)))
+    entry.update(w.file_info(fname))
+    note = (f"accuracy-aware: kept {', '.join(res.kept_float)} in float (INT8 elsewhere); drop {base_drop:.1f} -> "
+            f"{res.attempts[-1]['drop_points']:.1f} points, {entry['bytes'] - old_bytes:+d} bytes")
+    entry["notes"] = list(entry.get("notes") or []) + [note]
+    warnings.append(f"{fname}: {note}")
+    return {
+        "method": "ONNX Runtime qdq_loss_debug per-node SQNR ranking; nodes kept in float via exclude one at a time",
+        "max_drop": max_drop,
+        "baseline_drop_points": base_drop,
+        "kept_float": list(res.kept_float),
+        "denylisted_nodes": [*user_exclude, *(n for n in res.denylist if n not in user_exclude)],
         "attempts": res.attempts,
         "size_cost_bytes": int(entry["bytes"] - old_bytes),
         "size_cost_gzip_bytes": int(entry["gzip_bytes"] - old_gzip),

@@ -216,3 +216,28 @@ def test_onnx_auto_fallback_excludes_the_outlier_nodes_and_meets_max_drop(onnx_o
     res1 = accuracy.onnx_fallback(errors, evaluate, max_drop=-1.0, baseline={"drop_points": plain_drop},
                                   max_attempts=1)
     assert not res1.ok and len(res1.attempts) == 2 and res1.model is not None
+
+
+def test_convert_onnx_auto_fallback_keeps_nodes_in_float_and_meets_max_drop(onnx_outlier, tmp_path):
+    path, x, y = onnx_outlier
+    kw = dict(calib=x[:200], eval_data=(x[1400:], y[1400:]), formats=("onnx",), max_drop=1)
+    with pytest.raises(ValidationFailedError, match="max_drop"):
+        convert(path, tmp_path / "plain", **kw)
+    assert not (tmp_path / "plain").exists()
+
+    r = convert(path, tmp_path / "fb", auto_fallback=True, **kw)
+    fname = "model.int8.onnx"
+    aa = r.manifest["settings"]["accuracy_aware"][fname]
+    assert "qdq_loss_debug" in aa["method"]
+    assert aa["kept_float"] and set(aa["kept_float"]) & {"hidden", "hidden_relu", "logits"}
+    assert aa["baseline_drop_points"] > 1.0 and aa["attempts"][-1]["drop_points"] <= 1.0
+    v = r.manifest["validation"]["artifacts"][fname]
+    assert 100.0 * (v["source_accuracy"] - v["accuracy"]) <= 1.0
+    art = next(a for a in r.manifest["artifacts"] if a["file"] == fname)
+    assert art["precision"] == "int8" and any("accuracy-aware" in n for n in art["notes"])
+    import onnx
+
+    q = onnx.load(os.path.join(r.bundle, fname))
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # still INT8 outside the kept nodes
+    assert os.path.getsize(os.path.join(r.bundle, fname)) == art["bytes"]
+    assert any("kept" in w for w in r.warnings)
