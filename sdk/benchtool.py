@@ -36,7 +36,8 @@ def _sample_input(model, batch: int) -> dict:
     return feeds
 
 
-def bench_model(path: str, *, artifact=None, runs: int = 100, warmup: int = 10, threads=None, batch: int = 1) -> dict:
+def bench_model(path: str, *, artifact=None, runs: int = 100, warmup: int = 10, threads=None, batch: int = 1,
+                load_kwargs: dict | None = None) -> dict:
     """Load ``path`` through :func:`edgeship.runtime.load` and time it.
 
     Returns init time, first inference, mean/std/p50/p90/p99 latency (ms),
@@ -45,7 +46,7 @@ def bench_model(path: str, *, artifact=None, runs: int = 100, warmup: int = 10, 
     from edgeship import runtime
 
     t0 = time.perf_counter()
-    model = runtime.load(path, artifact=artifact, threads=threads)
+    model = runtime.load(path, artifact=artifact, threads=threads, **(load_kwargs or {}))
     init_ms = (time.perf_counter() - t0) * 1e3
     try:
         feeds = _sample_input(model, batch)

@@ -16,6 +16,7 @@ import time
 from typing import Sequence
 
 from . import __version__
+from .cli_accel import add_accel_arguments, add_devices_parser, load_kwargs, parse_targets
 from .errors import EdgeshipError, InputError
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8")
@@ -142,8 +143,8 @@ def cmd_convert(args) -> int:
             f"--precision {args.precision} needs calibration data: pass --calib IMAGES_DIR|FILE.npy|FILE.npz "
             "(or --calib random to use noise, which the report will flag)"
         )
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    for f in formats:
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip()) if args.formats else None
+    for f in formats or ():
         if f not in ("tflite", "onnx"):
             raise UsageError(f"--formats has {f!r}; expected a comma list of tflite, onnx")
     preprocess = None
@@ -330,7 +331,7 @@ def cmd_run(args) -> int:
     from edgeship import runtime
 
     with _stdout_to_stderr(args.json) as out:
-        with runtime.load(args.path, artifact=args.artifact, threads=args.threads) as model:
+        with runtime.load(args.path, artifact=args.artifact, threads=args.threads, **load_kwargs(args)) as model:
             items = _load_inputs(args.inputs, model)
             results = []
             labels = (model.manifest or {}).get("labels") if model.manifest else None
@@ -392,7 +393,7 @@ def cmd_bench(args) -> int:
 
     with _stdout_to_stderr(args.json) as out:
         res = bench_model(args.path, artifact=args.artifact, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                          batch=args.batch)
+                          batch=args.batch, load_kwargs=load_kwargs(args))
         if args.json:
             _emit_json(out, res)
             return 0
@@ -448,10 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration data: image folder, .npy, .npz (x[, y]) or the word 'random'")
     c.add_argument("--calib-count", type=int, default=200, help="maximum calibration samples (default 200)")
     c.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    c.add_argument("--precision", choices=PRECISIONS, default="int8")
-    c.add_argument("--io", choices=IO_TYPES, default="int8", help="input/output type of integer models (default int8)")
-    c.add_argument("--formats", default="tflite", help="comma list of tflite,onnx (default tflite)")
-    c.add_argument("--target", choices=TARGETS, default="cpu")
+    c.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="default: int8, or what the --target prefers (gpu: fp16)")
+    c.add_argument("--io", choices=IO_TYPES + ("int16",), default=None,
+                   help="input/output type of integer models (default int8; int16 for int16x8)")
+    c.add_argument("--formats", default=None,
+                   help="comma list of tflite,onnx (default tflite, or what the --target prefers: jetson -> onnx)")
+    c.add_argument("--target", type=parse_targets, default=None, metavar="cpu|edgetpu|gpu|jetson[,...]",
+                   help="devices the bundle is for (several allowed); shapes precision, I/O and formats")
     c.add_argument("--preprocess", help="e.g. size=224x224,resize=letterbox,color=rgb,scale=1/255,mean=0.5,std=0.5")
     c.add_argument("--labels", help="labels file (one per line) or a comma list")
     c.add_argument("--eval", help="held-out data for validation: .npy, or .npz with x and optional y, or image folder")
@@ -520,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_stream import add_stream_parser
 
     add_stream_parser(sub)
+    add_devices_parser(sub)
+    add_accel_arguments(r)
+    add_accel_arguments(b)
     return p
 
 

@@ -231,3 +231,23 @@ def test_convert_with_pruning_records_sparsity(work, tmp_path):
     assert 0.45 <= man["pruning"]["achieved_total"] <= 0.55
     r = cli("convert", work["model"], "-o", tmp_path / "bad", "--calib", work["root"] / "calib.npz", "--prune", "1.5")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_target_gpu_defaults_to_fp16(work, tmp_path):
+    r = cli("convert", work["model"], "-o", tmp_path / "gpu", "--calib", work["root"] / "calib.npz", "--target", "gpu",
+            "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    art = json.loads(r.stdout)["manifest"]["artifacts"][0]
+    assert art["precision"] == "fp16" and art["io"] == "float" and "gpu" in art["targets"]
+    r = cli("convert", work["model"], "-o", tmp_path / "x", "--target", "tpu")
+    assert r.returncode == 2 and "edgetpu" in r.stderr
+
+
+def test_run_with_missing_delegate_strict_is_a_user_error(work):
+    args = ("run", work["bundle"], work["root"] / "batch.npy", "--delegate", "/nonexistent/libdelegate.so")
+    r = cli(*args, "--strict")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "libdelegate" in r.stderr
+    r = cli(*args, "--json")  # default: one clear warning, then the CPU runs it
+    assert r.returncode == 0, r.stderr[-2000:]
+    obj = json.loads(r.stdout)
+    assert obj["backend"]["fallback"] is True and obj["results"]
