@@ -37,6 +37,10 @@ UNSAFE_CLASSES = {
     "TFSMLayer": "loads and runs an external SavedModel",
 }
 SAFE_MODULE_ROOTS = ("keras", "tf_keras")
+# Sub-packages of Keras that hold no model parts and can reach files, the network or
+# Keras' own safety switches (keras.utils.get_file, keras.config, keras.saving ...).
+UNSAFE_MODULE_PARTS = frozenset({"utils", "config", "saving", "callbacks", "datasets", "applications", "export",
+                                 "distribution", "visualization", "file_utils", "io_utils"})
 # Strings that switch off Keras' own safety checks.
 UNSAFE_SWITCHES = ("enable_unsafe_deserialization", "safe_mode", "unsafe_deserialization")
 # tf_keras serialises functional-API TensorFlow calls as TFOpLambda with a symbol
@@ -60,7 +64,11 @@ def _module_ok(module: Any) -> bool:
         return True
     if not isinstance(module, str):
         return False
-    return any(module == r or module.startswith(r + ".") for r in SAFE_MODULE_ROOTS)
+    if not any(module == r or module.startswith(r + ".") for r in SAFE_MODULE_ROOTS):
+        return False
+    # Inside keras/tf_keras only model parts are allowed: utilities (keras.utils.get_file,
+    # the CVE-2025-8747 gadget), configuration and saving switches are not layers.
+    return not any(part in UNSAFE_MODULE_PARTS for part in module.split("."))
 
 
 def _known_function(name: str) -> bool:

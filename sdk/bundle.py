@@ -135,8 +135,17 @@ class BundleWriter:
         self.check_target()
         parent, name = os.path.split(self.target)
         os.makedirs(parent or ".", exist_ok=True)
-        for stale in stale_temp_dirs(self.target):
-            shutil.rmtree(stale, ignore_errors=True)
+        stale = stale_temp_dirs(self.target)
+        olds = [d for d in stale if _OLD_MARK in os.path.basename(d)]
+        if olds and not os.path.lexists(self.target):
+            # A crash between "move the old bundle aside" and "move the new one in" left
+            # no bundle at the target: put the old one back before anything else.
+            newest = max(olds, key=os.path.getmtime)
+            os.rename(newest, self.target)
+            stale.remove(newest)
+            self.check_target()
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
         self.dir = tempfile.mkdtemp(prefix=f".{name}{_TMP_MARK}", dir=parent or ".")
         return self
 

@@ -194,6 +194,9 @@ def cmd_convert(args) -> int:
 def _describe_bare(path: str) -> dict:
     from edgeship import runtime
 
+    from .isolate import probe_if_bare
+
+    probe_if_bare(path)  # an untrusted bare model file is opened in a child first
     with runtime.load(path) as m:
         return {
             "path": os.path.abspath(path),
@@ -331,6 +334,9 @@ def cmd_run(args) -> int:
     from edgeship import runtime
 
     with _stdout_to_stderr(args.json) as out:
+        from .isolate import probe_if_bare
+
+        probe_if_bare(args.path)  # an untrusted bare model file is opened in a child first
         with runtime.load(args.path, artifact=args.artifact, threads=args.threads, **load_kwargs(args)) as model:
             items = _load_inputs(args.inputs, model)
             results = []
@@ -391,6 +397,9 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     from .benchtool import bench_model
 
+    from .isolate import probe_if_bare
+
+    probe_if_bare(args.path)
     with _stdout_to_stderr(args.json) as out:
         res = bench_model(args.path, artifact=args.artifact, runs=args.runs, warmup=args.warmup, threads=args.threads,
                           batch=args.batch, load_kwargs=load_kwargs(args))
@@ -554,8 +563,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception:  # an internal error: show it so it can be reported
+    except Exception as exc:  # an internal error: show it so it can be reported
+        import errno
         import traceback
+
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            # a full disk or a read-only/forbidden folder is not a bug of ours
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"edgeship: error: {exc.strerror}{where}; nothing partial was left at the output: free space "
+                  "or choose another folder", file=sys.stderr)
+            return 2
 
         traceback.print_exc()
         print("edgeship: internal error (exit 1); please report it with the traceback above", file=sys.stderr)

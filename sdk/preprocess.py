@@ -223,6 +223,10 @@ def read_image(path: str) -> np.ndarray:
     # Check the declared size before decoding (decompression bombs).
     with open(path, "rb") as fh:
         data = fh.read()
+    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-256:]:
+        # libjpeg decodes a truncated JPEG partially (the rest grey) and OpenCV returns it:
+        # a third of a picture must not pass as an image.
+        raise InputError(f"cannot decode image {path!r}: the JPEG is truncated (no end-of-image marker)")
     buf = np.frombuffer(data, np.uint8)
     img = None
     try:

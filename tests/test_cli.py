@@ -251,3 +251,21 @@ def test_run_with_missing_delegate_strict_is_a_user_error(work):
     assert r.returncode == 0, r.stderr[-2000:]
     obj = json.loads(r.stdout)
     assert obj["backend"]["fallback"] is True and obj["results"]
+
+
+def test_interrupted_swap_restores_the_earlier_bundle(work, tmp_path):
+    """kill -9 between moving the old bundle aside and moving the new one in: the next run puts it back."""
+    import shutil
+
+    from edgeship.bundle import BundleWriter, stale_temp_dirs
+    from edgeship.errors import BundleExistsError
+
+    target = tmp_path / "b"
+    shutil.copytree(work["bundle"], target)
+    before = (target / "manifest.json").read_bytes()
+    os.rename(target, tmp_path / ".b.old-abc123")  # the state such a crash leaves
+    with pytest.raises(BundleExistsError):
+        with BundleWriter(str(target)):  # no force: the restored bundle must not be replaced
+            pass
+    assert (target / "manifest.json").read_bytes() == before
+    assert stale_temp_dirs(str(target)) == []

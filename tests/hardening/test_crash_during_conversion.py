@@ -152,10 +152,7 @@ def test_full_disk(tmp_path, tiny_model):
         assert p.returncode >= 0
         assert not target.exists()
         assert leftovers == [], leftovers
-        if p.returncode == 1 and b"No space left on device" in err:
-            # Known gap: ENOSPC escapes as an OSError (CLI exit 1, "internal error") instead of a
-            # typed BundleError (exit 2); the bundle writer itself left nothing behind.
-            pytest.xfail("a full disk is an internal error (exit 1), not a typed error (exit 2)")
         assert p.returncode == 2, err.decode()[-800:]
+        assert b"space" in err and b"Traceback" not in err
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)

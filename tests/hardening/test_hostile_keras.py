@@ -139,10 +139,6 @@ def test_hostile_keras_files_are_refused_and_payloads_never_run(tmp_path, load_c
         assert not out_exists, name
         if calls:
             reached_keras.append(name)
-    # Known gap (reported in the hardening issue): a class from a keras.* module that is
-    # not a layer (keras.utils.get_file) passes edgeship's scan, which allows any module under
-    # keras/tf_keras; Keras' own safe_mode (keras >= 3.11) then refuses it, so nothing runs,
-    # but the refusal is not "before deserialisation". Fixing it belongs in keras_loader.py.
-    if reached_keras:
-        assert reached_keras == ["get_file gadget (CVE-2025-8747 style)"], reached_keras
-        pytest.xfail(f"refused by Keras safe_mode, not by edgeship's scan: {reached_keras}")
+    # Every payload, the keras.utils.get_file gadget (CVE-2025-8747 style) included, is
+    # refused by edgeship's scan before Keras deserialises anything.
+    assert reached_keras == [], reached_keras
