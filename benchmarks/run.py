@@ -607,8 +607,27 @@ def bench_stream(ctx: Context) -> list:
     return out
 
 
+
+def bench_targets(ctx: Context) -> list:
+    """``edgeship bench --all`` on the INT8 bundle: every engine available here, each in a fresh process."""
+    from edgeship.benchtool import bench_all  # noqa: PLC0415
+
+    res = bench_all(ctx.built.int8, runs=max(20, ctx.runs // 3), warmup=ctx.warmup, threads=ctx.threads)
+    ctx.details["targets"] = res
+    out = []
+    for c in res["combinations"]:
+        name = f"{c['artifact'] or 'model'} on {c['backend']}" + (f" + {c['delegate']}" if c["delegate"] else "")
+        key = _slug(name)
+        if c["skipped"]:
+            out.append(row("targets", f"{key}_skipped", f"{name}: cannot run", c["skipped"][:60]))
+            continue
+        out.append(row("targets", f"{key}_p50_ms", f"{name}: p50", c["p50_ms"], "ms"))
+        out.append(row("targets", f"{key}_init_ms", f"{name}: init", c["init_ms"], "ms"))
+        out.append(row("targets", f"{key}_peak_rss_mb", f"{name}: peak RSS", c["peak_rss_bytes"] / 1e6, "MB"))
+    return out
+
 BENCHMARKS: list = [bench_runtime_vs_bare, bench_int8_vs_fp32, bench_cold_start, bench_onnx, bench_prune,
-                    bench_stream]
+                    bench_stream, bench_targets]
 
 
 # ---------------------------------------------------------------------------- output

@@ -395,14 +395,38 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .benchtool import bench_model
+    from .benchtool import bench_all, bench_model
+
+    if args.all:
+        with _stdout_to_stderr(args.json) as out:
+            res = bench_all(args.path, runs=args.runs, warmup=args.warmup, threads=args.threads, batch=args.batch,
+                            delegates=tuple(args.delegate or ()))
+            if args.json:
+                _emit_json(out, res)
+                return 0
+            rows = []
+            for c in res["combinations"]:
+                name = (c["artifact"] or os.path.basename(args.path))
+                how = c["backend"] + (f" + {c['delegate']}" if c["delegate"] else "")
+                if c["skipped"]:
+                    rows.append([name, how, "-", "-", "-", "-", "-", "-", f"cannot run: {c['skipped']}"])
+                    continue
+                share = "-" if c.get("ops_accelerated") is None else f"{100 * c['ops_accelerated']:.0f}%"
+                rows.append([name, how, c["runs_on"], f"{c['init_ms']:.1f}", f"{c['p50_ms']:.3f}",
+                             f"{c['p90_ms']:.3f}", f"{c['p99_ms']:.3f}", _fmt_bytes(c["peak_rss_bytes"]),
+                             share + (" (fell back)" if c.get("fallback") else "")])
+            print(f"{res['path']}: every artifact on every engine available here, {res['runs']} runs each, "
+                  "each in a fresh process")
+            print(_table(rows, ["artifact", "engine", "runs on", "init ms", "p50 ms", "p90 ms", "p99 ms",
+                                "peak RSS", "ops accelerated"]))
+        return 0
 
     from .isolate import probe_if_bare
 
     probe_if_bare(args.path)
     with _stdout_to_stderr(args.json) as out:
         res = bench_model(args.path, artifact=args.artifact, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                          batch=args.batch, load_kwargs=load_kwargs(args))
+                          batch=args.batch, load_kwargs=load_kwargs(args), backend=args.backend)
         if args.json:
             _emit_json(out, res)
             return 0
@@ -415,7 +439,10 @@ def cmd_bench(args) -> int:
             ["throughput", f"{res['throughput_per_s']:.1f} inferences/s (batch {res['batch']})"],
             ["peak RSS", _fmt_bytes(res["peak_rss_bytes"])],
         ]
-        print(f"{res['artifact']} on {res['backend']['backend']} ({res['threads'] or 'default'} threads), "
+        b = res["backend"]
+        if b.get("ops_total"):
+            rows.append(["ops delegated", f"{b.get('ops_delegated') or 0} of {b['ops_total']} ({b.get('delegate')})"])
+        print(f"{res['artifact']} on {b['backend']} ({res['threads'] or 'default'} threads), "
               f"{res['runs']} runs after {res['warmup']} warm-up")
         print(_table(rows, ["metric", "value"]))
     return 0
@@ -517,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--artifact")
+    b.add_argument("--backend", help="force an engine: litert, tflite_runtime, tensorflow.lite, onnxruntime")
+    b.add_argument("--all", action="store_true",
+                   help="run every artifact on every engine (and --delegate) available here; one table")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

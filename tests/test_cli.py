@@ -269,3 +269,16 @@ def test_interrupted_swap_restores_the_earlier_bundle(work, tmp_path):
             pass
     assert (target / "manifest.json").read_bytes() == before
     assert stale_temp_dirs(str(target)) == []
+
+
+def test_bench_all_runs_every_engine_and_says_why_not(work):
+    r = cli("bench", work["bundle"], "--all", "--runs", "5", "--warmup", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    combos = json.loads(r.stdout)["combinations"]
+    by_backend = {c["backend"]: c for c in combos}
+    assert by_backend["litert"]["skipped"] is None and by_backend["litert"]["p50_ms"] > 0
+    assert by_backend["litert"]["peak_rss_bytes"] > 0
+    # tflite_runtime is not installed here: listed, with the reason, not silently dropped
+    assert by_backend["tflite_runtime"]["skipped"]
+    r = cli("bench", work["bundle"], "--all", "--runs", "3", "--warmup", "0")
+    assert r.returncode == 0 and "litert" in r.stdout and "cannot run" in r.stdout
