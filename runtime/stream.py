@@ -50,7 +50,8 @@ except ImportError as _exc:  # pragma: no cover
 
     raise MissingDependencyError("opencv-python", "camera", "to run camera streams") from _exc
 
-__all__ = ["Display", "Stream", "StreamResult", "Task", "has_gui", "resolve_display", "run_stream"]
+__all__ = ["Display", "FastPreprocess", "Stream", "StreamResult", "Task", "has_gui", "resolve_display", "run_stream",
+           "stream_threads"]
 
 STAGES = ("capture", "preprocess", "inference", "postprocess", "draw")
 TIMING_KEYS = ("capture", "wait", "preprocess", "inference", "postprocess", "draw", "latency")
@@ -191,6 +192,104 @@ def _guess_task(model) -> Task:
     return Task.CLASSIFY
 
 
+# ------------------------------------------------------------------------------ preprocessing
+
+
+def stream_threads(live: bool = True) -> int:
+    """Inference threads a stream uses by default.
+
+    On a machine with few cores, inference on every core starves capture,
+    preprocessing and drawing (they run on their own threads, in parallel with
+    inference): for a live (or realtime-paced) source the stream leaves one
+    core to them, ``min(4, cores - 1)`` (at least 1). Other sources (a file
+    read as fast as it decodes) get the runtime's default, ``min(4, cores)``.
+    Pass ``threads=`` to :func:`run_stream` (``--threads``) to choose yourself.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(4, n - 1 if live else n))
+
+
+class FastPreprocess:
+    """Frame -> model input in two OpenCV calls: a resize straight to the model size, then a lookup table.
+
+    For the common case (stretch resize, 3-channel RGB/BGR, NHWC, one image
+    input) every per-pixel step after the resize -- colour order, ``* scale``,
+    ``- mean``, ``/ std`` and, for a quantized input, the model's own
+    quantization (``round(x / s) + zp``, clipped) -- is a function of the
+    8-bit pixel value and the channel, so it is folded into one 256-entry
+    table per channel (``cv2.LUT``): no float image, no extra copies. The
+    colour swap happens on the small resized image. The result is what
+    :func:`edgeship.runtime.detect.prepare_input` followed by ``Model.run``'s
+    quantization gives, bit for bit with ``interpolation="area"``;
+    ``"linear"`` (the default) resizes with ``INTER_LINEAR``, about 10x
+    cheaper than ``INTER_AREA`` for a 640x480 -> 224x224 frame, as most camera
+    pipelines do. ``build`` returns None when the fast path does not apply.
+    """
+
+    def __init__(self, size, table: np.ndarray, swap: bool, interp: int) -> None:
+        self.h, self.w = int(size[0]), int(size[1])
+        self.table, self.swap, self.interp = table, swap, interp
+
+    @classmethod
+    def build(cls, model, spec, interpolation: str = "linear") -> "FastPreprocess | None":
+        from ..preprocess import ColorOrder, Layout, ResizeMode  # noqa: PLC0415
+
+        if interpolation not in ("linear", "area"):
+            raise InputError(f"interpolation {interpolation!r} is unknown; expected linear or area")
+        try:
+            inputs = tuple(getattr(model, "inputs", ()) or ())
+            if len(inputs) != 1 or spec.resize is not ResizeMode.STRETCH or spec.color is ColorOrder.GRAY:
+                return None
+            man = getattr(model, "manifest", None) or {}
+            layout = ((man.get("source") or {}).get("layout") if isinstance(man, Mapping) else None)
+            if spec.layout is not Layout.NHWC or (layout and layout != "NHWC"):
+                return None
+            shape = tuple(inputs[0].shape)
+            if len(shape) != 4 or tuple(shape[1:]) != (spec.size[0], spec.size[1], 3):
+                return None
+            mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (3,))
+            std = np.broadcast_to(np.asarray(spec.std, np.float32), (3,))
+            px = np.arange(256, dtype=np.float32)[:, None] * np.float32(spec.scale)
+            x = (px - mean) / std  # (256, 3), as PreprocessSpec.apply computes it
+            if spec.dtype in ("uint8", "int8"):
+                info = np.iinfo(spec.dtype)
+                x = np.clip(np.rint(x), info.min, info.max).astype(spec.dtype).astype(np.float32)
+            dtype = np.dtype(inputs[0].dtype)
+            q = inputs[0].quantization
+            if dtype.kind in "iu" and q is not None and len(q.scale) == 1:
+                qs, zp = np.float32(q.scale[0]), np.float32((q.zero_point or (0,))[0])
+                info = np.iinfo(dtype)
+                x = np.divide(x, qs, dtype=np.float32)
+                np.rint(x, out=x)
+                if zp:
+                    x += zp
+                table = np.clip(x, info.min, info.max).astype(dtype)
+            elif dtype == np.float32:
+                table = x.astype(np.float32)
+            else:
+                return None
+        except Exception:  # an unusual model: the generic path handles it
+            return None
+        swap = spec.color is ColorOrder.RGB  # frames are BGR
+        interp = cv2.INTER_LINEAR if interpolation == "linear" else cv2.INTER_AREA
+        return cls(spec.size, np.ascontiguousarray(table.reshape(256, 1, 3)), swap, interp)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        img = image
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            return None
+        ih, iw = img.shape[:2]
+        if (ih, iw) != (self.h, self.w):
+            interp = self.interp if (ih > self.h or iw > self.w) else cv2.INTER_LINEAR
+            img = cv2.resize(img, (self.w, self.h), interpolation=interp)
+        if self.swap:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return cv2.LUT(img, self.table)[None]
+
+
 # ------------------------------------------------------------------------------ drawing
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
@@ -262,6 +361,10 @@ class Stream:
         draw: draw results and stats on the frame (off: ``image`` is the raw frame).
         source_options: keyword arguments for :class:`VideoSource` (``loop``,
             ``realtime``, ``drop``, timeouts, backoff, ...).
+        interpolation: how frames are resized to the model size: ``linear``
+            (default, ``INTER_LINEAR``: cheap) or ``area`` (``INTER_AREA``, as
+            ``Model.predict`` does: the same input bit for bit, slower). See
+            :class:`FastPreprocess`.
 
     Iterate it for :class:`StreamResult` in frame order; it ends when the
     source ends (end of file, or a live source that could not be reopened).
@@ -273,7 +376,8 @@ class Stream:
 
     def __init__(self, model, source: str | int | SourceSpec | VideoSource, *, task: str | Task = Task.AUTO,
                  top_k: int = 3, threshold: float = 0.5, iou: float = 0.45, detect_format: str = "auto",
-                 anchors=None, draw: bool = True, source_options: dict | None = None) -> None:
+                 anchors=None, draw: bool = True, source_options: dict | None = None,
+                 interpolation: str = "linear") -> None:
         if top_k < 1:
             raise InputError(f"top_k must be >= 1, got {top_k}")
         if not 0.0 <= threshold <= 1.0:
@@ -290,6 +394,7 @@ class Stream:
         self.source = source if isinstance(source, VideoSource) else VideoSource(source, **(source_options or {}))
         self.spec = _detect.preprocess_spec(model)
         self.labels = _detect.model_labels(model)
+        self._fast_pre = FastPreprocess.build(model, self.spec, interpolation)
         self._q_pre = _Handoff()  # preprocess -> inference
         self._q_inf = _Handoff()  # inference -> postprocess/draw
         self._q_out = _Handoff()  # postprocess/draw -> consumer
@@ -366,7 +471,7 @@ class Stream:
         return run
 
     def _run_pre(self) -> None:
-        src, model, spec = self.source, self.model, self.spec
+        src, model, spec, fast = self.source, self.model, self.spec, self._fast_pre
         while not self._stop.is_set():
             if not self._q_pre.wait_space():  # pick up a frame only when inference can take it soon
                 continue
@@ -377,7 +482,9 @@ class Stream:
                     return
                 continue
             t0 = time.perf_counter()
-            x = _detect.prepare_input(model, spec, frame.image)
+            x = fast(frame.image) if fast is not None else None
+            if x is None:
+                x = _detect.prepare_input(model, spec, frame.image)
             t1 = time.perf_counter()
             timings = {"capture": frame.capture_ms, "wait": (t0 - frame.t_capture) * 1000.0,
                        "preprocess": (t1 - t0) * 1000.0}
@@ -546,11 +653,21 @@ class _Recorder:
             self._w = None
 
 
+def _is_live(source) -> bool:
+    try:
+        from .video import parse_source  # noqa: PLC0415
+
+        spec = source if isinstance(source, SourceSpec) else parse_source(source)
+    except Exception:  # the source is checked (with a proper error) when it is opened
+        return False
+    return spec.live
+
+
 def run_stream(model, source, *, display: str | Display = Display.NONE, host: str = "127.0.0.1", port: int = 8080,
                record: str | None = None, duration: float | None = None, max_frames: int | None = None,
                task: str | Task = Task.AUTO, top_k: int = 3, threshold: float = 0.5, iou: float = 0.45,
                loop: bool = False, realtime: bool = False, max_clients: int = 4, threads: int | None = None,
-               artifact: str | None = None, source_options: dict | None = None,
+               artifact: str | None = None, source_options: dict | None = None, interpolation: str = "linear",
                on_result: Callable[[StreamResult], Any] | None = None, on_start: Callable[[dict], Any] | None = None,
                log: Callable[[str], Any] | None = None) -> dict:
     """Run a model over a video source until it ends (or ``duration``/``max_frames``); return a summary.
@@ -564,6 +681,11 @@ def run_stream(model, source, *, display: str | Display = Display.NONE, host: st
         duration: stop after this many seconds; ``max_frames``: after this many results.
         loop: replay a file from its start when it ends; ``realtime``: pace a
             file at its frame rate, like a camera.
+        threads: inference threads when ``model`` is a path. Default: one
+            core left to the other stages for a live or ``realtime`` source on
+            a small machine (see :func:`stream_threads`), else the runtime's default.
+            A loaded model keeps the threads it was loaded with.
+        interpolation: ``linear`` (default) or ``area`` (see :class:`Stream`).
         on_result: called with every :class:`StreamResult` (on the caller's thread).
         on_start: called once with ``{"display": ..., "url": ...}`` when the stream is up.
         log: where progress lines go (default: stderr).
@@ -588,12 +710,18 @@ def run_stream(model, source, *, display: str | Display = Display.NONE, host: st
     if own_model:
         from . import load  # noqa: PLC0415
 
+        if threads is None:  # leave a core to capture/preprocess/draw when frames arrive in real time
+            src = source if isinstance(source, VideoSource) else None
+            live = (src.spec.live or src.realtime) if src is not None else (
+                realtime or bool((source_options or {}).get("realtime")) or _is_live(source))
+            threads = stream_threads(live)
         model = load(os.fspath(model), artifact=artifact, threads=threads)
     opts = dict(source_options or {})
     opts.setdefault("loop", loop)
     opts.setdefault("realtime", realtime)
     view = recorder = None
-    stream = Stream(model, source, task=task, top_k=top_k, threshold=threshold, iou=iou, source_options=opts)
+    stream = Stream(model, source, task=task, top_k=top_k, threshold=threshold, iou=iou, source_options=opts,
+                    interpolation=interpolation)
     stream.source.on_event = lambda ev: say(f"edgeship: {ev['message']}")
     window = "edgeship"
     try:

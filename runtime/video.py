@@ -10,6 +10,13 @@ memory stays bounded); a lost live source is reopened with exponential
 backoff, and every loss and reconnect is recorded in :attr:`VideoSource.events`.
 Files are read frame by frame (nothing dropped) and their end ends the run.
 
+When frames may be dropped (live sources, ``realtime`` files) and the capture
+supports it, the reader ``grab()``s every frame (keeping up with the source)
+but ``retrieve()``s (decodes/converts to BGR) only when a consumer is waiting
+in :meth:`VideoSource.read`: frames nobody takes are never converted, and the
+frame handed out is the newest one. Grab and retrieve stay on the reader
+thread (a ``cv2.VideoCapture`` is not shared between threads).
+
 This module imports OpenCV at module level: it is only imported when streaming.
 """
 
@@ -209,6 +216,8 @@ class VideoSource:
         self._request = (width, height, fps)
         self._opener = opener or _open_capture
         self._cap = None
+        self._cap_lock = threading.Lock()  # the reader's use of the capture vs release from close()
+        self._waiting = 0  # consumers blocked in read()
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._stop = threading.Event()
@@ -246,9 +255,10 @@ class VideoSource:
         t, self._thread = self._thread, None
         if t is not None:
             t.join(timeout=max(2.0, self.read_timeout + 1.0))
-        cap, self._cap = self._cap, None
-        if cap is not None and (t is None or not t.is_alive()):
-            cap.release()
+        with self._cap_lock:
+            cap, self._cap = self._cap, None
+            if cap is not None and (t is None or not t.is_alive()):
+                cap.release()
 
     def __enter__(self) -> "VideoSource":
         return self.start()
@@ -277,13 +287,17 @@ class VideoSource:
         """
         deadline = None if timeout is None else time.perf_counter() + timeout
         with self._cond:
-            while self._slot is None:
-                if self._ended or self._stop.is_set():
-                    return None
-                remaining = None if deadline is None else deadline - time.perf_counter()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining if remaining is not None else 0.5)
+            self._waiting += 1
+            try:
+                while self._slot is None:
+                    if self._ended or self._stop.is_set():
+                        return None
+                    remaining = None if deadline is None else deadline - time.perf_counter()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    self._cond.wait(remaining if remaining is not None else 0.5)
+            finally:
+                self._waiting -= 1
             frame, self._slot = self._slot, None
             self._cond.notify_all()
             return frame
@@ -357,9 +371,10 @@ class VideoSource:
     def _reopen(self, reason: str) -> bool:
         """Reopen a lost live source with exponential backoff. False when giving up or stopping."""
         self._event("lost", f"source {self.spec.uri!r} lost ({reason}); reconnecting")
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        with self._cap_lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
         delay, attempts, t0 = self.backoff[0], 0, time.perf_counter()
         while not self._stop.is_set():
             if self._stop.wait(delay):
@@ -367,7 +382,8 @@ class VideoSource:
             attempts += 1
             cap = self._try_open()
             if cap is not None:
-                self._cap = cap
+                with self._cap_lock:
+                    self._cap = cap
                 self.reconnects += 1
                 self._event(
                     "reconnected",
@@ -387,9 +403,33 @@ class VideoSource:
         failures = 0
         while not self._stop.is_set():
             cap = self._cap
+            paced, t_grab = False, None
+            split = self.drop and hasattr(cap, "grab") and hasattr(cap, "retrieve")
             t0 = time.perf_counter()
             try:
-                ok, img = cap.read()
+                if split:  # fetch every frame; decode only the ones a consumer waits for
+                    with self._cap_lock:
+                        ok = bool(cap.grab())
+                    img = None
+                    if ok and period:  # a file paced like a camera: the frame "arrives" at its time
+                        t_next = max(t_next + period, time.perf_counter())
+                        wait = t_next - time.perf_counter()
+                        if wait > 0 and self._stop.wait(wait):
+                            break
+                        paced = True
+                    t_grab = time.perf_counter()
+                    if ok:
+                        with self._cond:
+                            wanted = self._waiting > 0 and self._slot is None
+                        if not wanted:
+                            self.frames_read += 1
+                            self.frames_dropped += 1
+                            index += 1
+                            continue
+                        with self._cap_lock:
+                            ok, img = cap.retrieve()
+                else:
+                    ok, img = cap.read()
             except cv2.error as exc:
                 ok, img = False, None
                 reason = str(exc).strip().splitlines()[-1]
@@ -401,7 +441,10 @@ class VideoSource:
                 if self.size is None:
                     self.size = (int(img.shape[1]), int(img.shape[0]))
                 read_ms = (t1 - t0) * 1000.0
-                if period:  # a file paced like a camera: the frame "arrives" at its time
+                if paced:  # capture time: grab + retrieve, not the pacing wait
+                    read_ms = (t1 - t_grab) * 1000.0
+                    t1 = t_grab
+                elif period:  # a file paced like a camera: the frame "arrives" at its time
                     t_next = max(t_next + period, t1)
                     wait = t_next - time.perf_counter()
                     if wait > 0 and self._stop.wait(wait):
@@ -432,6 +475,7 @@ class VideoSource:
         with self._cond:
             self._ended = True
             self._cond.notify_all()
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
+        with self._cap_lock:
+            cap, self._cap = self._cap, None
+            if cap is not None:
+                cap.release()
