@@ -125,6 +125,7 @@ def _tflite():
 register("litert", formats=("tflite",), priority=30, loader=lambda: _tflite().LiteRTBackend)
 register("tflite_runtime", formats=("tflite",), priority=20, loader=lambda: _tflite().TFLiteRuntimeBackend)
 register("tensorflow.lite", formats=("tflite",), priority=10, loader=lambda: _tflite().TensorFlowLiteBackend)
+register("litert_compiled", formats=("tflite",), priority=5, loader=lambda: __import__(__name__ + ".compiled_model", fromlist=["_"]).CompiledModelBackend)  # noqa: E501 - LiteRT CompiledModel API (GPU/NPU accelerators); only when asked
 
 
 def _ort():

@@ -1,0 +1,200 @@
+"""LiteRT CompiledModel backend: ``.tflite`` files through LiteRT's accelerator API.
+
+``ai_edge_litert.compiled_model.CompiledModel`` is how LiteRT intends a GPU or
+NPU to be reached (``HardwareAccelerator.GPU`` / ``NPU``; the GPU path is
+WebGPU over Vulkan/Metal/D3D, the NPU path needs a vendor dispatch library).
+It is registered below the interpreter backends, so ``load()`` picks it only
+when asked: ``load(path, backend="litert_compiled", device="gpu")``.
+
+``device``: ``None``/``"cpu"`` -> ``CPU`` (XNNPACK), ``"gpu"`` -> ``GPU``,
+``"npu"`` -> ``NPU``. The accelerator is asked *alone*: LiteRT refuses a graph
+it cannot take whole unless the CPU is added, and adding it would hide a model
+that runs almost entirely on the CPU. When the accelerator cannot be used, the
+model is compiled for the CPU instead with a warning, ``info.fallback`` set and
+LiteRT's own reason (e.g. "Couldn't load Vulkan ...; No adapters found") in
+``info.skipped``; ``strict=True`` raises :class:`FallbackError` instead.
+``info.fully_accelerated`` is CompiledModel's ``is_fully_accelerated()``.
+
+Limits: the CompiledModel API does not expose quantization parameters, so they
+are read once with LiteRT's Interpreter on the same file; batches run one
+sample at a time (the Python API does not resize output buffers with the
+input, so ``resize_batch`` only accepts the compiled batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, FallbackError, InputError, ModelFormatError
+from . import Backend, ExecutionInfo, RawTensor
+
+_log = logging.getLogger("edgeship.runtime")
+
+_DEVICES = {None: "CPU", "cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+
+
+@dataclass
+class CompiledModelInfo(ExecutionInfo):
+    """:class:`ExecutionInfo` plus CompiledModel's ``is_fully_accelerated()``."""
+
+    fully_accelerated: bool | None = None
+    accelerator: str = "cpu"  # the accelerator set the model was compiled for
+
+
+class CompiledModelBackend(Backend):
+    """Runs a ``.tflite`` file with ``CompiledModel`` (not thread-safe: the Model locks)."""
+
+    name = "litert_compiled"
+    formats = ("tflite",)
+    thread_safe = False
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            import ai_edge_litert.compiled_model  # noqa: F401, PLC0415
+        except ImportError as exc:
+            return False, (f"{cls.name}: ai_edge_litert.compiled_model cannot be imported "
+                           f"({exc.__class__.__name__}: {exc}); pip install -U ai-edge-litert")
+        return True, ""
+
+    def __init__(self, path: str, *, threads: int | None = None, delegates: Sequence = (), strict: bool = False,
+                 options: dict | None = None) -> None:
+        try:
+            import ai_edge_litert  # noqa: PLC0415
+            from ai_edge_litert.compiled_model import CompiledModel  # noqa: PLC0415
+            from ai_edge_litert.hardware_accelerator import HardwareAccelerator  # noqa: PLC0415
+            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+            from ai_edge_litert.options import CpuOptions, Options  # noqa: PLC0415
+        except ImportError as exc:
+            raise BackendUnavailableError(f"{self.name}: cannot import ai_edge_litert.compiled_model: {exc}") from None
+        from ..accel import _accelerator_reason, _capture_fd2  # noqa: PLC0415
+        from .tflite import _format_error, _raw  # noqa: PLC0415
+
+        options = dict(options or {})
+        device = options.pop("device", None)
+        extra = list(delegates) + list(options.pop("delegates", None) or ())
+        if device not in _DEVICES:
+            raise InputError(f"device {device!r} is not known to the {self.name} backend; expected 'cpu', 'gpu' "
+                             "or 'npu'")
+        skipped: list = []
+        fallback = False
+        if extra:  # TFLite delegate libraries do not apply to CompiledModel
+            names = [d if isinstance(d, str) else d[0] if isinstance(d, (tuple, list)) else type(d).__name__
+                     for d in extra]
+            why = (f"delegates {names}: the {self.name} backend takes accelerators (device='gpu'/'npu'), not TFLite delegates")
+            if strict:
+                raise FallbackError(f"{why}; strict=True forbids running without them")
+            _log.warning("%s; running without them", why)
+            skipped.append(why)
+            fallback = True
+
+        # Quantization parameters and the file's own shapes: from the interpreter, once.
+        try:
+            interp = Interpreter(model_path=os.fspath(path))
+        except (ValueError, RuntimeError) as exc:
+            raise _format_error(path, exc) from None
+        in_raw = {str(d["name"]): _raw(d) for d in interp.get_input_details()}
+        out_raw = {str(d["name"]): _raw(d) for d in interp.get_output_details()}
+        in_order = [str(d["name"]) for d in interp.get_input_details()]
+        out_order = [str(d["name"]) for d in interp.get_output_details()]
+        del interp
+
+        def compile_for(acc_name: str):
+            acc = HardwareAccelerator[acc_name]
+            cpu = CpuOptions(num_threads=int(threads)) if threads is not None else None
+            opts = Options(hardware_accelerators=acc, cpu_options=cpu)
+            return _capture_fd2(lambda: CompiledModel.from_file(os.fspath(path), options=opts))
+
+        wanted = _DEVICES[device]
+        cm, error, log = compile_for(wanted)
+        used = wanted
+        if error is not None and wanted != "CPU":
+            why = f"{wanted.lower()}: {_accelerator_reason(wanted.lower(), str(error), log)}"
+            if strict:
+                raise FallbackError(f"{self.name}: the {wanted} accelerator cannot run {os.path.basename(path)} "
+                                    f"({why}); strict=True forbids running on the CPU instead")
+            _log.warning("%s: the %s accelerator cannot run %s (%s); running on the CPU instead",
+                         self.name, wanted, os.path.basename(path), why)
+            skipped.append(why)
+            fallback = True
+            cm, error, log = compile_for("CPU")
+            used = "CPU"
+        if error is not None:
+            raise _format_error(path, error)
+        self._cm = cm
+
+        sig_key = next(iter(cm.get_signature_list()))
+        self._sig_index = max(int(cm.get_signature_index(sig_key)), 0)
+        cm_in = cm.get_input_tensor_details(sig_key)  # {signature name: {name, index, dtype, shape}}
+        cm_out = cm.get_output_tensor_details(sig_key)
+        # Buffers follow the signature's order; the Model wants the file's (interpreter's) order.
+        sig_in = [str(v["name"]) for v in cm_in.values()]
+        sig_out = [str(v["name"]) for v in cm_out.values()]
+        if sorted(sig_in) != sorted(in_order) or sorted(sig_out) != sorted(out_order):
+            raise ModelFormatError(f"{path}: CompiledModel signature {sig_key!r} tensors {sig_in} -> {sig_out} do not "
+                                   f"match the graph's {in_order} -> {out_order}")
+        self._in_pos = [sig_in.index(n) for n in in_order]  # file input i -> buffer position
+        self._out_pos = [sig_out.index(n) for n in out_order]
+        self._in_shapes = [tuple(int(s) for s in v["shape"]) for v in cm_in.values()]
+        self._out_shapes = [tuple(int(s) for s in v["shape"]) for v in cm_out.values()]
+        self._out_dtypes = [np.dtype(v["dtype"]) for v in cm_out.values()]
+        self._out_sizes = [int(np.prod(s)) for s in self._out_shapes]
+        self._in_buffers = cm.create_input_buffers(self._sig_index)
+        self._out_buffers = cm.create_output_buffers(self._sig_index)
+        self.inputs = [in_raw[n] for n in in_order]
+        self.outputs = [out_raw[n] for n in out_order]
+        self._batch = self._in_shapes[0][0] if self._in_shapes and self._in_shapes[0] else None
+
+        self.fully_accelerated = bool(cm.is_fully_accelerated())
+        self.accelerator = used.lower()
+        self.info = CompiledModelInfo(
+            backend=self.name,
+            engine_version=getattr(ai_edge_litert, "__version__", "") or "",
+            device=used.lower(),
+            delegate=f"CompiledModel:{used}",
+            threads=threads,
+            skipped=skipped,
+            fallback=fallback,
+            fully_accelerated=self.fully_accelerated,
+            accelerator=used.lower(),
+        )
+
+    # -- running ---------------------------------------------------------------------
+
+    def invoke(self, arrays: list) -> list:
+        for arr, pos in zip(arrays, self._in_pos):
+            arr = np.asarray(arr)
+            want = self._in_shapes[pos]
+            if arr.size != int(np.prod(want)):
+                raise InputError(f"{self.name}: input of shape {arr.shape} does not fit the compiled shape {want}")
+            self._in_buffers[pos].write(np.ascontiguousarray(arr))
+        self._cm.run_by_index(self._sig_index, self._in_buffers, self._out_buffers)
+        outs = []
+        for pos in self._out_pos:
+            data = self._out_buffers[pos].read(self._out_sizes[pos], self._out_dtypes[pos])
+            outs.append(data.reshape(self._out_shapes[pos]))
+        return outs
+
+    def resize_batch(self, batch: int) -> bool:
+        """Only the compiled batch: CompiledModel's Python buffers do not follow an input resize."""
+        return batch == self._batch
+
+    @property
+    def batch(self) -> int | None:
+        return self._batch
+
+    def close(self) -> None:
+        for b in list(getattr(self, "_in_buffers", ())) + list(getattr(self, "_out_buffers", ())):
+            try:
+                b.destroy()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        self._in_buffers = self._out_buffers = []
+        cm, self._cm = getattr(self, "_cm", None), None
+        if cm is not None:
+            cm.close()
