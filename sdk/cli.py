@@ -440,7 +440,7 @@ def cmd_bench(args) -> int:
             ["peak RSS", _fmt_bytes(res["peak_rss_bytes"])],
         ]
         b = res["backend"]
-        if b.get("ops_total"):
+        if b.get("ops_total") and b.get("delegate"):
             rows.append(["ops delegated", f"{b.get('ops_delegated') or 0} of {b['ops_total']} ({b.get('delegate')})"])
         print(f"{res['artifact']} on {b['backend']} ({res['threads'] or 'default'} threads), "
               f"{res['runs']} runs after {res['warmup']} warm-up")
