@@ -119,3 +119,32 @@ def test_build_report_in_process_and_errors(bundle, tmp_path):
     assert os.path.getsize(html_path) > 1000
     with pytest.raises(BundleError, match="manifest.json"):
         build_report(tmp_path)
+
+
+def test_report_html_renders_in_headless_chromium(bundle, tmp_path):
+    """report.html opens in a real browser, offline, and its plots render (not blank)."""
+    import shutil
+
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                    None)
+    if chromium is None:
+        pytest.skip("chromium is not installed: `apt-get install -y chromium` (Debian; .ci/run installs it)")
+    cv2 = pytest.importorskip("cv2")
+    html = os.path.join(bundle.bundle, HTML_NAME)
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,2400", f"file://{html}"],
+                   capture_output=True, timeout=120)
+    dom = subprocess.run([chromium, *flags, "--dump-dom", f"file://{html}"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert shot.exists(), "chromium wrote no screenshot"
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[0] >= 1000
+    # plots are drawn: many distinct colours, not a blank or text-only page
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200
+    # the browser saw every embedded plot and the manifest's figures
+    assert dom.count("data:image/png;base64,") == len(_pngs(_read(bundle, HTML_NAME))) >= 2
+    art = bundle.manifest["artifacts"][0]["file"]
+    assert art in dom
