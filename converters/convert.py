@@ -402,17 +402,26 @@ def _accuracy_fallback(entry: dict, w, export_source, request_kw: dict, referenc
     with open(w.path(fname), "wb") as fh:
         fh.write(res.model)
     entry["inputs"], entry["outputs"] = read_io(w.path(fname))
+    return _fallback_record(entry, w, fname, res, base_drop, old_bytes, old_gzip, max_drop, warnings,
+                            method="TFLite QuantizationDebugger per-layer SQNR ranking; denylisted_nodes kept in "
+                                   "float one at a time",
+                            denylist=list(res.denylist))
+
+
+def _fallback_record(entry: dict, w, fname: str, res, base_drop: float, old_bytes: int, old_gzip: int,
+                     max_drop: float, warnings: list, *, method: str, denylist: list) -> dict:
+    """Refresh the artifact entry after an accuracy-aware re-quantization; note it; the manifest record."""
     entry.update(w.file_info(fname))
     note = (f"accuracy-aware: kept {', '.join(res.kept_float)} in float (INT8 elsewhere); drop {base_drop:.1f} -> "
             f"{res.attempts[-1]['drop_points']:.1f} points, {entry['bytes'] - old_bytes:+d} bytes")
     entry["notes"] = list(entry.get("notes") or []) + [note]
     warnings.append(f"{fname}: {note}")
     return {
-        "method": "TFLite QuantizationDebugger per-layer SQNR ranking; denylisted_nodes kept in float one at a time",
+        "method": method,
         "max_drop": max_drop,
         "baseline_drop_points": base_drop,
         "kept_float": list(res.kept_float),
-        "denylisted_nodes": list(res.denylist),
+        "denylisted_nodes": denylist,
         "attempts": res.attempts,
         "size_cost_bytes": int(entry["bytes"] - old_bytes),
         "size_cost_gzip_bytes": int(entry["gzip_bytes"] - old_gzip),
@@ -473,23 +482,10 @@ def _onnx_accuracy_fallback(entry: dict, w, export_source, request_kw: dict, eva
     finally:
         shutil.rmtree(work, ignore_errors=True)
     entry["inputs"], entry["outputs"] = io_tensors(onnx.load(w.path(fname)))
-    entry.update(w.file_info(fname))
-    note = (f"accuracy-aware: kept {', '.join(res.kept_float)} in float (INT8 elsewhere); drop {base_drop:.1f} -> "
-            f"{res.attempts[-1]['drop_points']:.1f} points, {entry['bytes'] - old_bytes:+d} bytes")
-    entry["notes"] = list(entry.get("notes") or []) + [note]
-    warnings.append(f"{fname}: {note}")
-    return {
-        "method": "ONNX Runtime qdq_loss_debug per-node SQNR ranking; nodes kept in float via exclude one at a time",
-        "max_drop": max_drop,
-        "baseline_drop_points": base_drop,
-        "kept_float": list(res.kept_float),
-        "denylisted_nodes": [*user_exclude, *(n for n in res.denylist if n not in user_exclude)],
-        "attempts": res.attempts,
-        "size_cost_bytes": int(entry["bytes"] - old_bytes),
-        "size_cost_gzip_bytes": int(entry["gzip_bytes"] - old_gzip),
-        "seconds": round(res.seconds, 2),
-        "layer_errors": res.layer_errors,
-    }
+    return _fallback_record(entry, w, fname, res, base_drop, old_bytes, old_gzip, max_drop, warnings,
+                            method="ONNX Runtime qdq_loss_debug per-node SQNR ranking; nodes kept in float via "
+                                   "exclude one at a time",
+                            denylist=[*user_exclude, *(n for n in res.denylist if n not in user_exclude)])
 
 
 def _layer_errors(entry: dict, export_source, request_kw: dict, warnings: list) -> list | None:
