@@ -44,6 +44,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+try:  # python -m benchmarks.run / imported as a package
+    from ._timing import BareLiteRT, interleaved, stats
+except ImportError:  # python benchmarks/run.py (this folder is on sys.path)
+    from _timing import BareLiteRT, interleaved, stats
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CACHE = os.path.join(HERE, "results", "cache")
@@ -233,56 +238,6 @@ class BareORT:
         if self.nchw:
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return self.sess.run(None, {self.name: x})[0]
-
-
-class BareLiteRT:
-    """The LiteRT interpreter loop with hand-made (de)quantization."""
-
-    def __init__(self, path: str, threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-        self.it = Interpreter(model_path=path, num_threads=threads)
-        self.it.allocate_tensors()
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()[0]
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        inp, out, it = self.inp, self.out, self.it
-        if inp["dtype"] in (np.int8, np.uint8):
-            scale, zp = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
-        it.set_tensor(inp["index"], x)
-        it.invoke()
-        y = it.get_tensor(out["index"])
-        if out["dtype"] in (np.int8, np.uint8):
-            scale, zp = out["quantization"]
-            y = (y.astype(np.float32) - zp) * np.float32(scale)
-        return y
-
-
-def interleaved(fns: dict, *, runs: int, warmup: int = 10, rounds: int = 20) -> dict:
-    """Time each zero-argument callable ``runs`` times, all of them in the same rounds, order alternating."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    rounds = max(1, min(rounds, runs))
-    per_round = max(1, runs // rounds)
-    names = list(fns)
-    times: dict = {n: [] for n in names}
-    perf = time.perf_counter
-    for r in range(rounds):
-        for n in names if r % 2 == 0 else names[::-1]:
-            fn, t = fns[n], times[n]
-            for _ in range(per_round):
-                t0 = perf()
-                fn()
-                t.append(perf() - t0)
-    out = {}
-    for n, t in times.items():
-        a = np.asarray(t) * 1e3
-        out[n] = {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "runs": int(a.size)}
-    return out
 
 
 def _row(name: str, stats: dict, ratio=None, target=None, passed=None) -> dict:

@@ -53,6 +53,11 @@ from typing import Callable
 
 import numpy as np
 
+try:  # python -m benchmarks.run / imported as a package
+    from ._timing import BareLiteRT, interleaved, stats
+except ImportError:  # python benchmarks/run.py (this folder is on sys.path)
+    from _timing import BareLiteRT, interleaved, stats
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
@@ -258,72 +263,8 @@ def row(section: str, key: str, label: str, value, unit: str = "", *, target: st
             "pass": passed, "plot": plot}
 
 
-def _stats(seconds: list) -> dict:
-    a = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()),
-            "std": float(a.std()), "min": float(a.min()), "runs": int(a.size)}
-
-
 def _interleaved(fns: dict, *, runs: int, warmup: int, desc: str) -> dict:
-    """Time each zero-argument callable ``runs`` times, alternating them in rounds."""
-    from edgeship.progress import progress  # noqa: PLC0415
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    rounds = max(1, min(20, runs // 5))
-    per_round = max(1, runs // rounds)
-    names = list(fns)
-    times: dict = {n: [] for n in names}
-    perf = time.perf_counter
-    for r in progress(range(rounds), total=rounds, desc=desc):
-        for n in names if r % 2 == 0 else names[::-1]:
-            fn, t = fns[n], times[n]
-            for _ in range(per_round):
-                t0 = perf()
-                fn()
-                t.append(perf() - t0)
-    return {n: _stats(t) for n, t in times.items()}
-
-
-class BareLiteRT:
-    """What a user writes without edgeship: the interpreter loop with hand-made (de)quantization."""
-
-    def __init__(self, path: str, threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-        self.it = Interpreter(model_path=path, num_threads=threads)
-        self.it.allocate_tensors()
-        self.inp = self.it.get_input_details()[0]
-        self.out = self.it.get_output_details()[0]
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        inp, out, it = self.inp, self.out, self.it
-        if inp["dtype"] in (np.int8, np.uint8):
-            scale, zp = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
-        it.set_tensor(inp["index"], x)
-        it.invoke()
-        y = it.get_tensor(out["index"])
-        if out["dtype"] in (np.int8, np.uint8):
-            scale, zp = out["quantization"]
-            y = (y.astype(np.float32) - zp) * np.float32(scale)
-        return y
-
-    def quantized_input(self, x: np.ndarray) -> np.ndarray:
-        inp = self.inp
-        if inp["dtype"] not in (np.int8, np.uint8):
-            return x.astype(inp["dtype"])
-        scale, zp = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
-
-    def invoke_only(self, q: np.ndarray) -> np.ndarray:
-        """The floor: an already-quantized input, raw output, no (de)quantization."""
-        self.it.set_tensor(self.inp["index"], q)
-        self.it.invoke()
-        return self.it.get_tensor(self.out["index"])
+    return interleaved(fns, runs=runs, warmup=warmup, desc=desc)
 
 
 def bench_runtime_vs_bare(ctx: Context) -> list:
