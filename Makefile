@@ -7,12 +7,15 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo stream-demo test test-fast bench harden clean help
+.PHONY: install demo stream-demo test test-fast test-order bench harden clean help
 
 help:
 	@echo "make demo    train a digits CNN, convert it to INT8, measure it (sets up .venv first)"
 	@echo "make stream-demo  a live detection stream on a synthetic video (web page on headless machines)"
-	@echo "make test    run the test suite (sets up .venv first)"
+	@echo "make test    run the test suite, hardening excluded (sets up .venv first)"
+	@echo "make test-fast  the tests that neither convert nor train (under 3 minutes)"
+	@echo "make harden  the hardening suite: crashes, hostile inputs, confinement, stalls"
+	@echo "make test-order  the order-sensitive files twice, shuffled with two seeds"
 	@echo "make bench   run the benchmark harness in benchmarks/"
 	@echo "make clean   remove caches and demo output (keeps .venv)"
 
@@ -38,16 +41,23 @@ stream-demo: $(STAMP)
 	$(VENV)/bin/edgeship stream .edgeship-demo/detector-int8 --source .edgeship-demo/shapes.mp4 --realtime --loop --port 8080
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not hardening" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not hardening" --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not hardening" $(PYTEST_ARGS)
+
+# No order dependence: tests/conftest.py's --shuffle-seed reorders the collected tests.
+ORDER_FILES ?= tests/test_report.py tests/test_manifest_bundle.py tests/test_runtime.py tests/test_stream.py \
+	tests/test_onnx_tflite.py tests/test_onnx_safety.py tests/test_cli.py
+test-order: $(STAMP)
+	$(PY) -m pytest -q -m "not hardening" --shuffle-seed 1 $(ORDER_FILES) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not hardening" --shuffle-seed 2 $(ORDER_FILES) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 harden: $(STAMP)
-	$(PY) -m pytest -q -m hardening $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m hardening tests/hardening $(PYTEST_ARGS)
 
 clean:
 	rm -rf .edgeship-demo .pytest_cache benchmarks/results build *.egg-info

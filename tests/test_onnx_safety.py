@@ -3,68 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
+from _shared import build_external_data_model as _external_model  # noqa: E402
 from edgeship.errors import EdgeshipError, ModelFormatError, UnsafeModelError  # noqa: E402
 from edgeship.converters import onnx_safety  # noqa: E402
 from edgeship.runtime.backends import onnxruntime as ort_backend  # noqa: E402
-
-
-def _external_model(model_dir, location, *, offset=None, length=None, where="initializer", payload=None):
-    """A Add(x, w) model whose ``w`` (4 floats) lives in external data at ``location``.
-
-    ``where``: "initializer", "attribute" (a Constant node's tensor) or
-    "subgraph" (a Constant inside an If branch).
-    """
-    w = numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")
-    w.data_location = TensorProto.EXTERNAL
-    entries = [("location", location)]
-    if offset is not None:
-        entries.append(("offset", str(offset)))
-    if length is not None:
-        entries.append(("length", str(length)))
-    del w.external_data[:]
-    for k, v in entries:
-        e = w.external_data.add()
-        e.key, e.value = k, v
-    w.ClearField("raw_data")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
-    inits = []
-    if where == "initializer":
-        nodes = [helper.make_node("Add", ["x", "w"], ["y"])]
-        inits = [w]
-    elif where == "attribute":
-        nodes = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("Add", ["x", "w"], ["y"])]
-    else:
-        wo = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])
-        then_g = helper.make_graph([helper.make_node("Constant", [], ["w"], value=w)], "then", [], [wo])
-        else_g = helper.make_graph(
-            [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(np.zeros(4, np.float32)))],
-            "else", [], [wo])
-        cond = numpy_helper.from_array(np.array(True), "cond")
-        nodes = [helper.make_node("If", ["cond"], ["w"], then_branch=then_g, else_branch=else_g),
-                 helper.make_node("Add", ["x", "w"], ["y"])]
-        inits = [cond]
-    graph = helper.make_graph(nodes, "ext", [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "model.onnx")
-    with open(path, "wb") as fh:
-        fh.write(model.SerializeToString())
-    if payload is not None:
-        with open(os.path.join(model_dir, payload), "wb") as fh:
-            fh.write(np.arange(4, dtype=np.float32).tobytes())
-    return path
-
 
 _GUARD = [[]]
 
@@ -76,6 +25,7 @@ def no_external_reads(monkeypatch):
     ``onnx.load`` is allowed only with ``load_external_data=False`` and any
     ``InferenceSession`` created is recorded; tests of refused models assert
     that the list stays empty (the check raised before anything read the data).
+    Plain ``open()`` calls are caught by the ``canary`` fixture's audit hook.
     """
     import onnxruntime
 
@@ -99,15 +49,11 @@ def no_external_reads(monkeypatch):
     return sessions
 
 
-@pytest.fixture()
-def canary(tmp_path):
-    """A file outside the model folder that must never be opened."""
-    p = tmp_path / "secret.bin"
-    p.write_bytes(np.arange(4, dtype=np.float32).tobytes())
-    if os.geteuid() != 0:
-        os.chmod(p, 0)  # opening it would fail loudly with EACCES instead of UnsafeModelError
-    yield p
-    os.chmod(p, 0o600)
+def _refuse_all(path, match, canary=None):
+    """Every entry point refuses ``path``; the canary (if any) is never opened, by anyone, as any user."""
+    _both_refuse(path, match)
+    if canary is not None:
+        assert canary.opened == [], canary.opened
 
 
 def _both_refuse(path, match):
@@ -125,45 +71,53 @@ def _both_refuse(path, match):
 
 @pytest.mark.parametrize("where", ["initializer", "attribute", "subgraph"])
 def test_absolute_path_refused(tmp_path, canary, where):
-    path = _external_model(tmp_path / "m", str(canary), where=where)
-    _both_refuse(path, "absolute")
+    path = _external_model(tmp_path / "m", str(canary.path), where=where)
+    _refuse_all(path, "absolute", canary)
 
 
 @pytest.mark.parametrize("where", ["initializer", "attribute", "subgraph"])
 def test_dotdot_refused(tmp_path, canary, where):
     path = _external_model(tmp_path / "m", "../secret.bin", where=where)
-    _both_refuse(path, r"'\.\.'")
+    _refuse_all(path, r"'\.\.'", canary)
 
 
 def test_nested_dotdot_refused(tmp_path, canary):
     (tmp_path / "m" / "a").mkdir(parents=True)
     path = _external_model(tmp_path / "m", "a/../../secret.bin")
-    _both_refuse(path, r"'\.\.'")
+    _refuse_all(path, r"'\.\.'", canary)
 
 
 def test_backslash_dotdot_refused(tmp_path, canary):
     path = _external_model(tmp_path / "m", "..\\secret.bin")
-    _both_refuse(path, r"'\.\.'")
+    _refuse_all(path, r"'\.\.'", canary)
 
 
 def test_symlink_last_component_refused(tmp_path, canary):
     path = _external_model(tmp_path / "m", "w.bin")
-    os.symlink(canary, tmp_path / "m" / "w.bin")
-    _both_refuse(path, "symbolic link")
+    os.symlink(canary.path, tmp_path / "m" / "w.bin")
+    _refuse_all(path, "symbolic link", canary)
 
 
 def test_symlink_parent_component_refused(tmp_path, canary):
     path = _external_model(tmp_path / "m", "d/secret.bin")
     os.symlink(tmp_path, tmp_path / "m" / "d")
-    _both_refuse(path, "symbolic link")
+    _refuse_all(path, "symbolic link", canary)
 
 
-def test_hard_link_refused(tmp_path):
-    outside = tmp_path / "outside.bin"
-    outside.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+def test_hard_link_refused(tmp_path, canary):
     path = _external_model(tmp_path / "m", "w.bin")
-    os.link(outside, tmp_path / "m" / "w.bin")
-    _both_refuse(path, "hard link")
+    os.link(canary.path, tmp_path / "m" / "w.bin")
+    _refuse_all(path, "hard link", canary)
+
+
+def test_the_audit_sees_a_plain_open_of_the_canary(tmp_path, canary):
+    """The proof's own control: an open() anywhere in this process (here, by hand) is recorded."""
+    path = _external_model(tmp_path / "m", "w.bin")
+    os.symlink(canary.path, tmp_path / "m" / "w.bin")
+    with open(tmp_path / "m" / "w.bin", "rb") as fh:  # what a careless checker would do
+        fh.read(4)
+    assert canary.opened == [str(tmp_path / "m" / "w.bin")]
+    canary.opened.clear()
 
 
 @pytest.mark.parametrize("offset,length", [(0, 64), (32, None), (12, 8), (-1, 4)])
