@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from .adapters import Class, get_classes, get_scores
+from .tasks import Class, get_classes, get_scores
 from .backends import ExecutionInfo
 from .model import (
     Model,

@@ -39,7 +39,7 @@ from ..errors import (
     ModelFormatError,
     UnsupportedModelError,
 )
-from . import adapters as _adapters
+from . import tasks as _tasks
 from . import backends as _backends
 from .backends import ExecutionInfo, RawTensor
 
@@ -421,9 +421,12 @@ class Model:
           ``run()``'s output for that one sample (each array has batch 1).
 
         Preprocessing is ``manifest["preprocessing"]``. Without one (a bare
-        model file, or a bundle without a spec) a default is inferred from the
-        first input's shape: resize (stretch) to its height and width, gray
-        for 1 channel or RGB for 3, ``value = pixel / 255``, the source layout.
+        model file, or a bundle without a spec) it is
+        :meth:`PreprocessSpec.default_for` the first input's shape and layout
+        (read from the shape for a bare file: ``(None, 3, H, W)`` is NCHW):
+        stretch to its height and width, gray for 1 channel or RGB for 3,
+        ``value = pixel / 255``. The image becomes the input through
+        :meth:`PreprocessSpec.to_input`, the one rule.
 
         Raises:
           InputError: the image cannot be read or is not an image, or the
@@ -441,41 +444,16 @@ class Model:
             image = _pre.read_image(os.fspath(image))
         elif not isinstance(image, np.ndarray):
             raise InputError(f"predict() takes an image array (HxWxC, BGR uint8) or a path, got {type(image).__name__}")
-        x = spec.apply(image, bgr=True)
-        if spec.layout.value != self._source_layout and x.ndim == 3 and self._source_layout in ("NHWC", "NCHW"):
-            x = np.transpose(x, (1, 2, 0) if self._source_layout == "NHWC" else (2, 0, 1))
-        if spec.dtype in ("uint8", "int8"):
-            info = np.iinfo(spec.dtype)
-            x = np.clip(np.rint(x), info.min, info.max).astype(spec.dtype)
         if len(self._in_plans) != 1:
             raise InputError(f"predict() needs a single-input model; this one has {len(self._in_plans)} inputs: use run()")
-        return self.run(x[None])
+        return self.run(_tasks.prepare_input(self, spec, image))
 
     def _preprocess_spec(self):
-        from ..preprocess import ColorOrder, Layout, PreprocessSpec  # noqa: PLC0415
-
-        d = (self._manifest or {}).get("preprocessing")
-        if d:
-            try:
-                self._spec = PreprocessSpec.from_dict(d)
-            except (KeyError, ValueError, TypeError, IndexError) as exc:
-                raise BundleError(f"the manifest's preprocessing spec is malformed: {exc}") from None
-            return self._spec
-        shape = self._inputs[0].shape[1:]
-        layout = self._source_layout if self._source_layout in ("NHWC", "NCHW") else "NHWC"
-        if len(shape) == 3:
-            h, w, c = shape if layout == "NHWC" else (shape[1], shape[2], shape[0])
-        else:
-            h = w = c = None
-        if c not in (1, 3) or not h or not w:
-            raise InputError(f"predict() needs a preprocessing spec in the manifest: the input shape "
-                             f"{self._inputs[0].shape} is not an image shape; call run() with arrays instead")
-        self._spec = PreprocessSpec(size=(int(h), int(w)), color=ColorOrder.GRAY if c == 1 else ColorOrder.RGB,
-                                    layout=Layout(layout), scale=1.0 / 255.0)
-        self._default_spec = True
+        self._spec = _tasks.preprocess_spec(self)  # the manifest's, else the default for the input's shape and layout
+        self._default_spec = not (self._manifest or {}).get("preprocessing")
         return self._spec
 
-    def classify(self, image, top_k: int = 5, threshold: float = 0.0) -> tuple[_adapters.Class, ...]:
+    def classify(self, image, top_k: int = 5, threshold: float = 0.0) -> tuple[_tasks.Class, ...]:
         """Classify one image: :meth:`predict`, then :func:`~edgeship.runtime.adapters.get_classes`.
 
         The scores are the first output of the model. Softmax is applied only
@@ -496,7 +474,7 @@ class Model:
         """
         out = self.predict(image)
         scores = out[self._outputs[0].name][0]
-        return _adapters.get_classes(scores, top_k=top_k, threshold=threshold, labels=self._labels)
+        return _tasks.get_classes(scores, top_k=top_k, threshold=threshold, labels=self._labels)
 
     def detect(self, image, threshold: float = 0.5, *, iou: float = 0.45, max_detections: int = 100,
                format: str = "auto", anchors=None) -> tuple:
@@ -521,14 +499,12 @@ class Model:
           InputError: the image is not an image or the outputs are not a known layout.
           ModelClosedError: the model was closed.
         """
-        from . import detect as _detect  # noqa: PLC0415
-
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
             from edgeship.preprocess import read_image  # noqa: PLC0415
 
             image = read_image(str(image))
-        return _detect.detect(self, image, threshold, iou=iou, max_detections=max_detections, format=format,
-                              anchors=anchors)
+        return _tasks.detect(self, image, threshold, iou=iou, max_detections=max_detections, format=format,
+                             anchors=anchors)
 
     # -- life cycle --------------------------------------------------------------------
 

@@ -1,0 +1,35 @@
+"""Task adapters: raw model outputs -> small immutable results (pycoral style).
+
+- :mod:`.classify`: ``Class(id, score, label)``, :func:`get_classes`, :func:`classify`.
+- :mod:`.detect`: ``Detection(bbox, id, score, label)``, SSD/YOLO decoders, NMS, :func:`detect`.
+- :mod:`.common`: the model's side of the one image -> input rule (layout, spec, labels).
+
+Every adapter is a free function over numpy arrays or over anything with
+``run``/``inputs``; none imports OpenCV (only the preprocessing rule does,
+inside its functions, when an image must be resized).
+"""
+
+from __future__ import annotations
+
+from .classify import Class, classify, get_classes, get_scores, is_probability, softmax
+from .common import input_layout, model_labels, prepare_input, preprocess_spec
+from .detect import BBox, Detection, decode, detect, nms, postprocess
+
+__all__ = [
+    "BBox",
+    "Class",
+    "Detection",
+    "classify",
+    "decode",
+    "detect",
+    "get_classes",
+    "get_scores",
+    "input_layout",
+    "is_probability",
+    "model_labels",
+    "nms",
+    "postprocess",
+    "prepare_input",
+    "preprocess_spec",
+    "softmax",
+]
