@@ -130,6 +130,8 @@ def bench_all(path: str, *, runs: int = 100, warmup: int = 10, threads=None, bat
     import json
     import subprocess
 
+    from .isolate import python_command
+
     rows = []
     combos = combinations(path, delegates=delegates)
     for c in progress.progress(combos, total=len(combos), desc="bench --all"):
@@ -137,7 +139,7 @@ def bench_all(path: str, *, runs: int = 100, warmup: int = 10, threads=None, bat
         if c["skipped"]:
             rows.append(row)
             continue
-        cmd = [sys.executable, "-m", "edgeship.cli", "bench", path, "--runs", str(runs), "--warmup", str(warmup),
+        cmd = python_command() + ["-m", "edgeship.cli", "bench", path, "--runs", str(runs), "--warmup", str(warmup),
                "--batch", str(batch), "--backend", c["backend"], "--json"]
         if c["artifact"]:
             cmd += ["--artifact", c["artifact"]]

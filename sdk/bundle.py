@@ -2,10 +2,16 @@
 
 A conversion builds the whole bundle in a hidden temporary folder beside the
 target (same filesystem), fsyncs every file, and renames it into place. A crash
-or Ctrl-C leaves at most a ``.<name>.tmp-*`` folder, which the next write to the
-same target removes; never a half bundle at the target path. An existing bundle
-is replaced only with ``force=True``, and then the old one is moved aside first
-and deleted only after the new one is in place.
+or Ctrl-C leaves at most a ``.<name>.tmp-<pid>-*`` folder, which the next write to
+the same target removes once that process is gone; never a half bundle at the
+target path. An existing bundle is replaced only with ``force=True``, only if it
+is an edgeship bundle (:func:`foreign_reason`), and then the old one is moved
+aside first and deleted only after the new one is in place.
+
+Writes to one target are serialised by an ``fcntl`` lock on ``.<name>.lock``
+beside it, held from the temp folder's creation to the rename: a second writer
+waits (saying so on stderr) up to ``EDGESHIP_LOCK_TIMEOUT`` seconds (default 600)
+and then fails with :class:`~edgeship.errors.BundleLockedError`.
 """
 
 from __future__ import annotations
@@ -17,10 +23,15 @@ from typing import Iterator
 # runtime reads bundles at cold start on devices and must not pay for them.
 
 from . import manifest as _manifest
-from .errors import BundleError, BundleExistsError, IntegrityError
+from . import safeio
+from .errors import BundleError, BundleExistsError, BundleLockedError, IntegrityError, NotABundleError
 
 _TMP_MARK = ".tmp-"
 _OLD_MARK = ".old-"
+_LOCK_MARK = ".lock"
+REPORT_FILES = ("report.md", "report.html")
+CALIBRATION_FILE = "calibration.npz"
+DEFAULT_LOCK_TIMEOUT = 600.0
 
 
 def _sha256():
@@ -39,9 +50,10 @@ def _sha256():
             return hashlib.sha256()
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str, chunk: int = 1 << 20, *, error: type = IntegrityError) -> str:
+    """sha256 of a regular file (a FIFO, device or socket is refused with ``error``, never read)."""
     h = _sha256()
-    with open(path, "rb") as fh:
+    with safeio.open_regular(path, error=error) as fh:
         while True:
             block = fh.read(chunk)
             if not block:
@@ -77,15 +89,161 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _owner_pid(dirname: str, mark: str) -> int | None:
+    """The pid in ``.<name><mark><pid>-XXXXXXXX`` (None for names without one)."""
+    rest = dirname.split(mark, 1)[-1]
+    head, sep, _ = rest.partition("-")
+    return int(head) if sep and head.isdigit() else None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
 def stale_temp_dirs(target: str) -> list[str]:
-    """Leftover temp folders of earlier interrupted writes to ``target``."""
+    """Leftover temp folders of earlier interrupted writes to ``target``.
+
+    Only real folders (not links) named like edgeship's own temp folders, and only
+    those whose writer process is gone: a live run's temp folder is never listed.
+    """
     import glob  # noqa: PLC0415
 
     target = os.path.abspath(target)
     parent, name = os.path.split(target)
-    pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}{_TMP_MARK}*")
-    pattern_old = os.path.join(glob.escape(parent), f".{glob.escape(name)}{_OLD_MARK}*")
-    return sorted(glob.glob(pattern) + glob.glob(pattern_old))
+    found = []
+    for mark in (_TMP_MARK, _OLD_MARK):
+        for d in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}{mark}*")):
+            base = os.path.basename(d)
+            if not os.path.isdir(d) or os.path.islink(d) or base == f".{name}{_LOCK_MARK}":
+                continue
+            if _alive(_owner_pid(base, mark)):
+                continue
+            found.append(d)
+    return sorted(found)
+
+
+def lock_path(target: str) -> str:
+    """The lock file that serialises writes to ``target`` (``.<name>.lock`` beside it)."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(target)))
+    return os.path.join(parent, f".{name}{_LOCK_MARK}")
+
+
+def _lock_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get("EDGESHIP_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)))
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT
+
+
+def acquire_lock(target: str, *, timeout: float | None = None, message=None):
+    """Hold the write lock of ``target``: returns an open file whose closing releases it.
+
+    Waits up to ``timeout`` seconds (``EDGESHIP_LOCK_TIMEOUT``, default 600) while another
+    process writes the same target; ``message`` (default: a line on stderr) is called
+    once when waiting starts.
+
+    Raises:
+        BundleLockedError: still locked after ``timeout``.
+        BundleError: the lock file cannot be created (e.g. a read-only folder).
+    """
+    import time  # noqa: PLC0415
+
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - Windows: no serialisation
+        return None
+    path = lock_path(target)
+    timeout = _lock_timeout() if timeout is None else timeout
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        raise BundleError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    fh = os.fdopen(fd, "r+b")
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # pragma: no cover - a filesystem without locks
+            fh.close()
+            raise BundleError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        if time.monotonic() >= deadline:
+            fh.close()
+            raise BundleLockedError(
+                f"another edgeship process is writing {os.path.abspath(target)} (lock {path}) and did not finish "
+                f"within {timeout:g} s; wait for it or choose another output (EDGESHIP_LOCK_TIMEOUT sets the wait)")
+        if not said:
+            said = True
+            text = (f"edgeship: waiting for another process writing {os.path.abspath(target)} to finish "
+                    f"(lock {os.path.basename(path)}, up to {timeout:g} s)")
+            if message is not None:
+                message(text)
+            else:
+                import sys  # noqa: PLC0415
+
+                print(text, file=sys.stderr, flush=True)
+        time.sleep(0.05)
+
+
+def foreign_reason(path: str) -> str | None:
+    """Why ``path`` is not a bundle ``force`` may replace, or ``None`` when it is one (or empty).
+
+    A replaceable bundle is a real folder (not a link) whose ``manifest.json`` passes
+    the schema and that holds nothing but regular files the manifest lists (its
+    artifacts, its calibration file), ``calibration.npz`` and the reports.
+    """
+    import stat  # noqa: PLC0415
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"it is a {safeio.file_kind(st.st_mode)}, not a folder"
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        return f"it cannot be listed ({exc.strerror})"
+    if not names:
+        return None
+    if _manifest.MANIFEST_NAME not in names:
+        return f"it holds {names[0]!r} and no {_manifest.MANIFEST_NAME}"
+    try:
+        man = _manifest.read(path)
+    except BundleError as exc:
+        return f"its {_manifest.MANIFEST_NAME} is not an edgeship manifest ({str(exc)[:160]})"
+    allowed = {_manifest.MANIFEST_NAME, CALIBRATION_FILE, *REPORT_FILES}
+    allowed.update(a["file"] for a in man.get("artifacts", []))
+    cal = (man.get("calibration") or {}).get("file")
+    if cal:
+        allowed.add(cal)
+    for n in names:
+        if n not in allowed:
+            return f"it holds {n!r}, which its manifest does not list"
+        try:
+            mode = os.lstat(os.path.join(path, n)).st_mode
+        except OSError as exc:
+            return f"{n!r} cannot be read ({exc.strerror})"
+        if not stat.S_ISREG(mode):
+            return f"{n!r} is a {safeio.file_kind(mode)}, not a file edgeship wrote"
+    return None
 
 
 class BundleWriter:
@@ -106,26 +264,31 @@ class BundleWriter:
         BundleError: ``target`` exists and is not a folder edgeship may replace.
     """
 
-    def __init__(self, target: str, *, force: bool = False) -> None:
+    def __init__(self, target: str, *, force: bool = False, lock_timeout: float | None = None) -> None:
         self.target = os.path.abspath(os.fspath(target))
         self.force = force
+        self.lock_timeout = lock_timeout
         self.dir: str | None = None
         self.committed = False
+        self._lock = None
 
     def check_target(self) -> None:
+        """Raise unless ``target`` is absent, or ``force`` is set and it is an edgeship bundle.
+
+        Raises:
+            BundleExistsError: it exists and ``force`` is false.
+            NotABundleError: it exists and is not a bundle edgeship wrote (nothing is touched).
+        """
         if os.path.lexists(self.target):
             if not self.force:
                 raise BundleExistsError(
                     f"{self.target} exists already; pass --force (force=True) to replace it"
                 )
-            if not os.path.isdir(self.target) or os.path.islink(self.target):
-                raise BundleError(f"{self.target} exists and is not a bundle folder; remove it yourself")
-            if os.listdir(self.target) and not os.path.isfile(
-                os.path.join(self.target, _manifest.MANIFEST_NAME)
-            ):
-                raise BundleError(
-                    f"{self.target} is a non-empty folder that is not an edgeship bundle; "
-                    "refusing to replace it even with --force"
+            why = foreign_reason(self.target)
+            if why is not None:
+                raise NotABundleError(
+                    f"{self.target} is not an edgeship bundle ({why}); --force (force=True) replaces only a "
+                    "bundle edgeship wrote, so nothing was touched: remove it yourself or choose another output"
                 )
 
     def __enter__(self) -> "BundleWriter":
@@ -135,19 +298,30 @@ class BundleWriter:
         self.check_target()
         parent, name = os.path.split(self.target)
         os.makedirs(parent or ".", exist_ok=True)
-        stale = stale_temp_dirs(self.target)
-        olds = [d for d in stale if _OLD_MARK in os.path.basename(d)]
-        if olds and not os.path.lexists(self.target):
-            # A crash between "move the old bundle aside" and "move the new one in" left
-            # no bundle at the target: put the old one back before anything else.
-            newest = max(olds, key=os.path.getmtime)
-            os.rename(newest, self.target)
-            stale.remove(newest)
-            self.check_target()
-        for d in stale:
-            shutil.rmtree(d, ignore_errors=True)
-        self.dir = tempfile.mkdtemp(prefix=f".{name}{_TMP_MARK}", dir=parent or ".")
+        self._lock = acquire_lock(self.target, timeout=self.lock_timeout)
+        try:
+            self.check_target()  # again: another writer may have finished while this one waited
+            stale = stale_temp_dirs(self.target)
+            olds = [d for d in stale if _OLD_MARK in os.path.basename(d)]
+            if olds and not os.path.lexists(self.target):
+                # A crash between "move the old bundle aside" and "move the new one in" left
+                # no bundle at the target: put the old one back before anything else.
+                newest = max(olds, key=os.path.getmtime)
+                os.rename(newest, self.target)
+                stale.remove(newest)
+                self.check_target()
+            for d in stale:
+                shutil.rmtree(d, ignore_errors=True)
+            self.dir = tempfile.mkdtemp(prefix=f".{name}{_TMP_MARK}{os.getpid()}-", dir=parent or ".")
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
     def path(self, filename: str) -> str:
         if self.dir is None:
@@ -185,7 +359,7 @@ class BundleWriter:
         old = None
         self.check_target()
         if os.path.lexists(self.target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}{_OLD_MARK}", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}{_OLD_MARK}{os.getpid()}-", dir=parent)
             os.rmdir(old)
             os.rename(self.target, old)
         try:
@@ -204,38 +378,114 @@ class BundleWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         import shutil  # noqa: PLC0415
 
-        if self.dir is not None and os.path.isdir(self.dir):
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir = None
+        try:
+            if self.dir is not None and os.path.isdir(self.dir):
+                shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+        finally:
+            self._release()
 
 
 def is_bundle(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, _manifest.MANIFEST_NAME))
 
 
+def member_path(bundle_dir: str, name, *, what: str = "file") -> str:
+    """``bundle_dir/name`` for a plain file name the manifest gives; anything that could leave the bundle is refused.
+
+    Raises:
+        BundleError: ``name`` is not a plain file name (a separator, ``..``, absolute) or
+            the path is a link or not a regular file.
+    """
+    import stat  # noqa: PLC0415
+
+    if not isinstance(name, str) or not name or name in (".", "..") or os.path.basename(name) != name \
+            or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
+        raise BundleError(f"{bundle_dir}: the manifest names {what} {name!r}, which is not a plain file name "
+                          "inside the bundle; refusing to read it")
+    path = os.path.join(bundle_dir, name)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir}: {what} {name!r} is missing") from None
+    except OSError as exc:
+        raise BundleError(f"{bundle_dir}: {what} {name!r} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{bundle_dir}: {what} {name!r} is a {safeio.file_kind(mode)}, not a regular file; "
+                          "refusing to read it")
+    return path
+
+
 def verify_file(bundle_dir: str, artifact: dict) -> str:
     """Path of ``artifact`` inside ``bundle_dir`` after checking its size and sha256.
 
+    The file is opened once (no links followed, regular files only) and its size and
+    hash are taken from that open file.
+
     Raises:
-        IntegrityError: the file is missing or its hash differs from the manifest.
+        IntegrityError: the file is missing, not a regular file, or its size or hash
+            differs from the manifest.
+    """
+    read_verified(bundle_dir, artifact, keep=False)
+    return os.path.join(bundle_dir, artifact["file"])
+
+
+def read_verified(bundle_dir: str, artifact: dict, *, keep: bool = True) -> bytes | None:
+    """The bytes of ``artifact`` after checking its size and sha256 on exactly those bytes.
+
+    Hand these bytes to the engine (``model_content``, ``InferenceSession(bytes)``) and the
+    hash covers what runs. ``keep=False`` only checks (returns ``None``).
+
+    Raises:
+        IntegrityError: as :func:`verify_file`.
     """
     name = artifact["file"]
     path = os.path.join(bundle_dir, name)
-    if os.path.basename(name) != name or not os.path.isfile(path) or os.path.islink(path):
+    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
         raise IntegrityError(f"{bundle_dir}: artifact {name!r} is missing or is not a regular file")
-    size = os.path.getsize(path)
-    if size != artifact["bytes"]:
-        raise IntegrityError(
-            f"{path} is {size} bytes but the manifest says {artifact['bytes']}: the file is truncated "
-            "or was replaced; re-copy the bundle or re-convert"
-        )
-    digest = sha256_file(path)
+    try:
+        fh = safeio.open_regular(path, error=IntegrityError, what="artifact", follow_links=False)
+    except IntegrityError:
+        raise IntegrityError(f"{bundle_dir}: artifact {name!r} is missing or is not a regular file") from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size != artifact["bytes"]:
+            raise IntegrityError(
+                f"{path} is {size} bytes but the manifest says {artifact['bytes']}: the file is truncated "
+                "or was replaced; re-copy the bundle or re-convert"
+            )
+        h = _sha256()
+        parts = [] if keep else None
+        try:
+            while True:
+                block = fh.read(1 << 20)
+                if not block:
+                    break
+                h.update(block)
+                if parts is not None:
+                    parts.append(block)
+        except OSError as exc:
+            raise IntegrityError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    digest = h.hexdigest()
     if digest != artifact["sha256"]:
         raise IntegrityError(
             f"{path} does not match its sha256 in the manifest (got {digest[:12]}..., expected "
             f"{artifact['sha256'][:12]}...): the file was modified; re-copy the bundle or re-convert"
         )
-    return path
+    return b"".join(parts) if parts is not None else None
+
+
+def sha256_tree(folder: str, *, error: type = BundleError, what: str = "folder") -> str:
+    """One sha256 over a folder tree: every regular file's relative path and hash, sorted.
+
+    Links are not followed out of the folder, and FIFOs, sockets and devices are refused
+    with ``error`` (they are never opened: a FIFO would block the hash forever).
+    """
+    h = _sha256()
+    for rel, p in safeio.tree_files(folder, error=error, what=what):
+        h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(sha256_file(p, error=error).encode())
+    return h.hexdigest()
 
 
 def iter_artifacts(manifest: dict) -> Iterator[dict]:

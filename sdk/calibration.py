@@ -24,14 +24,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import safeio
 from .errors import CalibrationError, InputError
-from .preprocess import PreprocessSpec, list_images, read_image
+from .preprocess import IMAGE_EXTENSIONS, PreprocessSpec, read_image
 from .progress import progress
 
 MIN_SAMPLES = 8
 # Upper bound on samples pulled from an open-ended iterable before sampling.
 MAX_ITERABLE_SAMPLES = 20000
 RANDOM = "random"
+# Memory budget for arrays read from one .npy/.npz file (``calib_max_bytes``, ``--calib-max-bytes``).
+DEFAULT_MAX_BYTES = safeio.DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ def load_samples(
     allow_random: bool = False,
     min_count: int = MIN_SAMPLES,
     what: str = "calibration",
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> CalibrationSet:
     """Load up to ``count`` samples shaped like one model input.
 
@@ -106,16 +110,23 @@ def load_samples(
         allow_random: accept the literal ``"random"`` (uniform noise in [0, 1)).
         min_count: fewer usable samples than this is an error.
         what: word used in messages (``calibration`` or ``evaluation``).
+        max_bytes: memory budget for the arrays of a ``.npy``/``.npz`` file, checked on
+            their headers before anything is allocated (default 2 GiB). Only the
+            sampled rows are kept, so memory is about ``count`` samples whatever the file holds.
 
     Returns:
         A :class:`CalibrationSet`.
 
     Raises:
         CalibrationError: the source is missing, of an unknown kind, holds
-            fewer than ``min_count`` usable samples, or its samples are not
-            shaped like ``input_shape``.
+            fewer than ``min_count`` usable samples, its samples are not
+            shaped like ``input_shape``, a file declares more than ``max_bytes``,
+            or a folder holds a FIFO, device or a link leading out of it.
     """
     input_shape = tuple(int(d) for d in input_shape)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise CalibrationError(f"calib_max_bytes={max_bytes!r} must be a positive number of bytes")
+    max_bytes = int(max_bytes)
     if count < 1:
         raise CalibrationError(f"{what} count must be at least 1, got {count}")
     rng = np.random.default_rng(seed)
@@ -129,6 +140,10 @@ def load_samples(
         if text == RANDOM:
             if not allow_random:
                 raise CalibrationError(f"random {what} data is not allowed here")
+            need = 4 * count * int(np.prod(input_shape, dtype=object))
+            if need > max_bytes:
+                raise CalibrationError(f"{count} random samples shaped {_shape_text(input_shape)} take {need:,} "
+                                       f"bytes, more than the memory budget of {max_bytes:,} (calib_max_bytes)")
             x = rng.random((count,) + input_shape, dtype=np.float32)
             return _finish(x, None, "random", "random uniform [0, 1) noise (asked for by name)", (), 0, (
                 f"{what} uses random noise (asked for by name): quantization ranges and "
@@ -138,21 +153,12 @@ def load_samples(
         if not os.path.exists(text):
             raise CalibrationError(f"{what} data {text!r} does not exist (expected an image folder, .npy or .npz)")
         ext = os.path.splitext(text)[1].lower()
-        if ext == ".npy":
-            x, y = _read_npy(text), None
-            kind = "npy"
-        elif ext == ".npz":
-            x, y = _read_npz(text)
-            kind = "npz"
-        else:
+        if ext not in (".npy", ".npz"):
             raise CalibrationError(
                 f"{what} data {text!r} is a file of unknown kind {ext or '(no extension)'!r}; "
                 "expected an image folder, a .npy or a .npz file"
             )
-        x = _as_batch(x, input_shape, text, what)
-        x = _to_float(x, preprocess)
-        y = _check_labels(y, x.shape[0], text, what)
-        return _sample(x, y, kind, text, count, rng, min_count, what)
+        return _load_file(text, ext, input_shape, preprocess, count, rng, min_count, what, max_bytes)
     # in-memory: ndarray or iterable
     if isinstance(spec, np.ndarray):
         x = _to_float(_as_batch(spec, input_shape, "the array", what), preprocess)
@@ -197,23 +203,64 @@ def load_samples(
 # -- sources ---------------------------------------------------------------------------
 
 
-def _read_npy(path: str) -> np.ndarray:
+def _load_file(text, ext, input_shape, preprocess, count, rng, min_count, what, max_bytes) -> CalibrationSet:
+    """A .npy/.npz file: headers checked, then only the sampled rows read (see ``_sample``)."""
+    seen: dict = {}
+
+    def select(shape, dtype):
+        if tuple(shape) == input_shape:
+            shape = (1,) + tuple(shape)
+            seen["single"] = True
+        elif tuple(shape[1:]) != input_shape:
+            raise CalibrationError(
+                f"{what} data in {text} is shaped {_shape_text(shape)}; expected "
+                f"{_shape_text((None,) + input_shape)} or one sample {_shape_text(input_shape)}")
+        if dtype.kind not in "fiub":
+            raise CalibrationError(f"{what} data in {text} has dtype {dtype}; expected numbers (float32 or uint8)")
+        n = int(shape[0])
+        seen["n"] = n
+        if n < min_count:
+            raise CalibrationError(f"{what} data {text!r} holds {n} sample(s); need at least {min_count}")
+        if seen.get("single"):
+            return None
+        if n > count:  # the same draw as _sample makes on a full array
+            seen["idx"] = np.sort(rng.choice(n, size=count, replace=False))
+            return seen["idx"]
+        return None
+
     try:
-        return np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as exc:
-        raise CalibrationError(f"cannot read {path!r} as a .npy array: {exc}") from None
+        if ext == ".npy":
+            x, y = safeio.load_npy(text, max_bytes=max_bytes, error=CalibrationError, select=select), None
+        else:
+            arrays = safeio.load_npz(text, ("x",), max_bytes=max_bytes, error=CalibrationError, required=("x",),
+                                     select={"x": select})
+            x = arrays["x"]
+            y = None
+            if "y" in safeio.npz_names(text, error=CalibrationError):
+                y = safeio.load_npz(text, ("y",), max_bytes=max_bytes - x.nbytes, error=CalibrationError)["y"]
+    except MemoryError:
+        raise CalibrationError(f"{what} data {text!r}: not enough memory to read it") from None
+    if seen.get("single"):
+        x = x[None]
+    n = seen.get("n", x.shape[0])
+    if y is not None:
+        y = _check_labels(y, n, text, what)
+        if "idx" in seen:
+            y = y[seen["idx"]]
+    x = _to_float(np.asarray(x), preprocess)
+    return _sample(x, y, ext[1:], text, count, rng, min(min_count, x.shape[0]), what)
 
 
-def _read_npz(path: str):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise CalibrationError(f"{path!r} has arrays {z.files} but no 'x' (samples); save it with np.savez(path, x=..., y=...)")
-            return z["x"], (z["y"] if "y" in z.files else None)
-    except CalibrationError:
-        raise
-    except (ValueError, OSError, EOFError) as exc:
-        raise CalibrationError(f"cannot read {path!r} as a .npz archive: {exc}") from None
+def _list_images(folder: str, what: str) -> list[str]:
+    """Image files under ``folder`` (recursive, sorted), walked without leaving it.
+
+    Like :func:`edgeship.preprocess.list_images`, but a FIFO, socket or device anywhere in
+    the folder, or a link that leads out of it (``/proc/self/mem``, ``/etc/passwd``), is a
+    :class:`CalibrationError` naming it; nothing outside the folder is opened.
+    """
+    files = safeio.tree_files(folder, error=CalibrationError, what=f"{what} folder")
+    return [p for rel, p in files
+            if rel.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(rel).startswith(".")]
 
 
 def _load_folder(folder, input_shape, preprocess, count, rng, min_count, what) -> CalibrationSet:
@@ -222,7 +269,7 @@ def _load_folder(folder, input_shape, preprocess, count, rng, min_count, what) -
             f"an image folder as {what} data needs a preprocessing spec (size, colour, scale) "
             "to turn images into model inputs"
         )
-    paths = list_images(folder)
+    paths = _list_images(folder, what)
     if len(paths) < min_count:
         raise CalibrationError(
             f"{what} folder {folder!r} holds {len(paths)} image(s); need at least {min_count} "

@@ -92,3 +92,23 @@ def require(module: str, extra: str, purpose: str = ""):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+class UsageError(EdgeshipError, ValueError):
+    """A command-line argument is malformed or missing (the CLI's argparse mistakes too)."""
+
+
+class NotABundleError(BundleExistsError):
+    """The output exists and is not a bundle edgeship wrote; even ``force`` does not replace it."""
+
+
+class BundleLockedError(BundleError):
+    """Another conversion holds the lock of the same output folder and did not finish in time."""
+
+
+class SourceError(EdgeshipError, IOError):
+    """A video source cannot be opened, or was lost and could not be reopened."""
+
+
+class WebViewError(EdgeshipError, OSError):
+    """The stream's web view cannot listen on the requested host and port."""

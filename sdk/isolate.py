@@ -21,7 +21,8 @@ or ``rt.load(path, isolate=True)``, which does the same. The CLI's ``run`` and
 ``EDGESHIP_ISOLATE=0`` turns the CLI's probe off (e.g. on a device too small to
 start a second interpreter).
 
-The child is ``python -m edgeship.isolate PATH``: it prints one JSON line
+The child is ``python -I -m edgeship.isolate PATH`` (isolated mode, see
+:func:`python_command`: nothing is imported from the working directory): it prints one JSON line
 (``{"ok": true, ...}`` or ``{"ok": false, "error": "<class name>", "message": ...}``).
 """
 
@@ -37,7 +38,7 @@ import time
 from . import errors as _errors
 from .errors import EdgeshipError, InputError, ModelFormatError
 
-__all__ = ["probe_model", "probe_if_bare", "isolation_enabled"]
+__all__ = ["probe_model", "probe_if_bare", "isolation_enabled", "python_command"]
 
 # A mutated file can declare an input of billions of elements; the probe refuses
 # to allocate a zero input larger than this (elements) and reports it instead.
@@ -48,6 +49,30 @@ _MARK = "EDGESHIP-PROBE:"
 def isolation_enabled() -> bool:
     """False when ``EDGESHIP_ISOLATE`` is ``0``/``false``/``no`` (default: on)."""
     return os.environ.get("EDGESHIP_ISOLATE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def python_command() -> list[str]:
+    """``[python, flags]`` for a Python child of edgeship that cannot import from the working directory.
+
+    ``-I`` (isolated mode): the working directory and the script's folder are not on
+    ``sys.path``, ``PYTHON*`` variables and the user site are ignored, so a folder
+    ``edgeship/`` (or a file ``edgeship.py``, ``numpy.py``...) beside a downloaded model is
+    never imported. The interpreter's own site-packages stay, with their ``.pth`` files:
+    the editable install's finder is one of those. Only when edgeship itself was found
+    through ``PYTHONPATH`` (a source checkout that is not installed) is the child started
+    with ``-P -s`` instead, which keeps ``PYTHONPATH`` but still drops the working directory.
+    """
+    if _found_through_pythonpath():
+        return [sys.executable, "-P", "-s"] if sys.version_info >= (3, 11) else [sys.executable, "-s"]
+    return [sys.executable, "-I"]
+
+
+def _found_through_pythonpath() -> bool:
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if not entries:
+        return False
+    here = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return any(os.path.realpath(os.path.abspath(e)) == here for e in entries)
 
 
 def _signal_name(rc: int) -> str:
@@ -94,7 +119,7 @@ def probe_model(path, *, timeout: float = 30, backend: str | None = None, thread
     path = os.fspath(path)
     if not timeout or timeout <= 0:
         raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    cmd = [sys.executable, "-m", "edgeship.isolate", os.path.abspath(path)]
+    cmd = python_command() + ["-m", "edgeship.isolate", os.path.abspath(path)]
     if backend:
         cmd += ["--backend", backend]
     if threads:
