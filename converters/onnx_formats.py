@@ -1,6 +1,7 @@
-"""ONNX sources and ONNX artifacts, registered with :mod:`.registry`.
+"""ONNX sources and ONNX artifacts.
 
-Registers:
+Provides (the loader registered with :mod:`.registry`, the exporters listed in
+:data:`edgeship.converters.exporters.EXPORTERS`):
 
 * loader ``onnx`` for paths ending in ``.onnx``: checks the file
   (:func:`.onnx_safety.check_onnx_file`, external data included) and returns a
@@ -10,7 +11,7 @@ Registers:
   (tf2onnx, checked against Keras, then INT8 QDQ) and ``('onnx', 'tflite')``
   (onnx2tf, then TFLite quantization).
 
-``convert()`` imports this module, so the registrations take effect there.
+``registry.load_plugins()`` imports this module, so the loader registration takes effect there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from edgeship.errors import UnsupportedModelError, require
 from . import registry
 from .registry import ExportRequest, Precision, Source
 
-__all__ = ["load_onnx", "detect_layout", "export_onnx_from_onnx", "export_onnx_from_keras", "export_tflite_from_onnx"]
+__all__ = ["load_onnx", "detect_layout", "input_shape_of", "export_onnx_from_onnx", "export_onnx_from_keras", "export_tflite_from_onnx"]
 
 
 def detect_layout(shape) -> str:
@@ -95,6 +96,7 @@ def load_onnx(model, *, input_shape=None, allow_legacy_h5=False, allow_unsafe=Fa
     """
     del allow_legacy_h5, allow_unsafe  # ONNX files carry no code; external data is always checked
     onnx = require("onnx", "convert", "to read ONNX models")
+    from edgeship.runtime.backends import OrtOptions  # noqa: PLC0415
     from edgeship.runtime.backends.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
 
     from .onnx_quant import default_opset, io_tensors  # noqa: PLC0415
@@ -108,7 +110,7 @@ def load_onnx(model, *, input_shape=None, allow_legacy_h5=False, allow_unsafe=Fa
     ins = _fixed_inputs(ins, input_shape)
     outs = [{**t, "shape": [1 if (j == 0 and d is None) else d for j, d in enumerate(t["shape"])]} for t in outs]
     layout = detect_layout(ins[0]["shape"])
-    backend = OnnxRuntimeBackend(path, options={"device": "cpu"})
+    backend = OnnxRuntimeBackend(path, OrtOptions(device="cpu"))
     notes = []
     if len(ins) > 1:
         notes.append(f"{len(ins)} inputs: calibration and validation feed only {ins[0]['name']!r}")
@@ -132,7 +134,7 @@ def load_onnx(model, *, input_shape=None, allow_legacy_h5=False, allow_unsafe=Fa
     )
 
 
-def _input_shape_of(source: Source):
+def input_shape_of(source: Source):
     return tuple(source.inputs[0]["shape"]) if source.inputs else None
 
 
@@ -165,7 +167,7 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
 
     precision = Precision(request.precision)
     if precision is Precision.FP32:
-        prep = prepare_fp32(fp32_path, request.out_path, input_shape=_input_shape_of(source),
+        prep = prepare_fp32(fp32_path, request.out_path, input_shape=input_shape_of(source),
                             calib=request.calib, per_channel=False)
         return _fp32_onnx_info(request.out_path, notes + prep["notes"])
     if precision is Precision.INT8:
@@ -176,7 +178,7 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
             calib_method=request.calib_method,
             per_channel=request.per_channel,
             exclude=request.exclude,
-            input_shape=_input_shape_of(source),
+            input_shape=input_shape_of(source),
             workdir=request.workdir,
         )
         info["notes"] = notes + info["notes"]
@@ -199,7 +201,7 @@ def export_onnx_from_keras(source: Source, request: ExportRequest) -> dict:
 
     fp32 = os.path.join(request.workdir, "keras_fp32.onnx")
     exp = export_keras(source.handle, fp32, samples=request.calib, reference=source.predict,
-                       input_shape=_input_shape_of(source))
+                       input_shape=input_shape_of(source))
     notes = list(exp["notes"])
     info = _onnx_artifact(fp32, source, request, notes)
     info.setdefault("extra", {})["keras_to_onnx"] = exp["settings"]
@@ -218,13 +220,10 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
         precision=Precision(request.precision),
         io=request.io,
         workdir=request.workdir,
-        input_shape=_input_shape_of(source),
+        input_shape=input_shape_of(source),
         target=request.target,
     )
     return info
 
 
 registry.register_loader("onnx", _is_onnx_path, load_onnx, priority=10)
-registry.register_exporter("onnx", "onnx", export_onnx_from_onnx)
-registry.register_exporter("keras", "onnx", export_onnx_from_keras)
-registry.register_exporter("onnx", "tflite", export_tflite_from_onnx)

@@ -10,7 +10,7 @@ exactly this place, so edgeship checks every reference itself, *before*
 * walk every tensor that can carry external data: graph initializers, sparse
   initializers, tensors and sparse tensors in node attributes, subgraphs
   (If/Loop/Scan bodies) at any depth, function bodies and training graphs;
-* apply one policy (:func:`edgeship.runtime.backends.onnxruntime.check_external_location`,
+* apply one policy (:func:`edgeship.onnx_policy.check_external_location`,
   shared with the runtime, which does the same walk without ``onnx``): no
   absolute paths, no ``..``, no symlink in the file or any parent below the
   model folder, no hard links, a regular file inside the folder after
@@ -30,7 +30,7 @@ import subprocess
 import sys
 
 from edgeship.errors import ModelFormatError, UnsafeModelError, require
-from edgeship.runtime.backends.onnxruntime import check_external_location
+from edgeship.onnx_policy import check_external_location, external_ref
 
 __all__ = ["check_onnx_file", "check_in_subprocess", "external_data_refs", "load_checked"]
 
@@ -39,7 +39,7 @@ def _onnx():
     return require("onnx", "convert", "to read ONNX models")
 
 
-def _tensor_ref(onnx, t) -> dict | None:
+def _tensor_ref(onnx, t):
     entries: dict = {}
     for e in t.external_data:
         if e.key in entries:
@@ -48,14 +48,7 @@ def _tensor_ref(onnx, t) -> dict | None:
     external = t.data_location == onnx.TensorProto.EXTERNAL
     if not external and not entries:
         return None
-    ref = {"tensor": t.name, "external": external, "location": entries.get("location"), "offset": None, "length": None}
-    for k in ("offset", "length"):
-        if entries.get(k, "") != "":
-            try:
-                ref[k] = int(entries[k])
-            except ValueError as exc:
-                raise ModelFormatError(f"tensor {t.name!r}: external_data {k}={entries[k]!r} is not an integer") from exc
-    return ref
+    return external_ref(t.name, entries, external)
 
 
 def _walk_graph(onnx, g, out: list, depth: int) -> None:
@@ -85,7 +78,7 @@ def _walk_attrs(onnx, attrs, out: list, depth: int) -> None:
 
 
 def external_data_refs(model) -> list:
-    """Every external-data reference in ``model`` (a ModelProto), as dicts."""
+    """Every external-data reference in ``model`` (a ModelProto), as :class:`~edgeship.onnx_policy.ExternalRef`."""
     onnx = _onnx()
     tensors: list = []
     _walk_graph(onnx, model.graph, tensors, 1)

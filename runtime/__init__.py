@@ -13,34 +13,63 @@ Example::
     top = model.classify(frame, top_k=3)       # (Class(id, score, label), ...)
     print(model.info.backend, model.info.threads)
     model.close()
+
+Layout: :mod:`.load` (``load`` + fallback) -> :mod:`.select` (artifact choice)
+-> :mod:`.backends` (protocol, registry, options, delegates, engines) ->
+:mod:`.model` (``Model``) over :mod:`.io_plan`; :mod:`.tasks` (classify,
+detect); :mod:`.discovery` (``devices()``, the top floor, imported lazily).
 """
 
 from __future__ import annotations
 
-from .tasks import Class, get_classes, get_scores
-from .backends import ExecutionInfo
-from .model import (
-    Model,
-    ModelClosedError,
-    ModelNotFoundError,
-    Quantization,
-    TensorSpec,
+from ..errors import ModelClosedError, ModelNotFoundError
+from .backends import (
+    CompiledModelOptions,
+    DelegateSpec,
+    ExecutionInfo,
+    ModelSource,
+    OrtOptions,
+    TFLiteOptions,
     available_backends,
-    choose_artifact,
-    load,
 )
+from .io_plan import Quantization, TensorSpec
+from .load import load
+from .model import Model
+from .select import choose_artifact
+from .tasks import Class, get_classes, get_scores
 
 __all__ = [
     "Class",
+    "CompiledModelOptions",
+    "DelegateSpec",
+    "Detection",
     "ExecutionInfo",
     "Model",
     "ModelClosedError",
     "ModelNotFoundError",
+    "ModelSource",
+    "OrtOptions",
     "Quantization",
+    "TFLiteOptions",
     "TensorSpec",
     "available_backends",
     "choose_artifact",
+    "devices",
     "get_classes",
     "get_scores",
     "load",
 ]
+
+
+def __getattr__(name: str):
+    # Device discovery is the top floor (it asks every backend) and detection results
+    # come with the detectors: imported on first use, not at ``import edgeship.runtime``.
+    if name == "devices":
+        from .discovery import devices  # noqa: PLC0415
+
+        return devices
+    if name == "Detection":
+        from .tasks.detect import Detection  # noqa: PLC0415
+
+        return Detection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -100,7 +100,7 @@ def combinations(path: str, *, delegates: Sequence[str] = ()) -> list[dict]:
     from edgeship import bundle as _bundle
     from edgeship import manifest as _manifest
     from edgeship.runtime import backends as _backends
-    from edgeship.runtime.model import available_backends
+    from edgeship.runtime.backends import available_backends
 
     avail = available_backends()
     if _bundle.is_bundle(path):

@@ -77,7 +77,7 @@ def test_two_inputs_outputs_order(fx):
 
 
 def _gpu_usable() -> bool:
-    from edgeship.runtime.accel import probe_compiled_model
+    from edgeship.runtime.backends.compiled_model import probe_compiled_model
 
     return probe_compiled_model(F.models().path("fp32"), "gpu")["usable"]
 

@@ -21,7 +21,7 @@ import pytest
 
 import edgeship.runtime as rt
 from edgeship.errors import FallbackError, InputError
-from edgeship.runtime.accel import normalize_delegates, parse_delegate_spec
+from edgeship.runtime.backends.delegates import normalize_delegates, parse_delegate_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "delegate", "dummy_delegate.c")
@@ -96,7 +96,7 @@ def test_delegate_claims_match_runtime_account(lib, model, tmp_path, ops, claime
         assert info.ops_total == 5
         assert info.delegate == os.path.basename(lib)
         assert info.device == "delegate"
-        assert info.fallback is False and info.skipped == []
+        assert info.fallback is False and info.skipped == ()
         before = c.dummy_evaluated_nodes()
         out = _run_rows(m, X)
         # the delegate's own kernel computed the claimed nodes, once per row

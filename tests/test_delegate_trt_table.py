@@ -10,7 +10,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
-from edgeship.runtime.accel import TRT_TABLE, bundle_trt_calibration_table, write_trt_calibration_table  # noqa: E402
+from edgeship.converters.targets.tensorrt import TRT_TABLE, bundle_trt_calibration_table, write_trt_calibration_table  # noqa: E402,E501
+from edgeship.runtime.backends import OrtOptions  # noqa: E402
 from edgeship.runtime.backends.onnxruntime import TENSORRT, provider_options  # noqa: E402
 
 W = np.array([1.5, -2.0, 0.5, 3.0], np.float32)
@@ -72,14 +73,14 @@ def test_tensorrt_provider_options_use_the_table(tmp_path):
     table = write_trt_calibration_table(model, np.ones((4, 4), np.float32), str(tmp_path / "t"))
     cache = str(tmp_path / "cache")
     opts = provider_options(TENSORRT, model_sha256="0" * 64, qdq=False,
-                            options={"trt_calibration_table": table, "trt_cache_dir": cache})
+                            options=OrtOptions(trt_calibration_table=table, trt_cache_dir=cache))
     assert opts["trt_int8_enable"] == "True"
     assert opts["trt_int8_calibration_table_name"] == TRT_TABLE
     assert opts["trt_int8_use_native_calibration_table"] == "False"
     # the TensorRT provider reads the table from its cache folder (GetCachePath(cache_path, name))
     assert os.path.isfile(os.path.join(cache, TRT_TABLE))
     qdq = provider_options(TENSORRT, model_sha256="0" * 64, qdq=True,
-                           options={"trt_calibration_table": table, "trt_cache_dir": cache})
+                           options=OrtOptions(trt_calibration_table=table, trt_cache_dir=cache))
     assert "trt_int8_calibration_table_name" not in qdq  # TensorRT refuses a table with Q/DQ nodes
 
 

@@ -19,7 +19,7 @@ from edgeship.cli_accel import (
     load_kwargs,
 )
 from edgeship.errors import InputError
-from edgeship.runtime.accel import cpu_features, devices
+from edgeship.runtime.discovery import cpu_features, devices
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -145,7 +145,7 @@ def float_model(tmp_path_factory):
 
 
 def test_compiled_model_probe(float_model):
-    from edgeship.runtime.accel import probe_compiled_model  # noqa: PLC0415
+    from edgeship.runtime.backends.compiled_model import probe_compiled_model  # noqa: PLC0415
 
     cpu = probe_compiled_model(float_model, "cpu")
     assert cpu == {"accelerator": "cpu", "usable": True, "fully_accelerated": True, "reason": None}

@@ -16,6 +16,7 @@ from test_onnx_common import conv_net, digits_like, reference_run  # noqa: E402
 
 from edgeship.errors import FallbackError, InputError  # noqa: E402
 from edgeship.runtime import backends  # noqa: E402
+from edgeship.runtime.backends import OrtOptions  # noqa: E402
 from edgeship.runtime.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def test_registered_and_available():
 
 
 def test_runs_and_matches_reference(model_path):
-    be = OnnxRuntimeBackend(model_path, threads=1)
+    be = OnnxRuntimeBackend(model_path, OrtOptions(threads=1))
     assert [t.name for t in be.inputs] == ["input"]
     assert be.inputs[0].shape == (None, 3, 8, 8)
     assert be.inputs[0].dtype == np.float32 and be.outputs[0].dtype == np.float32
@@ -48,7 +49,7 @@ def test_runs_and_matches_reference(model_path):
 
 
 def test_info_reports_providers_in_use(model_path):
-    be = OnnxRuntimeBackend(model_path, threads=2)
+    be = OnnxRuntimeBackend(model_path, OrtOptions(threads=2))
     info = be.info
     assert info.backend == "onnxruntime"
     assert info.providers == ("CPUExecutionProvider",)
@@ -62,23 +63,23 @@ def test_info_reports_providers_in_use(model_path):
 
 
 def test_cpu_device_is_not_a_fallback(model_path):
-    be = OnnxRuntimeBackend(model_path, strict=True, options={"device": "cpu"})
+    be = OnnxRuntimeBackend(model_path, OrtOptions(strict=True, device="cpu"))
     assert be.info.providers == ("CPUExecutionProvider",) and not be.info.fallback
 
 
 def test_missing_provider_falls_back_or_raises_when_strict(model_path):
-    be = OnnxRuntimeBackend(model_path, options={"device": "cuda"})
+    be = OnnxRuntimeBackend(model_path, OrtOptions(providers=("cuda",)))
     assert be.info.fallback and be.info.providers == ("CPUExecutionProvider",)
     assert any("CUDAExecutionProvider" in s for s in be.info.skipped)
     with pytest.raises(FallbackError, match="CUDAExecutionProvider"):
-        OnnxRuntimeBackend(model_path, strict=True, options={"device": "cuda"})
+        OnnxRuntimeBackend(model_path, OrtOptions(strict=True, providers=("cuda",)))
     with pytest.raises(FallbackError, match="TensorrtExecutionProvider"):
-        OnnxRuntimeBackend(model_path, strict=True, options={"providers": ["tensorrt"]})
+        OnnxRuntimeBackend(model_path, OrtOptions(strict=True, providers=("tensorrt",)))
 
 
 def test_unknown_device_is_input_error(model_path):
-    with pytest.raises(InputError, match="unknown device"):
-        OnnxRuntimeBackend(model_path, options={"device": "abacus"})
+    with pytest.raises(InputError, match="device 'abacus'"):
+        OnnxRuntimeBackend(model_path, OrtOptions(device="abacus"))
 
 
 def test_fixed_batch_cannot_resize(tmp_path):
@@ -91,7 +92,7 @@ def test_fixed_batch_cannot_resize(tmp_path):
 
 
 def test_one_session_many_threads(model_path):
-    be = OnnxRuntimeBackend(model_path, threads=1)
+    be = OnnxRuntimeBackend(model_path, OrtOptions(threads=1))
     xs = [digits_like(2, seed=i) for i in range(8)]
     want = [reference_run(model_path, x) for x in xs]
     got = [None] * len(xs)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper  # noqa: E402
 from _shared import build_external_data_model as _external_model  # noqa: E402
 from edgeship.errors import EdgeshipError, ModelFormatError, UnsafeModelError  # noqa: E402
 from edgeship.converters import onnx_safety  # noqa: E402
+from edgeship import onnx_policy  # noqa: E402
 from edgeship.runtime.backends import onnxruntime as ort_backend  # noqa: E402
 
 _GUARD = [[]]
@@ -61,7 +62,7 @@ def _both_refuse(path, match):
         onnx_safety.check_onnx_file(path)
     assert "'w'" in str(e1.value)
     with pytest.raises(UnsafeModelError, match=match):
-        ort_backend.read_checked_model(path)
+        onnx_policy.read_checked_model(path)
     with pytest.raises(UnsafeModelError, match=match):
         ort_backend.OnnxRuntimeBackend(path)
     assert isinstance(e1.value, EdgeshipError) and e1.value.exit_code == 2
@@ -141,7 +142,7 @@ def test_missing_external_file_is_format_error(tmp_path):
     with pytest.raises(ModelFormatError, match="does not exist"):
         onnx_safety.check_onnx_file(path)
     with pytest.raises(ModelFormatError, match="does not exist"):
-        ort_backend.read_checked_model(path)
+        onnx_policy.read_checked_model(path)
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x00\x01\x02garbage\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"not onnx at all"])
@@ -173,7 +174,7 @@ def test_wire_scan_matches_onnx_walk(tmp_path):
     for where in ("initializer", "attribute", "subgraph"):
         path = _external_model(tmp_path / where, "w.bin", offset=0, length=16, payload="w.bin")
         with open(path, "rb") as fh:
-            wire = ort_backend.scan_model_bytes(fh.read()).refs
+            wire = onnx_policy.scan_model_bytes(fh.read()).refs
         walk = onnx_safety.external_data_refs(onnx.load(path, load_external_data=False))
         assert [(r["tensor"], r["location"], r["offset"], r["length"]) for r in wire] == \
                [(r["tensor"], r["location"], r["offset"], r["length"]) for r in walk]

@@ -26,19 +26,22 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from ...errors import BackendUnavailableError, FallbackError, InputError, ModelFormatError
-from . import Backend, ExecutionInfo, RawTensor
+from ...errors import BackendUnavailableError, FallbackError, InputError
+from ...vocab import DeviceKind
+from .base import Backend, ExecutionInfo, ModelSource, as_source, closed_error
+from .options import BackendOptions, CompiledModelOptions
 
 _log = logging.getLogger("edgeship.runtime")
 
-_DEVICES = {None: "CPU", "cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+__all__ = ["CompiledModelBackend", "CompiledModelInfo", "accelerator_reason", "capture_fd2", "probe_compiled_model"]
+
+_DEVICES = {DeviceKind.CPU: "CPU", DeviceKind.GPU: "GPU", DeviceKind.NPU: "NPU"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompiledModelInfo(ExecutionInfo):
     """:class:`ExecutionInfo` plus CompiledModel's ``is_fully_accelerated()``."""
 
@@ -52,6 +55,7 @@ class CompiledModelBackend(Backend):
     name = "litert_compiled"
     formats = ("tflite",)
     thread_safe = False
+    options_type = CompiledModelOptions
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -62,8 +66,9 @@ class CompiledModelBackend(Backend):
                            f"({exc.__class__.__name__}: {exc}); pip install -U ai-edge-litert")
         return True, ""
 
-    def __init__(self, path: str, *, threads: int | None = None, delegates: Sequence = (), strict: bool = False,
-                 options: dict | None = None) -> None:
+    def __init__(self, source: ModelSource | str, options: CompiledModelOptions | None = None) -> None:
+        source = as_source(source)
+        options = _compiled_options(options)
         try:
             import ai_edge_litert  # noqa: PLC0415
             from ai_edge_litert.compiled_model import CompiledModel  # noqa: PLC0415
@@ -72,21 +77,20 @@ class CompiledModelBackend(Backend):
             from ai_edge_litert.options import CpuOptions, Options  # noqa: PLC0415
         except ImportError as exc:
             raise BackendUnavailableError(f"{self.name}: cannot import ai_edge_litert.compiled_model: {exc}") from None
-        from ..accel import _accelerator_reason, _capture_fd2  # noqa: PLC0415
-        from .tflite import _format_error, _raw  # noqa: PLC0415
+        from .tflite import format_error, raw_tensor  # noqa: PLC0415 - only when this backend is used
 
-        options = dict(options or {})
-        device = options.pop("device", None)
-        extra = list(delegates) + list(options.pop("delegates", None) or ())
-        if device not in _DEVICES:
-            raise InputError(f"device {device!r} is not known to the {self.name} backend; expected 'cpu', 'gpu' "
-                             "or 'npu'")
+        path, threads, strict = source.path, options.threads, options.strict
+        self._label = path
+        kind = options.device.kind if options.device is not None else DeviceKind.CPU
+        if kind not in _DEVICES:
+            raise InputError(f"device {str(options.device)!r} is not known to the {self.name} backend; expected "
+                             "'cpu', 'gpu' or 'npu'")
         skipped: list = []
         fallback = False
-        if extra:  # TFLite delegate libraries do not apply to CompiledModel
-            names = [d if isinstance(d, str) else d[0] if isinstance(d, (tuple, list)) else type(d).__name__
-                     for d in extra]
-            why = (f"delegates {names}: the {self.name} backend takes accelerators (device='gpu'/'npu'), not TFLite delegates")
+        if options.delegates:  # TFLite delegate libraries do not apply to CompiledModel
+            names = [getattr(d, "library", d) for d in options.delegates]
+            why = (f"delegates {names}: the {self.name} backend takes accelerators (device='gpu'/'npu'), "
+                   "not TFLite delegates")
             if strict:
                 raise FallbackError(f"{why}; strict=True forbids running without them")
             _log.warning("%s; running without them", why)
@@ -95,11 +99,11 @@ class CompiledModelBackend(Backend):
 
         # Quantization parameters and the file's own shapes: from the interpreter, once.
         try:
-            interp = Interpreter(model_path=os.fspath(path))
+            interp = Interpreter(model_content=source.data)
         except (ValueError, RuntimeError) as exc:
-            raise _format_error(path, exc) from None
-        in_raw = {str(d["name"]): _raw(d) for d in interp.get_input_details()}
-        out_raw = {str(d["name"]): _raw(d) for d in interp.get_output_details()}
+            raise format_error(path, exc) from None
+        in_raw = {str(d["name"]): raw_tensor(d) for d in interp.get_input_details()}
+        out_raw = {str(d["name"]): raw_tensor(d) for d in interp.get_output_details()}
         in_order = [str(d["name"]) for d in interp.get_input_details()]
         out_order = [str(d["name"]) for d in interp.get_output_details()]
         del interp
@@ -108,13 +112,13 @@ class CompiledModelBackend(Backend):
             acc = HardwareAccelerator[acc_name]
             cpu = CpuOptions(num_threads=int(threads)) if threads is not None else None
             opts = Options(hardware_accelerators=acc, cpu_options=cpu)
-            return _capture_fd2(lambda: CompiledModel.from_file(os.fspath(path), options=opts))
+            return capture_fd2(lambda: CompiledModel.from_buffer(source.data, options=opts))
 
-        wanted = _DEVICES[device]
+        wanted = _DEVICES[kind]
         cm, error, log = compile_for(wanted)
         used = wanted
         if error is not None and wanted != "CPU":
-            why = f"{wanted.lower()}: {_accelerator_reason(wanted.lower(), str(error), log)}"
+            why = f"{wanted.lower()}: {accelerator_reason(wanted.lower(), str(error), log)}"
             if strict:
                 raise FallbackError(f"{self.name}: the {wanted} accelerator cannot run {os.path.basename(path)} "
                                     f"({why}); strict=True forbids running on the CPU instead")
@@ -125,7 +129,7 @@ class CompiledModelBackend(Backend):
             cm, error, log = compile_for("CPU")
             used = "CPU"
         if error is not None:
-            raise _format_error(path, error)
+            raise format_error(path, error)
         self._cm = cm
 
         sig_key = next(iter(cm.get_signature_list()))
@@ -167,13 +171,16 @@ class CompiledModelBackend(Backend):
     # -- running ---------------------------------------------------------------------
 
     def invoke(self, arrays: list) -> list:
+        cm = self._cm
+        if cm is None:
+            raise closed_error(self._label)
         for arr, pos in zip(arrays, self._in_pos):
             arr = np.asarray(arr)
             want = self._in_shapes[pos]
             if arr.size != int(np.prod(want)):
                 raise InputError(f"{self.name}: input of shape {arr.shape} does not fit the compiled shape {want}")
             self._in_buffers[pos].write(np.ascontiguousarray(arr))
-        self._cm.run_by_index(self._sig_index, self._in_buffers, self._out_buffers)
+        cm.run_by_index(self._sig_index, self._in_buffers, self._out_buffers)
         outs = []
         for pos in self._out_pos:
             data = self._out_buffers[pos].read(self._out_sizes[pos], self._out_dtypes[pos])
@@ -198,3 +205,92 @@ class CompiledModelBackend(Backend):
         cm, self._cm = getattr(self, "_cm", None), None
         if cm is not None:
             cm.close()
+
+
+def _compiled_options(options) -> CompiledModelOptions:
+    if options is None:
+        return CompiledModelOptions()
+    if isinstance(options, CompiledModelOptions):
+        return options
+    if isinstance(options, BackendOptions):  # TFLiteOptions or the base: keep what applies
+        return CompiledModelOptions(threads=options.threads, device=options.device, strict=options.strict,
+                                    delegates=getattr(options, "delegates", ()))
+    raise InputError(f"the {CompiledModelBackend.name} backend takes CompiledModelOptions, got {type(options).__name__}")
+
+
+# -- probing an accelerator (used by edgeship.runtime.discovery) ------------------------------------
+
+
+def capture_fd2(fn):
+    """(fn(), text written to file descriptor 2 meanwhile): native libraries log their reasons there."""
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            try:
+                result, error = fn(), None
+            except Exception as exc:  # noqa: BLE001 - returned to the caller with the log
+                result, error = None, exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode("utf-8", "replace")
+    return result, error, text
+
+
+_ACCEL_WORDS = {"gpu": ("gpu", "vulkan", "opencl", "opengl", "webgpu", "adapter", "metal"),
+                "npu": ("npu", "dispatch", "qualcomm", "mediatek", "openvino", "neuron", "qnn"),
+                "cpu": ("cpu", "xnnpack")}
+
+
+def accelerator_reason(accelerator: str, error: str, log: str) -> str:
+    """The lines of an exception and a native log that say why ``accelerator`` failed."""
+    def text(line: str) -> str:
+        line = line.strip().lstrip("└").strip()
+        return line.split("] ", 1)[1].strip() if "] " in line and line[:1] in "EWI" else line
+
+    words = _ACCEL_WORDS.get(accelerator.lower(), ())
+    picked = [text(ln) for ln in error.splitlines()]
+    picked += [text(ln) for ln in log.splitlines()
+               if any(w in ln.lower() for w in words) and not ln.lstrip().startswith(("INFO", "at ", "third_party"))
+               and "DestroyAccelerator" not in ln and "Source Location" not in ln]
+    picked = [p for p in dict.fromkeys(picked) if p and not p.startswith(("ERROR: [", "WARNING: ["))]
+    return ("; ".join(picked) or error.strip() or "failed without a message")[:600]
+
+
+def probe_compiled_model(model_path: str, accelerator: str = "gpu") -> dict:
+    """Can LiteRT's CompiledModel run ``model_path`` on ``accelerator`` (cpu, gpu, npu) here?
+
+    Returns ``{"accelerator", "usable", "fully_accelerated", "reason"}``:
+    ``fully_accelerated`` is CompiledModel's ``is_fully_accelerated()`` (every
+    op on that accelerator); ``reason`` says why not, with the accelerator's own
+    log line (e.g. "Failed to initialize WebGPU environment") when it gave one.
+    The accelerator is asked alone: LiteRT refuses a graph it cannot take whole
+    unless the CPU is added, which is what a silent fallback would be.
+    """
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel  # noqa: PLC0415
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator  # noqa: PLC0415
+    except ImportError as exc:
+        return {"accelerator": accelerator, "usable": False, "fully_accelerated": None,
+                "reason": f"ai_edge_litert.compiled_model is not importable ({exc}); pip install -U ai-edge-litert"}
+    try:
+        acc = HardwareAccelerator[accelerator.upper()]
+    except KeyError:
+        raise InputError(f"accelerator {accelerator!r} is not one of "
+                         f"{[m.name.lower() for m in HardwareAccelerator]}") from None
+    cm, error, log = capture_fd2(lambda: CompiledModel.from_file(os.fspath(model_path), hardware_accel=acc))
+    if error is not None:
+        return {"accelerator": accelerator, "usable": False, "fully_accelerated": False,
+                "reason": accelerator_reason(accelerator, str(error), log)}
+    try:
+        full = bool(cm.is_fully_accelerated())
+    finally:
+        del cm
+    return {"accelerator": accelerator, "usable": True, "fully_accelerated": full,
+            "reason": None if full else "some ops are not on this accelerator"}

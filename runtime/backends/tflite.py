@@ -27,39 +27,22 @@ import importlib
 import importlib.util
 import logging
 import os
-import platform
-from typing import Sequence
 
 import numpy as np
 
 from ...errors import BackendUnavailableError, FallbackError, InputError, ModelFormatError
-from . import Backend, ExecutionInfo, RawTensor
+from ...vocab import DeviceKind
+from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error
+from .delegates import delegate_for_device, delegated_ops, dlopen_check
+from .options import BackendOptions, TFLiteOptions
 
 _log = logging.getLogger("edgeship.runtime")
 
-_EDGETPU_LIB = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
-_GPU_LIB = "libtensorflowlite_gpu_delegate.so"
+__all__ = ["LiteRTBackend", "TFLiteRuntimeBackend", "TensorFlowLiteBackend", "format_error", "raw_tensor"]
 
 
-def delegate_for_device(device: str | None) -> tuple[str | None, dict]:
-    """(delegate library, options) that runs a TFLite model on ``device``.
-
-    Raises:
-        InputError: ``device`` is not one of ``cpu``, ``gpu``, ``edgetpu[:spec]``.
-    """
-    if device is None or device == "cpu":
-        return None, {}
-    if device == "gpu":
-        return _GPU_LIB, {}
-    if device == "edgetpu" or device.startswith("edgetpu:"):
-        lib = _EDGETPU_LIB.get(platform.system(), "libedgetpu.so.1")
-        spec = device[len("edgetpu:"):] if ":" in device else ""
-        return lib, ({"device": spec} if spec else {})
-    raise InputError(f"device {device!r} is not known to the TFLite backend; expected 'cpu', 'gpu', 'edgetpu' or "
-                     "'edgetpu:usb:0' / 'edgetpu:pci:0'")
-
-
-def _raw(detail: dict) -> RawTensor:
+def raw_tensor(detail: dict) -> RawTensor:
+    """A :class:`RawTensor` from one entry of ``Interpreter.get_input_details()``/``get_output_details()``."""
     sig = detail.get("shape_signature")
     if sig is None or len(sig) != len(detail["shape"]):
         sig = detail["shape"]
@@ -80,6 +63,7 @@ class _TFLiteBackend(Backend):
 
     formats = ("tflite",)
     thread_safe = False
+    options_type = TFLiteOptions
     _module = ""  # module holding Interpreter and load_delegate
     _package = ""  # pip package named in messages
 
@@ -116,37 +100,37 @@ class _TFLiteBackend(Backend):
 
     # -- life cycle ------------------------------------------------------------------
 
-    def __init__(self, path: str, *, threads: int | None = None, delegates: Sequence = (), strict: bool = False,
-                 options: dict | None = None) -> None:
+    def __init__(self, source: ModelSource | str, options: TFLiteOptions | None = None) -> None:
+        source = as_source(source)
+        options = _tflite_options(options)
         try:
             mod = self._import()
         except ImportError as exc:
             raise BackendUnavailableError(f"{self.name}: cannot import {self._module}: {exc}") from None
-        options = dict(options or {})
-        device = options.pop("device", None)
+        self._label = source.path
+        device, strict, threads = options.device, options.strict, options.threads
         skipped: list = []
         fallback = False
-        wanted = list(delegates) + list(options.pop("delegates", None) or ())
-        lib, dopts = delegate_for_device(device)
-        if lib is not None:
-            wanted.append((lib, dopts))
+        wanted = list(options.delegates)
+        try:
+            dev = delegate_for_device(device)
+        except InputError as exc:  # e.g. npu: no TFLite delegate exists; the CPU runs it
+            if strict:
+                raise FallbackError(f"{self.name}: {exc}; strict=True forbids running on the CPU instead") from None
+            _log.warning("%s: %s; running on the CPU instead", self.name, exc)
+            skipped.append(str(exc))
+            fallback = True
+            dev = None
+        if dev is not None:
+            wanted.append(dev)
         loaded, names = [], []
         for d in wanted:
-            if isinstance(d, (tuple, list)):
-                dlib, dopt = d[0], dict(d[1] or {})
-            elif isinstance(d, str):
-                dlib, dopt = d, {}
-            else:  # an already loaded delegate object
-                loaded.append(d)
-                names.append(type(d).__name__)
-                continue
+            dlib, dopt = d.library, d.as_dict()
             try:
                 if os.sep in dlib:  # a bad path: say so before LiteRT's half-built Delegate complains in __del__
                     if not os.path.exists(dlib):
                         raise OSError(f"{dlib}: no such file")
-                    from ..accel import _dlopen_check  # noqa: PLC0415
-
-                    _dlopen_check(dlib)
+                    dlopen_check(dlib)
                 loaded.append(mod.load_delegate(dlib, dopt))
                 names.append(os.path.basename(dlib))
             except (ValueError, OSError, RuntimeError) as exc:
@@ -158,10 +142,10 @@ class _TFLiteBackend(Backend):
                 _log.warning("%s: %s; running on CPU instead", self.name, why)
         self.threads = threads
         try:
-            interp = self._make_interpreter(mod, path, threads, loaded)
+            interp = self._make_interpreter(mod, source.data, threads, loaded)
         except (ValueError, RuntimeError) as exc:
             if not loaded:
-                raise _format_error(path, exc) from None
+                raise format_error(source.path, exc) from None
             # A delegate that cannot take the graph: retry on the CPU unless strict.
             why = f"delegate {', '.join(names)} failed on this model: {str(exc).strip()[:200]}"
             if strict:
@@ -170,9 +154,9 @@ class _TFLiteBackend(Backend):
             skipped.append(why)
             fallback, loaded, names = True, [], []
             try:
-                interp = self._make_interpreter(mod, path, threads, [])
+                interp = self._make_interpreter(mod, source.data, threads, [])
             except (ValueError, RuntimeError) as exc2:
-                raise _format_error(path, exc2) from None
+                raise format_error(source.path, exc2) from None
         ops_delegated, ops_total = self._ops_account
         if names and ops_delegated == 0:
             # Loaded but took nothing: the model would quietly run on the CPU.
@@ -188,14 +172,14 @@ class _TFLiteBackend(Backend):
         out_details = interp.get_output_details()
         self._in_idx = tuple(int(d["index"]) for d in in_details)
         self._out_idx = tuple(int(d["index"]) for d in out_details)
-        self.inputs = [_raw(d) for d in in_details]
-        self.outputs = [_raw(d) for d in out_details]
+        self.inputs = [raw_tensor(d) for d in in_details]
+        self.outputs = [raw_tensor(d) for d in out_details]
         self._batch = int(in_details[0]["shape"][0]) if in_details and len(in_details[0]["shape"]) else None
         self._full_shapes = [tuple(int(v) for v in d["shape"]) for d in in_details]
         self.info = ExecutionInfo(
             backend=self.name,
             engine_version=self._version(),
-            device=("edgetpu" if device and device.startswith("edgetpu") else device or "delegate") if names else "cpu",
+            device=_device_name(device, names),
             delegate=", ".join(names) or None,
             ops_delegated=ops_delegated if names else (0 if ops_total is not None else None),
             ops_total=ops_total,
@@ -204,8 +188,9 @@ class _TFLiteBackend(Backend):
             fallback=fallback,
         )
 
-    def _make_interpreter(self, mod, path, threads, delegates):
-        kwargs = {"model_path": path}
+    def _make_interpreter(self, mod, data: bytes, threads, delegates):
+        # The bytes that were read (and verified) once: the file is not opened again.
+        kwargs = {"model_content": data}
         if threads is not None:
             kwargs["num_threads"] = int(threads)
         if delegates:
@@ -214,8 +199,6 @@ class _TFLiteBackend(Backend):
         # Count before allocate_tensors(): LiteRT applies its default XNNPACK
         # delegate at the first allocation, so only external delegates show here.
         try:
-            from ..accel import delegated_ops  # noqa: PLC0415
-
             taken, total, _ = delegated_ops(interp._interpreter)
             self._ops_account = (taken, total)
         except Exception:  # noqa: BLE001 - an interpreter build without node introspection
@@ -227,6 +210,8 @@ class _TFLiteBackend(Backend):
 
     def invoke(self, arrays: list) -> list:
         interp = self._interp
+        if interp is None:
+            raise closed_error(self._label)
         for idx, arr in zip(self._in_idx, arrays):
             interp.set_tensor(idx, arr)
         interp.invoke()
@@ -239,10 +224,13 @@ class _TFLiteBackend(Backend):
             return True
         if any(not t.shape or t.shape[0] is not None for t in self.inputs):
             return False
+        interp = self._interp
+        if interp is None:
+            raise closed_error(self._label)
         try:
             for idx, full in zip(self._in_idx, self._full_shapes):
-                self._interp.resize_tensor_input(idx, [batch, *full[1:]], strict=True)
-            self._interp.allocate_tensors()
+                interp.resize_tensor_input(idx, [batch, *full[1:]], strict=True)
+            interp.allocate_tensors()
         except (ValueError, RuntimeError):
             return False
         self._batch = batch
@@ -257,7 +245,26 @@ class _TFLiteBackend(Backend):
         self._interp = None
 
 
-def _format_error(path: str, exc: Exception) -> ModelFormatError:
+def _tflite_options(options) -> TFLiteOptions:
+    if options is None:
+        return TFLiteOptions()
+    if isinstance(options, TFLiteOptions):
+        return options
+    if type(options) is BackendOptions:
+        return TFLiteOptions(threads=options.threads, device=options.device, strict=options.strict)
+    raise InputError(f"the TFLite backends take TFLiteOptions, got {type(options).__name__}")
+
+
+def _device_name(device, names: list) -> str:
+    if not names:
+        return "cpu"
+    if device is not None and device.kind is not DeviceKind.CPU:
+        return device.kind.value
+    return "delegate"
+
+
+def format_error(path: str, exc: Exception) -> ModelFormatError:
+    """The :class:`ModelFormatError` for a file the interpreter refused with ``exc``."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelFormatError(
         f"{path} cannot be loaded as a TFLite model ({msg}): the file is corrupt, truncated or not a .tflite "

@@ -1,0 +1,151 @@
+"""The backend protocol: what every engine module implements, and the types it shares.
+
+A backend opens one model from its bytes (:class:`ModelSource`, read once and,
+for a bundle, verified against the manifest before the backend sees them) and
+runs raw tensors in the file's own dtypes and layout. Everything user-facing
+(float I/O, quantization, batching, layouts) lives in :mod:`edgeship.runtime.io_plan`
+and :mod:`edgeship.runtime.model`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+import numpy as np
+
+from ...errors import ModelClosedError, ModelFormatError
+
+__all__ = ["Backend", "ExecutionInfo", "ModelSource", "RawTensor", "as_source", "closed_error"]
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A model input or output as the engine sees it."""
+
+    name: str
+    shape: tuple  # ints; None for dynamic dimensions
+    dtype: np.dtype
+    scale: tuple = ()  # quantization scales ((): not quantized)
+    zero_point: tuple = ()
+    axis: int = 0
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """What actually runs the model, and why anything else was skipped (immutable)."""
+
+    backend: str  # e.g. "litert", "tflite_runtime", "tensorflow.lite", "onnxruntime"
+    engine_version: str = ""
+    device: str = "cpu"  # "cpu", "gpu", "edgetpu", "npu" ...
+    delegate: str | None = None  # delegate or execution provider that runs (part of) it
+    providers: tuple = ()  # ONNX Runtime providers actually in use
+    ops_delegated: int | None = None
+    ops_total: int | None = None
+    threads: int | None = None
+    skipped: tuple = ()  # ("tflite_runtime: not installed", ...)
+    fallback: bool = False  # True when the requested/preferred choice was not used
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "providers", tuple(self.providers))
+        object.__setattr__(self, "skipped", tuple(self.skipped))
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["providers"] = list(self.providers)
+        d["skipped"] = list(self.skipped)
+        return d
+
+
+@dataclass(frozen=True, repr=False)
+class ModelSource:
+    """The bytes of one model file, read once; what the engine is given.
+
+    Attributes:
+      path: Where the bytes were read from (messages, and the folder ONNX
+        external data must live in).
+      data: The file's bytes (for a bundle: the bytes whose sha256 matched the manifest).
+      sha256: Their sha256 when it was checked, else ``None``.
+      external_sha256: ONNX only: ``{location: sha256}`` the external-data files
+        must match (a bundle's manifest), or ``None`` (a bare file: no hashes,
+        the files are still read once and confined to the folder).
+    """
+
+    path: str
+    data: bytes
+    sha256: str | None = None
+    external_sha256: Mapping | None = None
+
+    @classmethod
+    def read(cls, path) -> "ModelSource":
+        """Read a bare model file once.
+
+        Raises:
+          ModelFormatError: it cannot be read or is empty.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except IsADirectoryError:
+            raise ModelFormatError(f"{path} is a folder, not a model file") from None
+        except OSError as exc:
+            raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not data:
+            raise ModelFormatError(f"{path} is empty; re-copy or re-convert the model")
+        return cls(path, data)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def __repr__(self) -> str:
+        return f"ModelSource({self.path!r}, {len(self.data)} bytes)"
+
+
+def closed_error(what: str) -> ModelClosedError:
+    return ModelClosedError(f"model {what} is closed; load it again to run it")
+
+
+class Backend:
+    """Protocol of a backend. Subclasses implement the methods below.
+
+    ``invoke`` may be called from several threads; the Model serialises calls
+    with a lock unless ``thread_safe`` is True (ONNX Runtime sessions are).
+    After ``close()``, ``invoke`` raises :class:`~edgeship.errors.ModelClosedError`.
+    """
+
+    name: str = "?"
+    formats: tuple = ()
+    thread_safe: bool = False
+    options_type: type = object  # the frozen options dataclass this backend takes
+
+    def __init__(self, source: ModelSource, options=None) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """(usable here, reason when not) without loading a model."""
+        raise NotImplementedError
+
+    inputs: list  # list[RawTensor]
+    outputs: list  # list[RawTensor]
+    info: ExecutionInfo
+
+    def invoke(self, arrays: list) -> list:
+        """Run one batch: raw arrays in input order -> raw arrays in output order."""
+        raise NotImplementedError
+
+    def resize_batch(self, batch: int) -> bool:
+        """Make the model accept ``batch`` samples at once if it can; False if not."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def as_source(source) -> ModelSource:
+    """A :class:`ModelSource` from a source or a path (read once)."""
+    return source if isinstance(source, ModelSource) else ModelSource.read(source)
+
