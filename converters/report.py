@@ -76,11 +76,17 @@ def measure_latency(folder: str, manifest: dict, *, runs: int = LATENCY_RUNS, bu
         out["_error"] = f"edgeship.runtime unavailable: {exc}"
         return out
     x = None
-    cal = os.path.join(folder, (manifest.get("calibration") or {}).get("file") or "calibration.npz")
-    if os.path.isfile(cal):
-        with np.load(cal, allow_pickle=False) as z:
-            if "x" in z:
-                x = np.asarray(z["x"][:1], np.float32)
+    cal = _calibration_path(folder, manifest)
+    if cal is not None:
+        from edgeship.errors import BundleError  # noqa: PLC0415
+        from edgeship.safeio import load_npz  # noqa: PLC0415
+
+        try:  # one row, read within the memory budget
+            got = load_npz(cal, ("x",), error=BundleError, select={"x": lambda shape, dtype: [0] if shape and shape[0] else None})
+            if "x" in got:
+                x = np.asarray(got["x"][:1], np.float32)
+        except BundleError:
+            x = None
     if x is None:
         shape = [1 if d is None else int(d) for d in manifest["source"]["inputs"][0]["shape"]]
         shape[0] = 1
@@ -121,15 +127,30 @@ def measure_latency(folder: str, manifest: dict, *, runs: int = LATENCY_RUNS, bu
     return out
 
 
+def _calibration_path(folder: str, manifest: dict) -> str | None:
+    """The bundle's calibration file (a plain name inside ``folder``), or None when there is none.
+
+    Raises:
+        BundleError: the manifest names a file outside the bundle, a link or a special file.
+    """
+    from edgeship.bundle import member_path  # noqa: PLC0415
+
+    name = (manifest.get("calibration") or {}).get("file") or "calibration.npz"
+    if not os.path.lexists(os.path.join(folder, os.path.basename(name))) and os.path.basename(name) == name:
+        return None
+    return member_path(folder, name, what="calibration file")
+
+
 def calibration_summary(folder: str, manifest: dict) -> dict | None:
     """Count, shape, value range, mean/std and class histogram of ``calibration.npz``."""
-    cal = manifest.get("calibration") or {}
-    path = os.path.join(folder, cal.get("file") or "calibration.npz")
-    if not os.path.isfile(path):
+    from edgeship.errors import BundleError  # noqa: PLC0415
+    from edgeship.safeio import load_npz  # noqa: PLC0415
+
+    path = _calibration_path(folder, manifest)
+    if path is None:
         return None
-    with np.load(path, allow_pickle=False) as z:
-        x = np.asarray(z["x"]) if "x" in z else None
-        y = np.asarray(z["y"]) if "y" in z else None
+    got = load_npz(path, ("x", "y"), error=BundleError)  # bounded; never unpickles
+    x, y = got.get("x"), got.get("y")
     if x is None:
         return None
     out = {"count": int(x.shape[0]), "shape": [int(d) for d in x.shape[1:]], "dtype": str(x.dtype),
@@ -522,15 +543,12 @@ def build_report(bundle_dir, *, source_model=None, latency: bool = True) -> tupl
     """
     from edgeship.errors import BundleError  # noqa: PLC0415
 
+    from edgeship import manifest as _manifest  # noqa: PLC0415
+
     folder = os.fspath(bundle_dir)
-    path = os.path.join(folder, "manifest.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
         raise BundleError(f"{folder} is not a bundle folder: it has no manifest.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path} cannot be read: {exc}") from None
+    manifest = _manifest.read(folder)  # bounded, schema-checked: calibration.file stays inside the bundle
     src_bytes = None
     for cand in (source_model, (manifest.get("source") or {}).get("path")):
         if cand and os.path.isfile(os.fspath(cand)):

@@ -33,12 +33,15 @@ def _sample_input(model, batch: int) -> dict:
     inputs = model.inputs
     if bundle and len(inputs) == 1:
         path = os.path.join(bundle, "calibration.npz")
-        if os.path.isfile(path):
-            with np.load(path, allow_pickle=False) as z:
-                if "x" in z and z["x"].shape[0] > 0:
-                    x = z["x"].astype(np.float32)
-                    idx = np.arange(batch) % x.shape[0]
-                    return {inputs[0].name: x[idx]}
+        if os.path.isfile(path) and not os.path.islink(path):
+            from .errors import BundleError  # noqa: PLC0415
+            from .safeio import load_npz  # noqa: PLC0415
+
+            x = load_npz(path, ("x",), error=BundleError).get("x")  # bounded; never unpickles
+            if x is not None and x.ndim >= 1 and x.shape[0] > 0:
+                x = x.astype(np.float32)
+                idx = np.arange(batch) % x.shape[0]
+                return {inputs[0].name: x[idx]}
     feeds = {}
     for spec in inputs:
         shape = [batch] + [1 if d in (None, -1) else int(d) for d in list(spec.shape)[1:]]

@@ -71,6 +71,17 @@ class CalibrationSet:
         return CalibrationSet(x, y, self.kind, self.source, _hash(x, y), self.classes, self.skipped, self.warnings)
 
 
+def default_max_bytes() -> int:
+    """The memory budget for one data file: ``EDGESHIP_CALIB_MAX_BYTES`` (e.g. ``4GiB``) or 2 GiB."""
+    text = os.environ.get("EDGESHIP_CALIB_MAX_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    try:
+        return safeio.parse_bytes(text)
+    except InputError:
+        raise CalibrationError(f"EDGESHIP_CALIB_MAX_BYTES={text!r} is not a size in bytes (e.g. 2GiB)") from None
+
+
 def _hash(x: np.ndarray, y: np.ndarray | None) -> str:
     h = hashlib.sha256()
     h.update(str(x.shape).encode())
@@ -94,7 +105,7 @@ def load_samples(
     allow_random: bool = False,
     min_count: int = MIN_SAMPLES,
     what: str = "calibration",
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> CalibrationSet:
     """Load up to ``count`` samples shaped like one model input.
 
@@ -113,6 +124,7 @@ def load_samples(
         max_bytes: memory budget for the arrays of a ``.npy``/``.npz`` file, checked on
             their headers before anything is allocated (default 2 GiB). Only the
             sampled rows are kept, so memory is about ``count`` samples whatever the file holds.
+            ``None``: :func:`default_max_bytes`.
 
     Returns:
         A :class:`CalibrationSet`.
@@ -124,6 +136,8 @@ def load_samples(
             or a folder holds a FIFO, device or a link leading out of it.
     """
     input_shape = tuple(int(d) for d in input_shape)
+    if max_bytes is None:
+        max_bytes = default_max_bytes()
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
         raise CalibrationError(f"calib_max_bytes={max_bytes!r} must be a positive number of bytes")
     max_bytes = int(max_bytes)

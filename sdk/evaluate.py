@@ -20,17 +20,17 @@ def _source_reference(man: dict):
     if not path or not os.path.exists(path) or not src.get("sha256"):
         return None, "the source model is not at its recorded path"
     if os.path.isdir(path):
-        from edgeship.converters.keras_loader import _tree_sha256  # noqa: PLC0415
+        from .errors import UnsafeModelError  # noqa: PLC0415
 
-        digest = _tree_sha256(path)
+        digest = _bundle.sha256_tree(path, error=UnsafeModelError, what="SavedModel folder")
     else:
         digest = _bundle.sha256_file(path)
     if digest != src["sha256"]:
         return None, "the source model at its recorded path has changed (sha256 differs)"
     from edgeship.converters import registry  # noqa: PLC0415
-    from edgeship.converters.convert import _register_plugins  # noqa: PLC0415
+    from edgeship.converters.registry import load_plugins  # noqa: PLC0415
 
-    _register_plugins()
+    load_plugins()
     _name, loader = registry.find_loader(path)
     if loader is None:
         return None, f"no loader for the source model {path}"
@@ -47,7 +47,8 @@ def _run_batched(fn, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
-def evaluate_bundle(path: str, data: str, *, count: int | None = None, against: str = "auto") -> dict:
+def evaluate_bundle(path: str, data: str, *, count: int | None = None, against: str = "auto",
+                    calib_max_bytes: int | None = None) -> dict:
     """Measure every artifact of the bundle at ``path`` on ``data``.
 
     Raises:
@@ -66,7 +67,8 @@ def evaluate_bundle(path: str, data: str, *, count: int | None = None, against: 
     from .preprocess import PreprocessSpec
 
     spec = PreprocessSpec.from_dict(pre) if pre else None
-    samples = load_samples(data, input_shape=shape, preprocess=spec, count=count or 10**9, seed=0, min_count=1, what="evaluation")
+    samples = load_samples(data, input_shape=shape, preprocess=spec, count=count or 10**9, seed=0, min_count=1,
+                           what="evaluation", max_bytes=calib_max_bytes)
     x, y = samples.x, samples.y
     reference = None
     ref_name = "labels"

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from .errors import InputError
 
 __all__ = ["DEFAULT_MAX_BYTES", "MAX_JSON_DEPTH", "MAX_NPZ_MEMBERS", "open_regular", "tree_files", "file_kind",
-           "npy_nbytes", "load_npy", "load_npz", "npz_names", "json_depth", "parse_bytes"]
+           "npy_nbytes", "load_npy", "load_npz", "npz_names", "json_depth", "parse_bytes", "byte_size"]
 
 DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB of arrays from one file (``--calib-max-bytes``)
 MAX_JSON_DEPTH = 128
@@ -63,6 +63,16 @@ def parse_bytes(text) -> int:
     if n < 1:
         raise InputError(f"a size in bytes must be positive, got {text!r}")
     return n
+
+
+def byte_size(text: str) -> int:
+    """argparse ``type=`` for a size flag (``--calib-max-bytes 512MiB``)."""
+    import argparse  # noqa: PLC0415
+
+    try:
+        return parse_bytes(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def file_kind(mode: int) -> str:
@@ -282,7 +292,7 @@ def _read_array(stream, where: str, error: type, max_bytes: int, flag: str, size
 
 
 def load_npy(path, *, max_bytes: int = DEFAULT_MAX_BYTES, error: type = InputError, select: Callable | None = None,
-             flag: str = "--calib-max-bytes"):
+             flag: str = "--calib-max-bytes / calib_max_bytes"):
     """Read a ``.npy`` file within ``max_bytes``; ``select(shape, dtype)`` may return the row indices to keep.
 
     Raises:
@@ -343,7 +353,7 @@ def npz_names(path, *, error: type = InputError) -> list[str]:
 
 
 def load_npz(path, names: Sequence[str], *, max_bytes: int = DEFAULT_MAX_BYTES, error: type = InputError,
-             required: Sequence[str] = (), select: dict | None = None, flag: str = "--calib-max-bytes") -> dict:
+             required: Sequence[str] = (), select: dict | None = None, flag: str = "--calib-max-bytes / calib_max_bytes") -> dict:
     """The arrays ``names`` of a ``.npz`` (those present), read member by member within ``max_bytes`` in total.
 
     Each member's declared inflated size (zip directory) and its ``.npy`` header are

@@ -140,17 +140,13 @@ def matches(model: Any) -> bool:
 
 
 def tree_sha256(folder: str) -> str:
-    """One sha256 over a folder's relative paths and file hashes (sorted)."""
-    import hashlib
+    """One sha256 over a folder's relative paths and file hashes (sorted).
 
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            h.update(os.path.relpath(p, folder).encode() + b"\0")
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    FIFOs, sockets, devices and links leaving the folder are refused (``UnsafeModelError``), never opened.
+    """
+    from edgeship.bundle import sha256_tree  # noqa: PLC0415
+
+    return sha256_tree(folder, error=UnsafeModelError, what="SavedModel folder")
 
 
 def _fixed_shape(shape: Sequence, input_shape: Sequence | None, origin: str) -> tuple:

@@ -102,8 +102,10 @@ def bundle_trt_calibration_table(bundle: str, out_dir: str, *, artifact: str | N
     cal = (m.get("calibration") or {}).get("file")
     if not cal or not os.path.isfile(os.path.join(bundle, cal)):
         raise BundleError(f"{bundle} has no calibration samples (calibration.npz); re-convert with --calib")
-    with np.load(os.path.join(bundle, cal), allow_pickle=False) as z:
-        x = np.asarray(z["x"], np.float32)
+    from edgeship.safeio import load_npz  # noqa: PLC0415
+
+    x = np.asarray(load_npz(_bundle.member_path(bundle, cal, what="calibration file"), ("x",), error=BundleError,
+                            required=("x",))["x"], np.float32)  # bounded, inside the bundle
     src, dst = m["source"].get("layout"), art.get("layout")
     if x.ndim == 4 and (src, dst) == ("NHWC", "NCHW"):
         x = x.transpose(0, 3, 1, 2)
