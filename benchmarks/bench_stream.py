@@ -149,7 +149,7 @@ class MemoryCapture:
 def _memory_source(frames: list, fps: float):
     import cv2
 
-    from edgeship.runtime.video import SourceKind, SourceSpec, VideoSource
+    from edgeship.runtime.stream import SourceKind, SourceSpec, VideoSource
 
     spec = SourceSpec(f"memory://{len(frames)}-frames@{fps:.0f}fps", SourceKind.CAMERA, 0, cv2.CAP_ANY, True)
     return VideoSource(spec, opener=lambda *a: MemoryCapture(frames, fps), reconnect=False)
@@ -201,7 +201,7 @@ def _decode(video: str, n: int = 90) -> list:
 def bench_model(path: str, video: str, *, threads: int | None, seconds: float) -> list[dict]:
     import edgeship.runtime as rt
     from edgeship.runtime import detect as D
-    from edgeship.runtime.stream import FastPreprocess, _guess_task, run_stream, stream_threads
+    from edgeship.runtime.stream import FastPreprocess, guess_task, run_stream, stream_threads
 
     frames = _decode(video)
     name = os.path.basename(path.rstrip("/"))
@@ -212,7 +212,7 @@ def bench_model(path: str, video: str, *, threads: int | None, seconds: float) -
         fast = FastPreprocess.build(model, spec)
         x = fast(frames[0]) if fast is not None else None
         x = D.prepare_input(model, spec, frames[0]) if x is None else x
-        task = _guess_task(model)
+        task = guess_task(model)
         inf = _inference_only(model, x, seconds / 2)
         src_fps = 2 * inf["fps"]
         s = run_stream(model, _memory_source(frames, src_fps), display="none", duration=seconds, log=lambda m: None)

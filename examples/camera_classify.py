@@ -12,7 +12,7 @@ import sys
 
 import edgeship.runtime as rt
 from edgeship.runtime.stream import Stream, format_summary
-from edgeship.runtime.webview import WebView
+from edgeship.runtime.stream import WebView
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from edgeship.errors import EdgeshipError, InputError  # noqa: E402
-from edgeship.runtime import video as V  # noqa: E402
+from edgeship.runtime.stream import source as V  # noqa: E402
 from edgeship.runtime.stream import Stream, format_summary, resolve_display, run_stream  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,8 +15,8 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from edgeship.runtime.video import VideoSource  # noqa: E402
-from edgeship.runtime.webview import WebView, WebViewError  # noqa: E402
+from edgeship.runtime.stream import VideoSource  # noqa: E402
+from edgeship.runtime.stream import WebView, WebViewError  # noqa: E402
 
 
 class Publisher:

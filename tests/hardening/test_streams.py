@@ -25,8 +25,8 @@ pytestmark = pytest.mark.hardening
 cv2 = pytest.importorskip("cv2")
 psutil = pytest.importorskip("psutil")
 
-from edgeship.runtime.video import VideoSource  # noqa: E402
-from edgeship.runtime.webview import WebView  # noqa: E402
+from edgeship.runtime.stream import VideoSource  # noqa: E402
+from edgeship.runtime.stream import WebView  # noqa: E402
 
 READ_TIMEOUT = 1.0
 

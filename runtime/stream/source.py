@@ -17,7 +17,8 @@ in :meth:`VideoSource.read`: frames nobody takes are never converted, and the
 frame handed out is the newest one. Grab and retrieve stay on the reader
 thread (a ``cv2.VideoCapture`` is not shared between threads).
 
-This module imports OpenCV at module level: it is only imported when streaming.
+OpenCV is imported inside the functions that need it (``edgeship.runtime``
+imports no cv2 at module level).
 """
 
 from __future__ import annotations
@@ -27,32 +28,27 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
-
-try:
-    import cv2
-except ImportError as _exc:  # pragma: no cover - depends on the install
-    raise MissingDependencyError("opencv-python", "camera", "to read cameras and videos") from _exc
+from ...errors import InputError, SourceError
+from ...preprocess import opencv
+from .options import SourceOptions
 
 __all__ = [
     "Frame",
     "SourceError",
     "SourceKind",
+    "SourceOptions",
     "SourceSpec",
     "VideoSource",
     "csi_pipeline",
+    "open_capture",
     "parse_source",
 ]
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
-
-
-class SourceError(EdgeshipError, IOError):
-    """A video source cannot be opened, or was lost and could not be reopened."""
 
 
 class SourceKind(str, Enum):
@@ -99,7 +95,9 @@ def parse_source(uri: str | int) -> SourceSpec:
 
     Raises:
         InputError: the value is empty, or names a file that does not exist.
+        MissingDependencyError: OpenCV is not installed.
     """
+    cv2 = opencv()
     if isinstance(uri, bool):
         raise InputError(f"--source {uri!r} is not a camera index, file, URL or pipeline")
     if isinstance(uri, int):
@@ -148,11 +146,12 @@ class Frame(NamedTuple):
     capture_ms: float
 
 
-Opener = Callable[[SourceSpec, float, float], "cv2.VideoCapture"]
+Opener = Callable[[SourceSpec, float, float], Any]
 
 
-def _open_capture(spec: SourceSpec, open_timeout: float, read_timeout: float):
-    """Open ``spec`` with OpenCV; network sources get open/read timeouts."""
+def open_capture(spec: SourceSpec, open_timeout: float, read_timeout: float):
+    """Open ``spec`` with OpenCV (a ``cv2.VideoCapture``); network sources get open/read timeouts."""
+    cv2 = opencv()
     if spec.kind is SourceKind.NETWORK:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout * 1000),
@@ -167,54 +166,32 @@ class VideoSource:
 
     Args:
         source: a URI (see :func:`parse_source`) or a :class:`SourceSpec`.
-        open_timeout, read_timeout: seconds, applied to network sources by
-            OpenCV (``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``).
-        drop: keep only the newest frame (default: True for live sources and
-            ``realtime`` files, False for other files, which are read frame by frame).
-        realtime: pace a file at its frame rate, as a camera would deliver it.
-        loop: restart a file at its end instead of ending.
-        reconnect: reopen a lost live source (default True for live sources).
-        max_retries: give up after this many failed reopen attempts in a row
-            (None: never give up).
-        backoff: (first, maximum) delay in seconds between reopen attempts;
-            it doubles after each failure.
-        width, height, fps: requested capture properties (cameras).
-        opener: ``opener(spec, open_timeout, read_timeout)`` returning an object
-            with ``isOpened()``, ``read()``, ``get()`` and ``release()``;
-            defaults to OpenCV. Tests inject failing sources here.
+        options: how to read it (:class:`~edgeship.runtime.stream.SourceOptions`:
+            timeouts, ``drop``, ``realtime``, ``loop``, ``reconnect``,
+            ``max_retries``, ``backoff``, capture size, ``opener``); or give its
+            fields as keywords (``VideoSource(uri, loop=True)``).
 
-    Raises (from :meth:`start`):
-        SourceError: the source cannot be opened at all.
+    Raises:
+        InputError: a bad URI or option (here); SourceError: the source cannot
+            be opened at all (from :meth:`start`).
     """
 
-    def __init__(
-        self,
-        source: str | int | SourceSpec,
-        *,
-        open_timeout: float = 10.0,
-        read_timeout: float = 5.0,
-        drop: bool | None = None,
-        realtime: bool = False,
-        loop: bool = False,
-        reconnect: bool | None = None,
-        max_retries: int | None = None,
-        backoff: tuple[float, float] = (0.5, 8.0),
-        width: int | None = None,
-        height: int | None = None,
-        fps: float | None = None,
-        opener: Opener | None = None,
-    ) -> None:
+    def __init__(self, source: str | int | SourceSpec, options: SourceOptions | None = None, **fields) -> None:
+        if options is not None and fields:
+            raise InputError("pass either options= or SourceOptions fields as keywords, not both")
+        opts = SourceOptions.of(options if options is not None else fields)
+        self.options = opts
         self.spec = source if isinstance(source, SourceSpec) else parse_source(source)
-        self.open_timeout = float(open_timeout)
-        self.read_timeout = float(read_timeout)
-        self.drop = (self.spec.live or bool(realtime)) if drop is None else bool(drop)
-        self.realtime = bool(realtime)
-        self.loop = bool(loop)
-        self.reconnect = self.spec.live if reconnect is None else bool(reconnect)
-        self.max_retries = max_retries
-        self.backoff = (float(backoff[0]), float(backoff[1]))
-        self._request = (width, height, fps)
-        self._opener = opener or _open_capture
+        self.open_timeout = float(opts.open_timeout)
+        self.read_timeout = float(opts.read_timeout)
+        self.drop = (self.spec.live or bool(opts.realtime)) if opts.drop is None else bool(opts.drop)
+        self.realtime = bool(opts.realtime)
+        self.loop = bool(opts.loop)
+        self.reconnect = self.spec.live if opts.reconnect is None else bool(opts.reconnect)
+        self.max_retries = opts.max_retries
+        self.backoff = opts.backoff
+        self._request = (opts.width, opts.height, opts.fps)
+        self._opener: Opener = opts.opener or open_capture
         self._cap = None
         self._cap_lock = threading.Lock()  # the reader's use of the capture vs release from close()
         self._waiting = 0  # consumers blocked in read()
@@ -323,6 +300,7 @@ class VideoSource:
                 pass
 
     def _try_open(self):
+        cv2 = opencv()
         try:
             cap = self._opener(self.spec, self.open_timeout, self.read_timeout)
         except cv2.error:
@@ -397,6 +375,7 @@ class VideoSource:
         return False
 
     def _reader(self) -> None:
+        cv2 = opencv()
         index = 0
         t_next = time.perf_counter()
         period = (1.0 / self.fps) if (self.realtime and self.fps) else 0.0

@@ -16,6 +16,7 @@ while it writes, so it cannot stall the capture loop or the other clients.
 A client whose socket accepts nothing for ``send_timeout`` seconds is dropped.
 At most ``max_clients`` streams are served at once (others get HTTP 503).
 Frames are JPEG-encoded lazily, once per frame, and only when someone watches.
+OpenCV (the JPEG encoder) is imported inside the function that encodes.
 """
 
 from __future__ import annotations
@@ -29,22 +30,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from edgeship.errors import EdgeshipError
-
-try:
-    import cv2
-except ImportError as _exc:  # pragma: no cover
-    from edgeship.errors import MissingDependencyError
-
-    raise MissingDependencyError("opencv-python", "camera", "to serve the stream as MJPEG") from _exc
+from ...errors import WebViewError
+from ...preprocess import opencv
 
 __all__ = ["WebView", "WebViewError"]
 
 BOUNDARY = "edgeshipframe"
-
-
-class WebViewError(EdgeshipError, OSError):
-    """The web view cannot listen on the requested host and port."""
 
 
 _PAGE = """<!doctype html>
@@ -144,6 +135,7 @@ class _Hub:
             return 0, b""
         with self._jpeg_lock:
             if self._jpeg_seq != seq:
+                cv2 = opencv()
                 ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
                 if ok:
                     self._jpeg, self._jpeg_seq = buf.tobytes(), seq
