@@ -36,7 +36,7 @@ demo: $(STAMP)
 	@echo "streams it with boxes drawn (a window if OpenCV has a GUI, else http://127.0.0.1:8080/)."
 
 stream-demo: $(STAMP)
-	$(PY) -m edgeship.converters.detector_demo
+	$(PY) -m edgeship.demos.detector
 	$(PY) examples/synthetic_video.py .edgeship-demo/shapes.mp4 --seconds 20
 	$(VENV)/bin/edgeship stream .edgeship-demo/detector-int8 --source .edgeship-demo/shapes.mp4 --realtime --loop --port 8080
 

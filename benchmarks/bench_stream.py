@@ -249,7 +249,7 @@ def rows(*, seconds: float = 6.0, threads=(None,), detector: bool = False, workd
     demo_dir = workdir or os.path.join(ROOT, ".edgeship-demo")
     det = os.path.join(demo_dir, "detector-int8")
     if detector and not os.path.isfile(os.path.join(det, "manifest.json")):
-        from edgeship.converters import detector_demo
+        from edgeship.demos import detector as detector_demo
 
         det = detector_demo.build(demo_dir)
     if os.path.isfile(os.path.join(det, "manifest.json")):

@@ -1,6 +1,6 @@
 """Detect objects in a camera (or video) stream and print or show the boxes.
 
-    python -m edgeship.converters.detector_demo            # trains the demo detector once (~1 min)
+    python -m edgeship.demos.detector            # trains the demo detector once (~1 min)
     python examples/synthetic_video.py shapes.mp4          # a video it can find shapes in
     python examples/camera_detect.py .edgeship-demo/detector-int8 --source shapes.mp4 --record boxes.mp4
 

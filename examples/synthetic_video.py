@@ -4,7 +4,7 @@
 
 Nothing is downloaded: every frame is drawn with OpenCV. The shapes (circle,
 square, triangle) are the classes the demo detector
-(``edgeship.converters.detector_demo``) is trained on, so its boxes appear
+(``edgeship.demos.detector``) is trained on, so its boxes appear
 on this video.
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from edgeship.converters.demo import DEFAULT_WORKDIR, prepare_model
+from edgeship.demos.digits import DEFAULT_WORKDIR, prepare_model
 
 
 def main(argv=None) -> int:

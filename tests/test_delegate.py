@@ -187,7 +187,7 @@ def test_parse_delegate_spec():
 def test_cli_delegate_flag_reaches_the_delegate(lib, model, tmp_path):
     import argparse  # noqa: PLC0415
 
-    from edgeship.cli_accel import add_accel_arguments, describe_info, load_kwargs  # noqa: PLC0415
+    from edgeship.cli.common import add_accel_arguments, describe_info, load_kwargs  # noqa: PLC0415
 
     p = argparse.ArgumentParser()
     add_accel_arguments(p)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from edgeship.converters import demo as demo_mod
+    from edgeship.demos import digits as demo_mod
 
     workdir = tmp_path_factory.mktemp("demo")
     figures = demo_mod.run_demo(str(workdir), quick=True, verbose=False)

@@ -10,14 +10,9 @@ import subprocess
 
 import pytest
 
-from edgeship.cli_accel import (
-    add_accel_arguments,
-    add_devices_parser,
-    cmd_devices,
-    describe_info,
-    format_devices,
-    load_kwargs,
-)
+from edgeship.cli.common import add_accel_arguments, describe_info, load_kwargs
+from edgeship.cli.devices import add_parser as add_devices_parser
+from edgeship.cli.devices import cmd_devices, format_devices
 from edgeship.errors import InputError
 from edgeship.runtime.discovery import cpu_features, devices
 
@@ -168,7 +163,7 @@ def test_devices_command_with_model(float_model, capfd):
 
 
 def test_parse_targets_for_the_cli():
-    from edgeship.cli_accel import parse_targets  # noqa: PLC0415
+    from edgeship.cli.convert import parse_targets  # noqa: PLC0415
 
     p = argparse.ArgumentParser()
     p.add_argument("--target", type=parse_targets, default=("cpu",))

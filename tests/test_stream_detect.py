@@ -130,7 +130,7 @@ def test_demo_detector_trains_converts_and_finds_shapes(tmp_path):
     pytest.importorskip("tensorflow")
     import json
 
-    from edgeship.converters import detector_demo
+    from edgeship.demos import detector as detector_demo
     import edgeship.runtime as rt
 
     bundle = detector_demo.build(str(tmp_path), log=lambda m: None)

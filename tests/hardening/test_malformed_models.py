@@ -249,8 +249,8 @@ def test_mutated_models_never_crash_the_host(tmp_path, fmt):
             inproc_errors += 1  # typed: fine (e.g. a probe-only shape)
 
     # the CLI on a sample of the files that crash an engine: exit 2, one line, no signal
-    cli_probes = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "sdk", "cli.py")) and \
-        "probe_if_bare" in open(os.path.join(os.path.dirname(__file__), "..", "..", "sdk", "cli.py")).read()
+    cli_probes = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "sdk", "cli", "inspect.py")) and \
+        "probe_if_bare" in open(os.path.join(os.path.dirname(__file__), "..", "..", "sdk", "cli", "inspect.py")).read()
     cli_codes = []
     for p in crashed[:5]:
         r = subprocess.run([sys.executable, "-m", "edgeship.cli", "inspect", p], capture_output=True, timeout=120)

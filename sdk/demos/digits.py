@@ -38,7 +38,6 @@ Work folder layout (default ``.edgeship-demo``)::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -49,12 +48,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import measure
+from .measure import show as _show
+
 DEFAULT_WORKDIR = ".edgeship-demo"
 LABELS = tuple(str(i) for i in range(10))
-
-# Targets from issue 2 ("Done when").
-MAX_SIZE_RATIO = 0.30  # INT8 .tflite bytes / FP32 .tflite bytes
-MAX_ACCURACY_DROP = 0.5  # percentage points, |FP32 - INT8| on the test split
+MAX_SIZE_RATIO = measure.MAX_SIZE_RATIO
+MAX_ACCURACY_DROP = measure.MAX_ACCURACY_DROP
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,6 @@ def _spec(settings: TrainSettings):
     return PreprocessSpec(size=(s, s), resize=ResizeMode.STRETCH, color=ColorOrder.GRAY, scale=1.0 / 255.0)
 
 
-def _say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
 # ---------------------------------------------------------------------------- data
 
 
@@ -108,7 +104,7 @@ def _prepare_data(workdir: str, settings: TrainSettings, *, force: bool) -> _Dat
     from sklearn.datasets import load_digits  # noqa: PLC0415
     from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
-    from edgeship.preprocess import _cv2  # noqa: PLC0415
+    from edgeship.preprocess import opencv  # noqa: PLC0415
 
     digits = load_digits()
     # 0..16 ink levels -> 8-bit grey, the pixels that go into the PNGs.
@@ -143,7 +139,7 @@ def _prepare_data(workdir: str, settings: TrainSettings, *, force: bool) -> _Dat
         except (OSError, ValueError):
             current = False
     if not current:
-        cv2 = _cv2()
+        cv2 = opencv()
         if os.path.isdir(data_dir):
             shutil.rmtree(data_dir)
         for folder, indices in ((calib_dir, calib_idx), (test_dir, idx_test)):
@@ -192,11 +188,11 @@ def _build_model(settings: TrainSettings):
     return model
 
 
-def _train_or_load(workdir: str, settings: TrainSettings, data: _Data, *, force: bool):
+def _train_or_load(workdir: str, settings: TrainSettings, data: _Data, *, force: bool, say=print):
     """The trained model (cached as model-<hash>.keras) and a record of how it was made."""
     import keras  # noqa: PLC0415
 
-    from edgeship.progress import progress  # noqa: PLC0415
+    from edgeship.progress import progress, step  # noqa: PLC0415
 
     key = settings.key()
     model_path = os.path.join(workdir, f"model-{key}.keras")
@@ -206,28 +202,28 @@ def _train_or_load(workdir: str, settings: TrainSettings, data: _Data, *, force:
             with open(meta_path) as fh:
                 meta = json.load(fh)
             model = keras.saving.load_model(model_path, compile=False)
-            _say(f"Using the cached model {model_path} (trained in {meta['train_seconds']:.1f} s; "
-                 "--force retrains)")
+            say(f"Using the cached model {_show(model_path)} (trained in {meta['train_seconds']:.1f} s; "
+                "--force retrains)")
             return model, model_path, meta, True
         except Exception as exc:  # a damaged cache entry is retrained, not fatal
-            _say(f"Cached model {model_path} is unusable ({exc.__class__.__name__}); retraining")
+            say(f"Cached model {model_path} is unusable ({exc.__class__.__name__}); retraining")
 
     keras.utils.set_random_seed(settings.seed)
     model = _build_model(settings)
-    _say(f"Training {model.name} ({model.count_params():,} parameters) on {len(data.y_train)} digits, "
-         f"{settings.epochs} epochs ...")
     t0 = time.perf_counter()
     losses = []
-    for epoch in progress(range(settings.epochs), total=settings.epochs, desc="training"):
-        hist = model.fit(
-            data.x_train, data.y_train, batch_size=settings.batch_size, epochs=epoch + 1, initial_epoch=epoch,
-            shuffle=True, verbose=0,
-        )
-        losses.append(float(hist.history["loss"][-1]))
+    with step(f"Training {model.name} ({model.count_params():,} parameters) on {len(data.y_train)} digits, "
+              f"{settings.epochs} epochs"):
+        for epoch in progress(range(settings.epochs), total=settings.epochs):
+            hist = model.fit(
+                data.x_train, data.y_train, batch_size=settings.batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                shuffle=True, verbose=0,
+            )
+            losses.append(float(hist.history["loss"][-1]))
     train_seconds = time.perf_counter() - t0
     probs = model.predict(data.x_test, batch_size=256, verbose=0)
     acc = float(np.mean(np.argmax(probs, axis=1) == data.y_test))
-    _say(f"  trained in {train_seconds:.1f} s: final loss {losses[-1]:.4f}, Keras test accuracy {100 * acc:.2f}%")
+    say(f"  trained in {train_seconds:.1f} s: final loss {losses[-1]:.4f}, Keras test accuracy {100 * acc:.2f}%")
 
     os.makedirs(workdir, exist_ok=True)
     tmp = model_path + ".tmp.keras"
@@ -248,75 +244,14 @@ def _train_or_load(workdir: str, settings: TrainSettings, data: _Data, *, force:
     return model, model_path, meta, False
 
 
-# ---------------------------------------------------------------------------- measuring
+def _require_convert_extra(why: str) -> None:
+    from edgeship.errors import require  # noqa: PLC0415
 
+    from .quiet import quiet_native  # noqa: PLC0415
 
-def _artifact(manifest: dict, precision: str) -> dict:
-    for art in manifest.get("artifacts", []):
-        if art.get("format") == "tflite" and art.get("precision") == precision:
-            return art
-    raise RuntimeError(f"the bundle has no {precision} TFLite artifact: {[a.get('file') for a in manifest['artifacts']]}")
-
-
-def _first_output(outputs) -> np.ndarray:
-    if isinstance(outputs, dict):
-        return np.asarray(next(iter(outputs.values())))
-    return np.asarray(outputs)
-
-
-def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    probs = _first_output(model.run(x))
-    return float(np.mean(np.argmax(probs.reshape(len(y), -1), axis=1) == y))
-
-
-def _latencies(models: dict, sample: np.ndarray, *, runs: int, warmup: int) -> dict:
-    """Single-sample latency of each model, interleaved in rounds so drift hits all alike."""
-    for m in models.values():
-        for _ in range(warmup):
-            m.run(sample)
-    times = {k: [] for k in models}
-    rounds = 10
-    per_round = max(1, runs // rounds)
-    order = list(models)
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            m = models[name]
-            t = times[name]
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                m.run(sample)
-                t.append(time.perf_counter() - t0)
-    out = {}
-    for name, t in times.items():
-        a = np.asarray(t) * 1e3
-        out[name] = {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-                     "mean": float(a.mean()), "runs": int(a.size)}
-    return out
-
-
-def _show(path: str) -> str:
-    """``path`` relative to the current folder when it is below it, else absolute."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB"
-
-
-def _table(rows: list, header: list) -> str:
-    cols = [header] + rows
-    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
-    lines = []
-    for j, r in enumerate(cols):
-        cells = [str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(r)]
-        lines.append("  ".join(cells).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- the demo
+    with quiet_native():  # TensorFlow's oneDNN/CUDA/absl start-up lines
+        for mod in ("keras", "tensorflow", "sklearn"):
+            require(mod, "convert", why)
 
 
 def prepare_model(workdir: str = DEFAULT_WORKDIR, *, force: bool = False,
@@ -326,17 +261,19 @@ def prepare_model(workdir: str = DEFAULT_WORKDIR, *, force: bool = False,
     Returns the paths a user needs to run ``edgeship convert`` by hand:
     ``model_path``, ``calib_dir``, ``test_dir``, ``test_npz``, plus ``labels``, the
     ``preprocess`` string for ``--preprocess`` and ``keras_test_accuracy``.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgeship.errors import require  # noqa: PLC0415
 
-    for mod in ("keras", "tensorflow", "sklearn"):
-        require(mod, "convert", "to train the demo model")
+    Raises:
+        edgeship.errors.MissingDependencyError: the ``convert`` extra is not installed.
+    """
+    from .quiet import quiet_native  # noqa: PLC0415
+
+    _require_convert_extra("to train the demo model")
     settings = settings or TrainSettings()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    data = _prepare_data(workdir, settings, force=force)
-    _model, model_path, meta, cached = _train_or_load(workdir, settings, data, force=force)
+    with quiet_native():
+        data = _prepare_data(workdir, settings, force=force)
+        _model, model_path, meta, cached = _train_or_load(workdir, settings, data, force=force)
     s = settings.image_size
     return {
         "model_path": model_path,
@@ -350,6 +287,57 @@ def prepare_model(workdir: str = DEFAULT_WORKDIR, *, force: bool = False,
     }
 
 
+def _convert_both(model_path: str, workdir: str, data: _Data, settings: TrainSettings, say) -> tuple[dict, dict, dict]:
+    """The INT8 and FP32 bundles: (bundle paths, conversion results, seconds per conversion)."""
+    from edgeship import converters  # noqa: PLC0415
+    from edgeship.progress import step  # noqa: PLC0415
+
+    from .quiet import quiet_native  # noqa: PLC0415
+
+    spec = _spec(settings)
+    bundles = {"int8": os.path.join(workdir, "digits-int8"), "fp32": os.path.join(workdir, "digits-fp32")}
+    results, seconds = {}, {}
+    for precision in ("int8", "fp32"):
+        t0 = time.perf_counter()
+        with step(f"Converting {os.path.basename(model_path)} to {precision.upper()} TFLite -> "
+                  f"{_show(bundles[precision])}"), quiet_native():
+            results[precision] = converters.convert(
+                model_path, bundles[precision], calib=data.calib_dir, precision=precision,
+                io="int8" if precision == "int8" else "float", eval_data=data.test_npz, labels=list(LABELS),
+                preprocess=spec, name=f"digits-{precision}", task="classification", seed=settings.seed, force=True,
+            )
+        seconds[precision] = time.perf_counter() - t0
+        for w in results[precision].warnings:
+            say(f"  warning: {w}")
+    return bundles, results, seconds
+
+
+def _measure(bundles: dict, arts: dict, data: _Data, quick: bool) -> tuple[dict, dict, dict, dict]:
+    """(accuracy, latency, runtime info, an example classification) of both bundles, through the runtime."""
+    from edgeship import runtime  # noqa: PLC0415
+    from edgeship.preprocess import read_image  # noqa: PLC0415
+    from edgeship.progress import step  # noqa: PLC0415
+
+    from .quiet import quiet_native  # noqa: PLC0415
+
+    with step("Measuring accuracy and latency of both bundles"), quiet_native():
+        models = {p: runtime.load(bundles[p], artifact=arts[p]["file"]) for p in bundles}
+        try:
+            acc = {p: measure.accuracy(models[p], data.x_test, data.y_test) for p in models}
+            lat = measure.latencies(models, data.x_test[:1], runs=40 if quick else 300, warmup=5 if quick else 20)
+            info = models["int8"].info
+            info = info.to_dict() if hasattr(info, "to_dict") else dict(getattr(info, "__dict__", {}))
+            example_path = sorted(
+                os.path.join(root, f) for root, _d, files in os.walk(os.path.join(data.test_dir, "7")) for f in files
+            )[0]
+            top = models["int8"].classify(read_image(example_path), top_k=1)[0]
+            example = {"image": example_path, "label": getattr(top, "label", None), "id": int(top.id),
+                       "score": float(top.score)}
+        finally:
+            for m in models.values():
+                m.close()
+    return acc, lat, info, example
+
 
 def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool = False,
              settings: TrainSettings | None = None, verbose: bool = True) -> dict:
@@ -360,7 +348,8 @@ def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool
         force: retrain the model and rewrite the data even when cached.
         quick: fewer latency runs (for tests); training and conversion are the same.
         settings: training settings (the defaults are what the targets were measured with).
-        verbose: print the table and the next steps.
+        verbose: print one line per long step, the table and the next steps (TensorFlow's
+            start-up noise is kept off the terminal either way).
 
     Returns:
         The measured figures: ``bytes``, ``gzip_bytes``, ``size_ratio``, ``accuracy``
@@ -372,60 +361,37 @@ def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool
         edgeship.errors.EdgeshipError: a conversion or the runtime refused something.
         edgeship.errors.MissingDependencyError: the ``convert`` extra is not installed.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edgeship.errors import require  # noqa: PLC0415
+    from edgeship import progress  # noqa: PLC0415
 
-    for mod in ("keras", "tensorflow", "sklearn"):
-        require(mod, "convert", "by `edgeship demo`")
-    from edgeship import converters, runtime  # noqa: PLC0415
+    if verbose:
+        progress.pin_console(lines=True)
+    try:
+        return _run(workdir, force=force, quick=quick, settings=settings or TrainSettings(),
+                    say=(lambda m="": print(m, flush=True)) if verbose else (lambda *_a, **_k: None))
+    finally:
+        if verbose:
+            progress.unpin_console()
 
-    say = _say if verbose else (lambda *_a, **_k: None)
-    settings = settings or TrainSettings()
+
+def _run(workdir: str, *, force: bool, quick: bool, settings: TrainSettings, say) -> dict:
+    from .quiet import quiet_native  # noqa: PLC0415
+
     t_start = time.perf_counter()
+    _require_convert_extra("by `edgeship demo`")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-
-    data = _prepare_data(workdir, settings, force=force)
+    with quiet_native():
+        data = _prepare_data(workdir, settings, force=force)
     say(f"Digits from scikit-learn: {len(data.y_train)} train / {len(data.y_test)} test images, "
-        f"{settings.image_size}x{settings.image_size} grey; {data.n_calib} calibration PNGs in {data.calib_dir}")
-    model, model_path, meta, cached = _train_or_load(workdir, settings, data, force=force)
-    keras_probs = model.predict(data.x_test, batch_size=256, verbose=0)
+        f"{settings.image_size}x{settings.image_size} grey; {data.n_calib} calibration PNGs in {_show(data.calib_dir)}")
+    with quiet_native():
+        model, model_path, meta, cached = _train_or_load(workdir, settings, data, force=force, say=say)
+        keras_probs = model.predict(data.x_test, batch_size=256, verbose=0)
     keras_acc = float(np.mean(np.argmax(keras_probs, axis=1) == data.y_test))
 
-    spec = _spec(settings)
-    bundles = {"int8": os.path.join(workdir, "digits-int8"), "fp32": os.path.join(workdir, "digits-fp32")}
-    results = {}
-    convert_seconds = {}
-    for precision in ("int8", "fp32"):
-        say(f"Converting {os.path.basename(model_path)} to {precision.upper()} TFLite -> {bundles[precision]} ...")
-        t0 = time.perf_counter()
-        results[precision] = converters.convert(
-            model_path, bundles[precision], calib=data.calib_dir, precision=precision,
-            io="int8" if precision == "int8" else "float", eval_data=data.test_npz, labels=list(LABELS), preprocess=spec, name=f"digits-{precision}",
-            task="classification", seed=settings.seed, force=True,
-        )
-        convert_seconds[precision] = time.perf_counter() - t0
-        for w in results[precision].warnings:
-            say(f"  warning: {w}")
-
-    arts = {p: _artifact(results[p].manifest, p) for p in results}
-    models = {p: runtime.load(bundles[p], artifact=arts[p]["file"]) for p in bundles}
-    try:
-        acc = {p: _accuracy(models[p], data.x_test, data.y_test) for p in models}
-        lat = _latencies(models, data.x_test[:1], runs=40 if quick else 300, warmup=5 if quick else 20)
-        info = models["int8"].info
-        info = info.to_dict() if hasattr(info, "to_dict") else dict(getattr(info, "__dict__", {}))
-        example_path = sorted(
-            os.path.join(root, f) for root, _d, files in os.walk(os.path.join(data.test_dir, "7")) for f in files
-        )[0]
-        from edgeship.preprocess import read_image  # noqa: PLC0415
-
-        top = models["int8"].classify(read_image(example_path), top_k=1)[0]
-        example = {"image": example_path, "label": getattr(top, "label", None), "id": int(top.id),
-                   "score": float(top.score)}
-    finally:
-        for m in models.values():
-            m.close()
+    bundles, results, convert_seconds = _convert_both(model_path, workdir, data, settings, say)
+    arts = {p: measure.tflite_artifact(results[p].manifest, p) for p in results}
+    acc, lat, info, example = _measure(bundles, arts, data, quick)
 
     b = {p: int(arts[p]["bytes"]) for p in arts}
     gz = {p: int(arts[p]["gzip_bytes"]) for p in arts}
@@ -433,107 +399,42 @@ def run_demo(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, quick: bool
     drop = 100.0 * (acc["fp32"] - acc["int8"])
     validation = {p: (results[p].manifest.get("validation") or {}).get("artifacts", {}).get(arts[p]["file"], {})
                   for p in arts}
-    targets = {
-        "size_ratio": {"value": size_ratio, "target": MAX_SIZE_RATIO, "pass": size_ratio <= MAX_SIZE_RATIO},
-        "accuracy_drop_points": {"value": drop, "target": MAX_ACCURACY_DROP, "pass": abs(drop) <= MAX_ACCURACY_DROP},
-    }
+    targets = measure.targets(size_ratio, drop)
     figures = {
-        "workdir": workdir,
-        "model_path": model_path,
-        "model_cached": cached,
-        "parameters": meta.get("parameters"),
-        "train_seconds": meta.get("train_seconds"),
+        "workdir": workdir, "model_path": model_path, "model_cached": cached,
+        "parameters": meta.get("parameters"), "train_seconds": meta.get("train_seconds"),
         "samples": {"train": int(len(data.y_train)), "test": int(len(data.y_test)), "calibration": data.n_calib},
         "data": {"calib_dir": data.calib_dir, "test_dir": data.test_dir, "test_npz": data.test_npz},
-        "bundles": bundles,
-        "artifacts": {p: arts[p]["file"] for p in arts},
-        "bytes": b,
-        "gzip_bytes": gz,
-        "size_ratio": size_ratio,
-        "gzip_ratio": gz["int8"] / gz["fp32"],
+        "bundles": bundles, "artifacts": {p: arts[p]["file"] for p in arts},
+        "bytes": b, "gzip_bytes": gz, "size_ratio": size_ratio, "gzip_ratio": gz["int8"] / gz["fp32"],
         "accuracy": {"keras_fp32": keras_acc, "tflite_fp32": acc["fp32"], "tflite_int8": acc["int8"]},
-        "accuracy_drop_points": drop,
-        "manifest_validation": validation,
-        "latency_ms": lat,
+        "accuracy_drop_points": drop, "manifest_validation": validation, "latency_ms": lat,
         "int8_speedup_p50": lat["fp32"]["p50"] / lat["int8"]["p50"] if lat["int8"]["p50"] > 0 else None,
-        "runtime": info,
-        "example": example,
-        "convert_seconds": convert_seconds,
-        "targets": targets,
-        "targets_met": all(t["pass"] for t in targets.values()),
-        "quick": quick,
+        "runtime": info, "example": example, "convert_seconds": convert_seconds,
+        "targets": targets, "targets_met": all(t["pass"] for t in targets.values()), "quick": quick,
+        "report": {"markdown": os.path.join(workdir, "demo-report.md"),
+                   "json": os.path.join(workdir, "demo-report.json")},
     }
     figures["seconds"] = time.perf_counter() - t_start
-
-    table = _table(
-        [
-            ["file bytes", "-", _fmt_bytes(b["fp32"]), f"{_fmt_bytes(b['int8'])} ({size_ratio:.2f}x)"],
-            ["gzip bytes", "-", _fmt_bytes(gz["fp32"]), f"{_fmt_bytes(gz['int8'])} ({figures['gzip_ratio']:.2f}x)"],
-            ["test accuracy", f"{100 * keras_acc:.2f}%", f"{100 * acc['fp32']:.2f}%", f"{100 * acc['int8']:.2f}%"],
-            ["p50 latency, 1 image", "-", f"{lat['fp32']['p50']:.3f} ms", f"{lat['int8']['p50']:.3f} ms"],
-            ["p90 latency, 1 image", "-", f"{lat['fp32']['p90']:.3f} ms", f"{lat['int8']['p90']:.3f} ms"],
-        ],
-        ["", "Keras FP32", "TFLite FP32", "TFLite INT8"],
-    )
-    checks = _table(
-        [
-            ["INT8 / FP32 bytes", f"{size_ratio:.3f}x", f"<= {MAX_SIZE_RATIO:.2f}x",
-             "PASS" if targets["size_ratio"]["pass"] else "FAIL"],
-            ["accuracy FP32 - INT8", f"{drop:+.2f} points", f"within {MAX_ACCURACY_DROP} points",
-             "PASS" if targets["accuracy_drop_points"]["pass"] else "FAIL"],
-        ],
-        ["target", "measured", "wanted", ""],
-    )
-    report_md = os.path.join(workdir, "demo-report.md")
-    report_json = os.path.join(workdir, "demo-report.json")
-    figures["report"] = {"markdown": report_md, "json": report_json}
+    main, checks = measure.tables(figures)
     header = (f"edgeship demo: {meta.get('parameters', 0):,}-parameter digits CNN, "
               f"{len(data.y_test)} held-out test images, runtime backend {info.get('backend', '?')} "
               f"({info.get('threads') or 'default'} threads)")
-    with open(report_md, "w") as fh:
-        fh.write(f"# {header}\n\n```\n{table}\n\n{checks}\n```\n\nProduced by `edgeship demo` in "
-                 f"{figures['seconds']:.1f} s.\n")
-    with open(report_json, "w") as fh:
-        json.dump(figures, fh, indent=2, default=str)
-
-    rel_int8 = _show(bundles["int8"])
-    rel_img = _show(example_path)
-    say("")
-    say(header)
-    say(table)
-    say("")
-    say(checks)
-    say("")
-    say(f"classify({rel_img}) -> {example['label']} ({example['score']:.2f}) through the INT8 bundle")
-    say("")
-    say(f"INT8 bundle:  {rel_int8}  (manifest.json, {arts['int8']['file']}, report)")
-    say(f"FP32 bundle:  {_show(bundles['fp32'])}")
-    say(f"Test images:  {_show(data.test_dir)}  (and {_show(data.test_npz)})")
-    say(f"Figures:      {_show(report_md)}, {_show(report_json)}")
-    say(f"Done in {figures['seconds']:.1f} s{' (model from cache)' if cached else ''}. Try next:")
-    say(f"  edgeship inspect {rel_int8}")
-    say(f"  edgeship run {rel_int8} {rel_img} --top-k 3")
-    say(f"  edgeship eval {rel_int8} --data {_show(data.test_npz)}")
-    say(f"  edgeship bench {rel_int8} --runs 200")
+    measure.write_report(figures, header, main, checks)
+    measure.print_summary(say, figures, header, main, checks)
     return figures
 
 
 def main(argv=None) -> int:
-    """Entry point of ``edgeship demo`` (also ``python -m edgeship.converters.demo``)."""
-    p = argparse.ArgumentParser(prog="edgeship demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default=None, help=f"work folder (default {DEFAULT_WORKDIR})")
+    """``python -m edgeship.demos.digits [--workdir DIR] [--force] [--quick]`` (``edgeship demo`` adds ``--json``)."""
+    import argparse  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="python -m edgeship.demos.digits", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"work folder (default {DEFAULT_WORKDIR})")
     p.add_argument("--force", action="store_true", help="retrain and rewrite the data even when cached")
     p.add_argument("--quick", action="store_true", help="fewer latency runs")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     args = p.parse_args(argv)
-    if args.json:
-        import contextlib  # noqa: PLC0415
-
-        with contextlib.redirect_stdout(sys.stderr):
-            figures = run_demo(args.workdir or DEFAULT_WORKDIR, force=args.force, quick=args.quick)
-        print(json.dumps(figures, default=str))
-    else:
-        run_demo(args.workdir or DEFAULT_WORKDIR, force=args.force, quick=args.quick)
+    run_demo(args.workdir, force=args.force, quick=args.quick)
     return 0
 
 

@@ -1,6 +1,6 @@
 """A small object detector trained here, on synthetic scenes, so boxes appear on a stream without downloads.
 
-``python -m edgeship.converters.detector_demo [--workdir DIR] [--force]``
+``python -m edgeship.demos.detector [--workdir DIR] [--force]``
 trains it (Keras 3, well under a minute on two CPU cores), converts it with
 :func:`edgeship.converters.convert` to a full-INT8 bundle, and caches the
 bundle in ``DIR/detector-int8`` (with ``DIR/detector-int8.json``: the settings' hash and
@@ -101,7 +101,7 @@ def render_scene(rng: np.random.Generator, size=(160, 120), max_objects: int = 4
 
 
 def preprocess_spec(settings: DetectorSettings = DetectorSettings()):
-    from edgeship.preprocess import PreprocessSpec
+    from edgeship.preprocess import PreprocessSpec  # noqa: PLC0415
 
     return PreprocessSpec(size=(settings.input_size, settings.input_size))
 
@@ -181,7 +181,7 @@ def _loss(y_true, y_pred):
 
 def mean_ap50(pred_rows: np.ndarray, truth, threshold: float = 0.05) -> float:
     """A simple mAP@0.5 (11-point interpolation) of decoded rows against the truth (normalised boxes)."""
-    from edgeship.runtime.detect import box_iou, decode_yolo, nms
+    from edgeship.runtime.detect import box_iou, decode_yolo, nms  # noqa: PLC0415
 
     aps = []
     for k in range(len(LABELS)):
@@ -234,37 +234,41 @@ def build(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, settings: Dete
         except (OSError, ValueError):
             pass
     os.makedirs(workdir, exist_ok=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from edgeship.converters import convert  # noqa: PLC0415
 
-    from edgeship.converters import convert
+    from .quiet import quiet_native  # noqa: PLC0415
 
-    keras.utils.set_random_seed(settings.seed)
     t0 = time.perf_counter()
-    x, y, _ = make_dataset(settings.train_scenes, settings, settings.seed)
-    xv, yv, truth_v = make_dataset(settings.val_scenes, settings, settings.seed + 1)
+    with quiet_native():  # TensorFlow's oneDNN/CUDA/absl start-up lines
+        import keras  # noqa: PLC0415
+
+        keras.utils.set_random_seed(settings.seed)
+        x, y, _ = make_dataset(settings.train_scenes, settings, settings.seed)
+        xv, yv, truth_v = make_dataset(settings.val_scenes, settings, settings.seed + 1)
     say(f"detector demo: generated {len(x)} training scenes in {time.perf_counter() - t0:.1f} s; training...")
-    train_model, export_model = build_models(settings)
-    steps = settings.epochs * int(np.ceil(len(x) / settings.batch_size))
-    sched = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps, alpha=0.05)
-    train_model.compile(optimizer=keras.optimizers.Adam(sched), loss=_loss)
-    t1 = time.perf_counter()
-    hist = train_model.fit(x, y, batch_size=settings.batch_size, epochs=settings.epochs, validation_data=(xv, yv),
-                           verbose=0)
-    train_s = time.perf_counter() - t1
-    keras_rows = export_model.predict(xv, verbose=0, batch_size=64)
+    with quiet_native():
+        train_model, export_model = build_models(settings)
+        steps = settings.epochs * int(np.ceil(len(x) / settings.batch_size))
+        sched = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps, alpha=0.05)
+        train_model.compile(optimizer=keras.optimizers.Adam(sched), loss=_loss)
+        t1 = time.perf_counter()
+        hist = train_model.fit(x, y, batch_size=settings.batch_size, epochs=settings.epochs, validation_data=(xv, yv),
+                               verbose=0)
+        train_s = time.perf_counter() - t1
+        keras_rows = export_model.predict(xv, verbose=0, batch_size=64)
     keras_map = mean_ap50(keras_rows, truth_v)
     say(f"detector demo: trained in {train_s:.1f} s (val loss {hist.history['val_loss'][-1]:.3f}, "
         f"Keras mAP@0.5 {keras_map:.3f}); converting to INT8...")
-    result = convert(export_model, bundle, calib=x[:200], eval_data=xv, precision="int8", io="int8",
-                     preprocess=preprocess_spec(settings), labels=list(LABELS), task="detection",
-                     name="detector-demo", force=True, seed=settings.seed)
+    with quiet_native():
+        result = convert(export_model, bundle, calib=x[:200], eval_data=xv, precision="int8", io="int8",
+                         preprocess=preprocess_spec(settings), labels=list(LABELS), task="detection",
+                         name="detector-demo", force=True, seed=settings.seed)
     for w in result.warnings:
         say(f"detector demo: warning: {w}")
     # Measure the INT8 bundle as a device would run it.
-    import edgeship.runtime as rt
+    import edgeship.runtime as rt  # noqa: PLC0415
 
-    with rt.load(bundle) as m:
+    with quiet_native(), rt.load(bundle) as m:
         rows = m.run(xv)[m.outputs[0].name]
     int8_map = mean_ap50(rows, truth_v)
     info = {"key": key, "settings": asdict(settings), "train_seconds": round(train_s, 1),
@@ -278,8 +282,8 @@ def build(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, settings: Dete
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgeship.converters.detector_demo", description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    p = argparse.ArgumentParser(prog="python -m edgeship.demos.detector", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"work folder (default {DEFAULT_WORKDIR})")
     p.add_argument("--force", action="store_true", help="train again even if a cached bundle exists")
     args = p.parse_args(argv)
     print(build(args.workdir, force=args.force))

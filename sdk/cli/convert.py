@@ -1,0 +1,183 @@
+"""``edgeship convert``: a Keras or ONNX model -> a calibrated, validated bundle."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import InputError, UsageError
+from ..safeio import byte_size
+from ..vocab import CalibMethod, Format, IOType, Precision, Target, parse, values
+from .common import emit_json, int_at_least, quiet_tf_env, require_path, stdout_to_stderr
+
+NEEDS_CALIBRATION = (Precision.INT8.value, Precision.INT16X8.value)
+
+
+def parse_targets(text: str) -> tuple:
+    """``--target cpu,edgetpu`` -> ``("cpu", "edgetpu")`` (argparse ``type=``; values from :class:`~edgeship.vocab.Target`)."""
+    items = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of {', '.join(values(Target))}")
+    try:
+        return tuple(parse(Target, t, "--target").value for t in items)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--target ", "", 1)) from None
+
+
+def parse_formats(text: str | None) -> tuple | None:
+    """``--formats tflite,onnx`` -> ``("tflite", "onnx")``.
+
+    Raises:
+        UsageError: a format that is not one of :class:`~edgeship.vocab.Format`.
+    """
+    if not text:
+        return None
+    items = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    bad = [f for f in items if f not in values(Format)]
+    if bad or not items:
+        raise UsageError(f"--formats has {', '.join(map(repr, bad)) or 'nothing'}; expected a comma list of "
+                         f"{', '.join(values(Format))}")
+    return items
+
+
+def parse_shape(text: str | None):
+    """``--input-shape 1,224,224,3`` -> ``(1, 224, 224, 3)`` (``?``/``-1`` for a free dimension).
+
+    Raises:
+        UsageError: not a list of integers, or a dimension <= 0.
+    """
+    if not text:
+        return None
+    try:
+        dims = [None if d.strip() in ("?", "-1", "None", "") else int(d)
+                for d in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} is not a list of integers such as 1,224,224,3") from None
+    if any(d is not None and d <= 0 for d in dims):
+        raise UsageError(f"--input-shape {text!r} has a non-positive dimension")
+    return tuple(dims)
+
+
+def parse_labels(text: str | None):
+    """``--labels FILE`` (one per line) or ``--labels a,b,c`` -> a list of names.
+
+    Raises:
+        UsageError: neither an existing file nor a comma list.
+    """
+    if not text:
+        return None
+    if os.path.isfile(text):
+        with open(text, "r", encoding="utf-8") as fh:
+            return [ln.strip() for ln in fh if ln.strip()]
+    if "," in text:
+        return [s.strip() for s in text.split(",")]
+    raise UsageError(f"--labels {text!r} is neither a file (one label per line) nor a comma-separated list")
+
+
+def default_precision(targets) -> str:
+    """The precision ``convert`` uses when ``--precision`` is not given (as its help says)."""
+    return Precision.FP16.value if targets and set(targets) == {Target.GPU.value} else Precision.INT8.value
+
+
+def check_calibration(args) -> None:
+    """``--calib`` present when the precision (given, or the default for the targets) needs it; its path exists.
+
+    Raises:
+        UsageError: no ``--calib`` for an integer precision.
+        InputError: ``--calib`` names a path that does not exist.
+    """
+    precision = args.precision or default_precision(args.target)
+    if args.calib is None and precision in NEEDS_CALIBRATION:
+        how = f"--precision {precision}" + ("" if args.precision else " (the default)")
+        raise UsageError(f"{how} needs calibration data: pass --calib IMAGES_DIR|FILE.npy|FILE.npz "
+                         "(or --calib random to use noise, which the report will flag)")
+    if args.calib is not None and args.calib != "random":
+        require_path(args.calib, "--calib")
+
+
+def cmd_convert(args) -> int:
+    quiet_tf_env()
+    require_path(args.model, "model")
+    check_calibration(args)
+    for flag, value in (("--eval", args.eval), ("--train-data", args.train_data)):
+        require_path(value, flag)
+    formats = parse_formats(args.formats)
+    labels = parse_labels(args.labels)
+    input_shape = parse_shape(args.input_shape)
+    from edgeship.converters import convert  # noqa: PLC0415
+
+    with stdout_to_stderr(args.json) as out:
+        result = convert(
+            args.model, args.output, calib=args.calib, precision=args.precision, io=args.io, formats=formats,
+            preprocess=args.preprocess, labels=labels, eval_data=args.eval, max_drop=args.max_drop,
+            calib_count=args.calib_count, seed=args.seed, input_shape=input_shape, force=args.force,
+            calib_max_bytes=args.calib_max_bytes,
+            allow_legacy_h5=args.allow_legacy_h5, allow_unsafe=args.allow_unsafe, calib_method=args.calib_method,
+            exclude=tuple(e for e in (args.exclude or "").split(",") if e), target=args.target, prune=args.prune,
+            prune_structure=args.prune_structure, prune_epochs=args.prune_epochs, train_data=args.train_data,
+            auto_fallback=args.auto_fallback, layer_errors=args.layer_errors,
+        )
+        if args.json:
+            emit_json(out, {"bundle": result.bundle, "warnings": list(result.warnings), "manifest": result.manifest})
+        else:
+            for w in result.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            print(result.table())
+            print(f"\nwrote {result.bundle}")
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    c = sub.add_parser("convert", help="convert a Keras or ONNX model into a bundle")
+    c.add_argument("model", help=".keras, SavedModel folder, .h5 (with --allow-legacy-h5) or .onnx")
+    c.add_argument("-o", "--output", required=True, help="bundle folder to write (required)")
+    c.add_argument("--calib", help="calibration data: image folder, .npy, .npz (x[, y]) or the word 'random'; "
+                                   "needed by int8 and int16x8 (default: none)")
+    c.add_argument("--calib-count", type=int_at_least(1), default=200, help="maximum calibration samples (default 200)")
+    c.add_argument("--calib-max-bytes", type=byte_size, default=None, metavar="SIZE",
+                   help="memory budget for a .npy/.npz --calib/--eval file, checked on its header before "
+                        "anything is read (default 2GiB; e.g. 512MiB)")
+    c.add_argument("--calib-method", choices=values(CalibMethod), default=CalibMethod.MINMAX.value,
+                   help=f"calibration method (default {CalibMethod.MINMAX.value})")
+    c.add_argument("--precision", choices=values(Precision), default=None,
+                   help="default: int8, or what the --target prefers (gpu: fp16)")
+    c.add_argument("--io", choices=values(IOType), default=None,
+                   help="input/output type of integer models (default int8; int16 for int16x8)")
+    c.add_argument("--formats", default=None,
+                   help="comma list of tflite,onnx (default tflite, or what the --target prefers: jetson -> onnx)")
+    c.add_argument("--target", type=parse_targets, default=None, metavar="|".join(values(Target)) + "[,...]",
+                   help="devices the bundle is for (several allowed); shapes precision, I/O and formats (default cpu)")
+    c.add_argument("--preprocess", help="e.g. size=224x224,resize=letterbox,color=rgb,scale=1/255,mean=0.5,std=0.5 "
+                                        "(default: from the model's input: its size, scale=1/255)")
+    c.add_argument("--labels", help="labels file (one per line) or a comma list, one per class (default: none)")
+    c.add_argument("--eval", help="held-out data for validation: .npy, or .npz with x and optional y, or image folder "
+                                  "(default: a part of --calib)")
+    c.add_argument("--max-drop", type=float, help="fail (writing nothing) if accuracy drops more than this many "
+                                                  "points (default: no limit)")
+    c.add_argument("--input-shape", help="fix the input shape, e.g. 1,224,224,3 (default: batch fixed to 1)")
+    c.add_argument("--exclude", help="comma list of node names or op types to keep in float (ONNX; default: none)")
+    c.add_argument("--prune", type=float, metavar="SPARSITY",
+                   help="prune weights to this sparsity (0-0.95) first (default: no pruning)")
+    c.add_argument("--prune-structure", help="sparsity pattern: 2:4 (N:M), 1xK (blocks of K input weights) or "
+                                             "elementwise; default: 1x4 blocks in Dense kernels, elementwise in "
+                                             "convolutions")
+    c.add_argument("--prune-epochs", type=int_at_least(0), default=2,
+                   help="fine-tuning epochs while pruning (default 2)")
+    c.add_argument("--train-data", help="fine-tuning data for pruning: image folder with class subfolders, or .npz "
+                                        "x/y (default: none, prune without fine-tuning)")
+    c.add_argument("--auto-fallback", action="store_true",
+                   help="with --max-drop: keep the most quantization-sensitive layers in float until the drop fits "
+                        "(default: off)")
+    c.add_argument("--layer-errors", action="store_true",
+                   help="measure the ten layers with the largest INT8 error (default: off)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the data split and sampling (default 0)")
+    c.add_argument("--force", action="store_true", help="replace an existing bundle (default: refuse)")
+    c.add_argument("--allow-legacy-h5", action="store_true",
+                   help="accept legacy .h5 files (HDF5 loading ignores safe mode; default: refuse)")
+    c.add_argument("--allow-unsafe", action="store_true",
+                   help="load models whose files carry code (Lambda layers, custom modules); only for files you "
+                        "trust (default: refuse)")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout (default: a table)")
+    c.set_defaults(func=cmd_convert)
+    return c

@@ -1,0 +1,49 @@
+"""``edgeship eval``: each artifact of a bundle measured against its source or labels."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..safeio import byte_size
+from .common import emit_json, int_at_least, num, pct, quiet_tf_env, require_path, stdout_to_stderr, table
+
+AGAINST = ("auto", "source", "labels")
+
+
+def cmd_eval(args) -> int:
+    quiet_tf_env()
+    from ..evaluate import evaluate_bundle  # noqa: PLC0415
+
+    require_path(args.path, "model")
+    require_path(args.data, "--data")
+    with stdout_to_stderr(args.json) as out:
+        report = evaluate_bundle(args.path, args.data, count=args.count, against=args.against,
+                                 calib_max_bytes=args.calib_max_bytes)
+        if args.json:
+            emit_json(out, report)
+            return 0
+        print(f"evaluated {report['count']} samples from {report['data']}; reference: {report['reference']}")
+        rows = []
+        for name, m in report["artifacts"].items():
+            rows.append([name, pct(m.get("accuracy")), pct(m.get("source_accuracy")), pct(m.get("top1_agreement")),
+                         num(m.get("cosine")), num(m.get("max_abs_error"), ".4g"), num(m.get("sqnr_db"), ".1f")])
+        print(table(rows, ["artifact", "accuracy", "source acc.", "top-1 agree", "cosine", "max abs err", "SQNR dB"]))
+        for pair, m in report.get("pairs", {}).items():
+            print(f"{pair}: top-1 agreement {pct(m.get('top1_agreement'))}, cosine {num(m.get('cosine'))}")
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    e = sub.add_parser("eval", help="measure each artifact of a bundle against its source or labels")
+    e.add_argument("path", help="bundle folder")
+    e.add_argument("--data", required=True,
+                   help=".npy, .npz with x and optional y, or an image folder with class subfolders (required)")
+    e.add_argument("--count", type=int_at_least(1), default=None, help="use at most this many samples (default: all)")
+    e.add_argument("--against", choices=AGAINST, default="auto",
+                   help="reference: the source model, the labels, or auto (the source when it is still there, "
+                        "else the labels; default auto)")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout (default: a table)")
+    e.add_argument("--calib-max-bytes", type=byte_size, default=None, metavar="SIZE",
+                   help="memory budget for a .npy/.npz --data file, checked before reading (default 2GiB)")
+    e.set_defaults(func=cmd_eval)
+    return e
