@@ -25,7 +25,6 @@ class Publisher:
     def __init__(self, view: WebView, fps: float = 60.0) -> None:
         self.view, self.period, self.count = view, 1.0 / fps, 0
         self._stop = threading.Event()
-        self.max_publish_ms = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -33,10 +32,8 @@ class Publisher:
             img = np.zeros((120, 160, 3), np.uint8)
             img[:, :, 1] = (self.count * 5) % 255
             cv2.putText(img, str(self.count), (10, 80), cv2.FONT_HERSHEY_SIMPLEX, 2, (255, 255, 255), 3)
-            t0 = time.perf_counter()
             self.view.publish(img)
             self.view.set_stats({"fps": 60.0, "frames": self.count, "stage_ms": {"inference": 1.5}})
-            self.max_publish_ms = max(self.max_publish_ms, (time.perf_counter() - t0) * 1000)
             self.count += 1
             time.sleep(self.period)
 
@@ -67,8 +64,10 @@ def test_routes_page_stats_frame_and_stream():
     with WebView(port=0) as view, Publisher(view):
         page = urllib.request.urlopen(view.url, timeout=5).read().decode()
         assert "/stream.mjpg" in page and "/stats.json" in page and "<img" in page
-        time.sleep(0.1)
-        stats = json.loads(urllib.request.urlopen(view.url + "stats.json", timeout=5).read())
+        stats = {}
+        deadline = time.monotonic() + 30  # against a hang only
+        while "fps" not in stats and time.monotonic() < deadline:  # until the publisher's first stats
+            stats = json.loads(urllib.request.urlopen(view.url + "stats.json", timeout=5).read())
         assert stats["fps"] == 60.0 and stats["stage_ms"]["inference"] == 1.5 and "viewers" in stats
         jpg = urllib.request.urlopen(view.url + "frame.jpg", timeout=5).read()
         img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
@@ -95,12 +94,19 @@ def test_slow_client_stalls_neither_capture_nor_other_clients():
         stuck = socket.create_connection(("127.0.0.1", view.port))
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
-        time.sleep(0.5)
-        t0 = time.perf_counter()
+        deadline = time.monotonic() + 30  # against a hang only
+        while view.clients < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert view.clients == 1  # the stuck client is being served (and never reads)
+        before = pub.count
         parts = read_mjpeg_frames(view.url + "stream.mjpg", 20)
-        elapsed = time.perf_counter() - t0
-        assert len(parts) == 20 and elapsed < 3.0
-        assert pub.max_publish_ms < 50  # publishing never waited for a client
+        during = pub.count - before
+        decoded = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in parts]
+        assert len(parts) == 20 and all(d is not None for d in decoded)
+        # the other client got 20 frames, and capture kept publishing meanwhile: at least one new
+        # frame per part sent (the web view sends a client only frames it has not seen)
+        assert during >= 18, during
+        assert len({int(d[:, :, 1].mean()) for d in decoded}) >= 10
         stuck.close()
 
 
