@@ -119,7 +119,7 @@ def _calibration_images(folder: str, spec: Spec) -> list:
     """Deterministic square crops (3 scales x 6 positions x 2 photos) of scikit-learn's sample photos."""
     from sklearn.datasets import load_sample_images  # noqa: PLC0415
 
-    from edgeship.preprocess import _cv2  # noqa: PLC0415
+    from edgeship.preprocess import opencv as _cv2  # noqa: PLC0415
 
     cv2 = _cv2()
     os.makedirs(folder, exist_ok=True)

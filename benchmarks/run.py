@@ -134,7 +134,7 @@ def _write_calibration_images(folder: str, spec: ModelSpec) -> list[str]:
     """Deterministic square crops (3 scales x a grid of positions) of scikit-learn's sample photos."""
     from sklearn.datasets import load_sample_images  # noqa: PLC0415
 
-    from edgeship.preprocess import _cv2  # noqa: PLC0415
+    from edgeship.preprocess import opencv as _cv2  # noqa: PLC0415
 
     cv2 = _cv2()
     os.makedirs(folder, exist_ok=True)

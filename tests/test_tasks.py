@@ -45,7 +45,7 @@ def _input():
     return helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])
 
 
-def _classifier(path, classes=5, seed=0):
+def nchw_classifier(path, classes=5, seed=0):
     """conv 3x3/2 -> relu -> global average pool -> flatten -> gemm -> softmax; input (batch, 3, 32, 32)."""
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w")
@@ -93,7 +93,7 @@ def photo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
-    return _classifier(str(d / "classifier.onnx")), _detector(str(d / "detector.onnx"))
+    return nchw_classifier(str(d / "classifier.onnx")), _detector(str(d / "detector.onnx"))
 
 
 def _by_hand(bgr):
@@ -154,3 +154,30 @@ def test_cli_run_on_a_bare_nchw_onnx_and_a_photo(models, photo):
     assert result["input"] == path and len(result["classes"]) == 2
     with rt.load(models[0]) as model:
         assert result["classes"][0]["id"] == model.classify(path, top_k=1)[0].id
+
+
+def _segmenter(path, classes=3, seed=2):
+    """1x1 conv: per-pixel class logits (batch, 3 classes, 32, 32) from an NCHW image."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 2.0, (classes, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["pixels", "w"], ["logits"])]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes, SIZE, SIZE])
+    return _save(helper.make_graph(nodes, "segmenter", [_input()], [out], [w]), path)
+
+
+def test_bare_nchw_onnx_segments_a_photo(tmp_path, photo):
+    bgr, _ = photo
+    path = _segmenter(str(tmp_path / "seg.onnx"))
+    with rt.load(path) as model:
+        scores = model.predict(bgr)["logits"][0]
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"pixels": _by_hand(bgr)})[0][0]
+    seg = tasks.get_segmentation(scores, labels=["sky", "hill", "house"])
+    np.testing.assert_array_equal(seg.mask, np.argmax(want, axis=0))
+    assert seg.mask.shape == (SIZE, SIZE) and not seg.mask.flags.writeable
+    assert sum(c.score for c in seg.classes) == pytest.approx(1.0)
+    assert [c.score for c in seg.classes] == sorted((c.score for c in seg.classes), reverse=True)
+    assert {c.label for c in seg.classes} <= {"sky", "hill", "house"}
+    nhwc = tasks.get_mask(np.transpose(want, (1, 2, 0)))
+    np.testing.assert_array_equal(nhwc, seg.mask)
+    with pytest.raises(InputError):
+        tasks.get_mask(np.zeros((2, 2, 2, 2, 2)))

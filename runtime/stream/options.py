@@ -27,11 +27,19 @@ __all__ = ["Display", "SourceOptions", "StreamOptions", "Task", "stream_threads"
 
 
 class Task(str, Enum):
-    """What a stream does with each frame (``auto``: from the manifest's task or the output shapes)."""
+    """What a stream does with each frame (``auto``: from the manifest's task or the output shapes).
+
+    ``StreamOptions(task=...)`` also takes the vocabulary's names
+    (``edgeship.vocab.Task.CLASSIFICATION``/``DETECTION``, ``"classification"``/``"detection"``).
+    """
 
     AUTO = "auto"
     CLASSIFY = "classify"
     DETECT = "detect"
+
+
+# the vocabulary's task names (edgeship.vocab.Task, the manifest's "task") mean the same here
+_TASK_NAMES = {"classification": "classify", "detection": "detect"}
 
 
 class Display(str, Enum):
@@ -107,7 +115,8 @@ class StreamOptions:
     """Everything a stream can be asked, checked once.
 
     Attributes:
-        task: ``auto`` (the manifest's task, else the output shapes), ``classify`` or ``detect``.
+        task: ``auto`` (the manifest's task, else the output shapes), ``classify`` or ``detect``
+            (or ``edgeship.vocab.Task.CLASSIFICATION``/``DETECTION``).
         top_k: classes kept per frame (classification).
         threshold: minimum score, in [0, 1] (detections; classes below it are not drawn).
         iou: NMS overlap threshold, in [0, 1] (detection).
@@ -150,7 +159,8 @@ class StreamOptions:
     backend: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task", parse(Task, self.task, "task"))
+        task = self.task.value if isinstance(self.task, Enum) else self.task
+        object.__setattr__(self, "task", parse(Task, _TASK_NAMES.get(task, task), "task"))
         object.__setattr__(self, "display", parse(Display, self.display, "display"))
         object.__setattr__(self, "interpolation", parse(Interpolation, self.interpolation, "interpolation"))
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:

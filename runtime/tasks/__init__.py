@@ -2,6 +2,7 @@
 
 - :mod:`.classify`: ``Class(id, score, label)``, :func:`get_classes`, :func:`classify`.
 - :mod:`.detect`: ``Detection(bbox, id, score, label)``, SSD/YOLO decoders, NMS, :func:`detect`.
+- :mod:`.segment`: ``Segmentation(mask, classes)``, :func:`get_mask`.
 - :mod:`.common`: the model's side of the one image -> input rule (layout, spec, labels).
 
 Every adapter is a free function over numpy arrays or over anything with
@@ -14,16 +15,20 @@ from __future__ import annotations
 from .classify import Class, classify, get_classes, get_scores, is_probability, softmax
 from .common import input_layout, model_labels, prepare_input, preprocess_spec
 from .detect import BBox, Detection, decode, detect, nms, postprocess
+from .segment import Segmentation, get_mask, get_segmentation
 
 __all__ = [
     "BBox",
     "Class",
     "Detection",
+    "Segmentation",
     "classify",
     "decode",
     "detect",
     "get_classes",
+    "get_mask",
     "get_scores",
+    "get_segmentation",
     "input_layout",
     "is_probability",
     "model_labels",
