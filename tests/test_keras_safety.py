@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from edgeship.converters import convert  # noqa: E402
-from edgeship.converters import keras_loader  # noqa: E402
+from edgeship.converters.sources import keras as keras_loader  # noqa: E402
 from edgeship.errors import (  # noqa: E402
     EdgeshipError,
     ModelFormatError,

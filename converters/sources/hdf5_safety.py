@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import zipfile
 
-from edgeship.errors import ModelFormatError, UnsafeModelError
+from edgeship.errors import EdgeshipError, ModelFormatError, UnsafeModelError
 
 from .keras_safety import UNSAFE_HINT
 
@@ -157,5 +157,7 @@ def check_keras_zip_weights(path: str) -> None:
                     os.unlink(dst)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+    except EdgeshipError:
+        raise
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
         raise ModelFormatError(f"{path} is not a readable .keras file: {exc}") from None

@@ -140,13 +140,16 @@ def matches(model: Any) -> bool:
 
 
 def tree_sha256(folder: str) -> str:
-    """One sha256 over a folder's relative paths and file hashes (sorted).
+    """One sha256 over a folder's relative paths and file hashes (sorted; FIFOs and links out refused)."""
+    import hashlib  # noqa: PLC0415
 
-    FIFOs, sockets, devices and links leaving the folder are refused (``UnsafeModelError``), never opened.
-    """
-    from edgeship.bundle import sha256_tree  # noqa: PLC0415
+    from edgeship.safeio import tree_files  # noqa: PLC0415
 
-    return sha256_tree(folder, error=UnsafeModelError, what="SavedModel folder")
+    h = hashlib.sha256()
+    for rel, p in tree_files(folder, error=ModelFormatError, what="SavedModel"):
+        h.update(rel.encode() + b"\0")
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
 
 
 def _fixed_shape(shape: Sequence, input_shape: Sequence | None, origin: str) -> tuple:

@@ -225,8 +225,9 @@ def iter_unsafe(config: Any, flavor: str, *, folder_model: bool = False) -> Iter
             if key in A.PATH_KEYS:
                 why = path_problem(node, inside_allowed=folder_model)
                 if why:
-                    yield f"layer {layer!r} ({path}) names {why} as {key}: {node!r}; a model may not read files " \
-                          "outside itself"
+                    yield (f"layer {layer!r} ({path}) names {why} as {key}: {node!r}; a model may not read files "
+                           "outside itself (build the layer with the vocabulary as a list, so it is stored inside "
+                           "the model)")
             elif _URL.match(node.strip()):
                 yield f"layer {layer!r} ({path}) holds a URL {node!r}; a model may not fetch anything"
 

@@ -60,6 +60,15 @@ TensorListElementShape TensorListPushBack TensorListPopBack TensorListResize Ten
 HashTableV2 MutableHashTableV2 LookupTableFindV2 LookupTableImportV2 LookupTableSizeV2 LookupTableInsertV2
 """.split())
 
+# Named first in an error: ops known to touch files, print or run code.
+FILE_OPS = frozenset({
+    "PrintV2", "Print", "WriteFile", "ReadFile", "MatchingFiles", "SaveV2", "RestoreV2", "MergeV2Checkpoints",
+    "Save", "SaveSlices", "Restore", "RestoreSlice", "InitializeTableFromTextFileV2", "InitializeTableFromTextFile",
+    "CreateSummaryFileWriter", "WriteScalarSummary", "WriteSummary", "WriteImageSummary", "WriteHistogramSummary",
+    "WriteAudioSummary", "WriteRawProtoSummary", "SaveDataset", "SaveDatasetV2", "LoadDataset", "PyFunc",
+    "PyFuncStateless", "EagerPyFunc", "ImmutableConst", "DeleteFile", "WholeFileReaderV2", "TFRecordDataset",
+    "TextLineDataset", "FixedLengthRecordDataset", "DebugIdentityV2", "DebugIdentityV3",
+})
 # Only in the functions the saver_def names (TensorFlow's own checkpoint code).
 SAVER_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin",
                        "StaticRegexFullMatch", "Select", "Pack"})
@@ -144,6 +153,7 @@ def check_saved_model(path: str) -> None:
     """
     from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
 
+    _check_tree(path)  # first: a FIFO named saved_model.pb must not block the read below
     pb = os.path.join(path, "saved_model.pb")
     sm = saved_model_pb2.SavedModel()
     try:
@@ -156,41 +166,31 @@ def check_saved_model(path: str) -> None:
         saver = _saver_functions(mg, functions)
         places = [("the graph", mg.graph_def.node, False)]
         places += [(f"function {name!r}", f.node_def, name in saver) for name, f in functions.items()]
+        refused: dict = {}
         for where, nodes, is_saver in places:
             for n in nodes:
                 if n.op in ALLOWED_OPS or (is_saver and n.op in SAVER_OPS):
                     continue
                 role = " (an initializer)" if "init" in where.lower() else ""
-                raise UnsafeModelError(
-                    f"refusing to load SavedModel {path}: op {n.op} (node {n.name!r} in {where}{role}) is not on "
-                    f"edgeship's SavedModel op allow-list (tensor math, variables, control flow); it could read, "
-                    f"write or print to files or run code while loading; {UNSAFE_HINT}")
+                refused.setdefault(n.op, f"node {n.name!r} in {where}{role}")
+        if refused:
+            first = sorted(refused, key=lambda op: (op not in FILE_OPS, op))
+            listed = "; ".join(f"op {op} ({refused[op]})" for op in first[:4])
+            more = f" and {len(first) - 4} more op types" if len(first) > 4 else ""
+            raise UnsafeModelError(
+                f"refusing to load SavedModel {path}: {listed}{more} not on edgeship's SavedModel op allow-list "
+                f"(tensor math, variables, control flow); such ops can read, write or print to files or run code "
+                f"while loading; {UNSAFE_HINT}")
         for name in saver:
             _check_saver_function(functions[name], path)
         _check_assets(mg, path)
-    _check_tree(path)
 
 
 def _check_tree(path: str) -> None:
     """Every entry of the SavedModel folder is a regular file or folder that stays inside it."""
-    import stat  # noqa: PLC0415
+    from edgeship.safeio import tree_files  # noqa: PLC0415
 
-    root = os.path.realpath(path)
-    for top, dirs, files in os.walk(path, followlinks=False):
-        for name in dirs + files:
-            p = os.path.join(top, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, path)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.path.realpath(p)
-                if not target.startswith(root + os.sep):
-                    raise UnsafeModelError(
-                        f"refusing to load SavedModel {path}: {rel!r} is a symlink to {target!r}, outside the "
-                        f"model folder; {UNSAFE_HINT}")
-            elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                raise UnsafeModelError(
-                    f"refusing to load SavedModel {path}: {rel!r} is not a regular file (a FIFO, device or "
-                    f"socket); {UNSAFE_HINT}")
+    tree_files(path, error=UnsafeModelError, what="SavedModel")
 
 
 def _check_assets(mg, path: str) -> None:

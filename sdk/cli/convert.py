@@ -176,8 +176,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--allow-legacy-h5", action="store_true",
                    help="accept legacy .h5 files (HDF5 loading ignores safe mode; default: refuse)")
     c.add_argument("--allow-unsafe", action="store_true",
-                   help="load models whose files carry code (Lambda layers, custom modules); only for files you "
-                        "trust (default: refuse)")
+                   help="skip the allow-lists (Keras layers/ops/TF functions, SavedModel ops, HDF5 external data, "
+                        "vocabulary paths) and load with Keras safe mode off: the file may then run code, read or "
+                        "write files; only for files you trust (default: refuse)")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout (default: a table)")
     c.set_defaults(func=cmd_convert)
     return c
