@@ -260,7 +260,7 @@ class PreprocessSpec:
             except (ValueError, ZeroDivisionError) as exc:
                 if isinstance(exc, InputError):
                     raise
-                raise InputError(f"--preprocess value {part!r} is malformed: {exc}") from None
+                raise InputError(f"--preprocess value {part!r} is malformed: {key} takes {_expected(key)}") from None
         if "size" not in values:
             raise InputError("--preprocess needs size=HxW because the model's input size is unknown")
         try:
@@ -398,6 +398,16 @@ class PreprocessSpec:
         top, left = (h - nh) // 2, (w - nw) // 2
         out[top : top + nh, left : left + nw] = r
         return out
+
+
+def _expected(key: str) -> str:
+    """What ``--preprocess KEY=`` takes, for an error message (never the raw parsing error)."""
+    choices = {"resize": ResizeMode, "color": ColorOrder, "layout": Layout, "interpolation": Interpolation}
+    if key in choices:
+        return "one of " + ", ".join(m.value for m in choices[key])
+    return {"size": "HxW, two positive integers such as size=224x224",
+            "scale": "a number or a fraction with a non-zero denominator, such as scale=1/255"}.get(
+        key, f"numbers, one per channel separated by ':', such as {key}=0.5:0.5:0.5")
 
 
 def _number(text: str) -> float:
