@@ -315,7 +315,7 @@ def variants(quick: bool = False, threads: int = 2, *, runs: int | None = None, 
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
 
     from edgeship.calibration import load_samples  # noqa: PLC0415
-    from edgeship.converters.onnx_quant import _reader  # noqa: PLC0415
+    from edgeship.converters.onnx_quant import calibration_reader  # noqa: PLC0415
 
     spec = QUICK if quick else FULL
     b = build(spec, say=say)
@@ -342,7 +342,7 @@ def variants(quick: bool = False, threads: int = 2, *, runs: int | None = None, 
         if not os.path.isfile(path):
             with contextlib.redirect_stdout(sys.stderr):
                 quantize_static(
-                    src, path, _reader([inp.name], calib, 1),
+                    src, path, calibration_reader([inp.name], calib, 1),
                     quant_format=getattr(QuantFormat, kw.pop("quant_format", "QDQ")),
                     activation_type=getattr(QuantType, kw.pop("activation_type")),
                     weight_type=getattr(QuantType, kw.pop("weight_type")),

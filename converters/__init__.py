@@ -5,7 +5,10 @@ Importing this package is cheap; TensorFlow is imported when a conversion runs.
 
 from __future__ import annotations
 
-from .convert import ConversionResult, convert  # noqa: F401
-from .registry import CalibMethod, Format, IOType, Precision  # noqa: F401
+from edgeship.vocab import CalibMethod, Format, IOType, Precision, Target, Task
 
-__all__ = ["convert", "ConversionResult", "Precision", "IOType", "Format", "CalibMethod"]
+from .convert import ConversionResult, convert
+from .plan import AdvancedOptions, PruneOptions
+
+__all__ = ["convert", "ConversionResult", "PruneOptions", "AdvancedOptions", "Precision", "IOType", "Format",
+           "CalibMethod", "Target", "Task"]

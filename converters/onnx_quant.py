@@ -40,7 +40,8 @@ from edgeship.errors import CalibrationError, InputError, ModelFormatError, requ
 
 from .registry import CalibMethod
 
-__all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES"]
+__all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES",
+           "calibration_reader"]
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def prepare_fp32(src_path: str, dst_path: str, *, input_shape=None, calib=None, 
 # ---------------------------------------------------------------------------------------
 
 
-def _reader(input_names: list, calib: np.ndarray, batch: int = 1, dtype=np.float32):
+def calibration_reader(input_names: list, calib: np.ndarray, batch: int = 1, dtype=np.float32):
     """Feeds ``calib`` in batches of the model's fixed batch size (repeating samples to fill)."""
     from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
 
@@ -363,7 +364,7 @@ def quantize_onnx(
             # ORT's calibrators print progress to stdout; keep stdout clean for `--json`.
             with contextlib.redirect_stdout(sys.stderr):
                 quantize_static(
-                    pre, qout, _reader([ins[0]["name"]], calib, ins[0]["shape"][0] or 1),
+                    pre, qout, calibration_reader([ins[0]["name"]], calib, ins[0]["shape"][0] or 1),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types,
                     per_channel=per_channel,

@@ -47,7 +47,7 @@ import numpy as np
 
 from edgeship.errors import InputError, ModelFormatError, UnsupportedModelError, require
 
-from .prune import PruneOptionError, _target_sparsity, check_n_m, parse_structure
+from .prune import PruneOptionError, check_n_m, parse_structure, target_sparsity
 
 _FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
@@ -126,7 +126,7 @@ def prune_onnx(src_path, dst_path, *, sparsity: float | None = None, structure: 
     if isinstance(structure, str) and "x" in structure.lower():
         raise PruneOptionError(f"structure {structure!r}: ONNX pruning supports unstructured or N:M (e.g. '2:4')")
     nm = parse_structure(structure)
-    target = _target_sparsity(sparsity, nm)
+    target = target_sparsity(sparsity, nm)
     onnx = _onnx()
     from onnx import numpy_helper  # noqa: PLC0415
 

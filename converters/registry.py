@@ -1,9 +1,10 @@
-"""Registries that connect model sources to artifact exporters.
+"""What connects a model to its artifacts: the loaded ``Source``, the ``ExportRequest``, and the loaders.
 
 ``convert()`` loads the source with a *loader* (chosen by what the model is),
-then asks one *exporter* per requested format to write an artifact. Adding a
-format or a source kind means registering a function here, not growing an
-if/elif chain in ``convert()``.
+then asks one *exporter* per requested format to write an artifact. Exporters
+are listed in one explicit table, :data:`edgeship.converters.exporters.EXPORTERS`,
+keyed by ``(source kind, format)``; loaders register themselves here when their
+module is imported (:func:`load_plugins` imports them).
 
 Contract
 --------
@@ -18,44 +19,16 @@ exporter(source, request: ExportRequest) -> dict
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
 
+from edgeship.vocab import CalibMethod, Format, IOType, Precision
 
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    DYNAMIC = "dynamic"
-    INT8 = "int8"
-    INT16X8 = "int16x8"
-
-
-class IOType(str, Enum):
-    """Input/output tensor type of an artifact.
-
-    ``INT16`` is the integer I/O of an ``int16x8`` model. ``convert()`` hands
-    exporters ``INT8`` for it (the integer choice; an int16x8 exporter writes
-    int16 tensors) and records ``"int16"`` in the manifest.
-    """
-
-    FLOAT = "float"
-    INT8 = "int8"
-    UINT8 = "uint8"
-    INT16 = "int16"
-
-
-class Format(str, Enum):
-    TFLITE = "tflite"
-    ONNX = "onnx"
-
-
-class CalibMethod(str, Enum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
+__all__ = ["Source", "ExportRequest", "register_loader", "find_loader", "find_exporter", "load_plugins",
+           "Precision", "IOType", "Format", "CalibMethod"]
 
 
 @dataclass
@@ -81,6 +54,8 @@ class Source:
 
 @dataclass(frozen=True)
 class ExportRequest:
+    """What one exporter call writes (built once per artifact by the export stage)."""
+
     precision: Precision
     io: IOType
     calib: np.ndarray | None  # float32 samples in the source layout, shape (N, ...)
@@ -94,15 +69,23 @@ class ExportRequest:
 
 
 _LOADERS: list = []  # (priority, name, matches(model)->bool, loader)
-_EXPORTERS: dict = {}
+
+# Modules whose import registers a loader (first name that exists wins for each).
+LOADER_MODULES = (
+    ("edgeship.converters.sources.keras", "edgeship.converters.keras_loader"),
+    ("edgeship.converters.sources.onnx", "edgeship.converters.onnx_formats"),
+)
 
 
 def register_loader(name: str, matches: Callable[[Any], bool], loader: Callable, *, priority: int = 0) -> None:
+    if any(n == name and fn is loader for _p, n, _m, fn in _LOADERS):
+        return
     _LOADERS.append((priority, name, matches, loader))
     _LOADERS.sort(key=lambda t: -t[0])
 
 
 def find_loader(model: Any):
+    """``(name, loader)`` of the first registered loader that matches ``model``, else ``(None, None)``."""
     for _prio, name, matches, loader in _LOADERS:
         try:
             if matches(model):
@@ -112,9 +95,24 @@ def find_loader(model: Any):
     return None, None
 
 
-def register_exporter(source_kind: str, fmt: str, fn: Callable) -> None:
-    _EXPORTERS[(source_kind, fmt)] = fn
+def load_plugins() -> None:
+    """Import the loader modules (they register themselves); a missing optional one is skipped."""
+    for names in LOADER_MODULES:
+        for modname in names:
+            try:
+                importlib.import_module(modname)
+            except ModuleNotFoundError as exc:
+                if exc.name is not None and modname.startswith(exc.name):
+                    continue  # this module (or its package) does not exist: try the next name
+                if exc.name in ("onnx", "onnxruntime"):
+                    break  # ONNX support not installed
+                raise
+            else:
+                break
 
 
 def find_exporter(source_kind: str, fmt: str):
-    return _EXPORTERS.get((source_kind, fmt))
+    """The exporter for ``(source_kind, fmt)`` from the exporters table, or None."""
+    from .exporters import find  # noqa: PLC0415
+
+    return find(source_kind, fmt)

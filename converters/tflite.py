@@ -1,6 +1,6 @@
 """Keras / SavedModel -> TFLite through ``tf.lite.TFLiteConverter``, one precision per call.
 
-Registered as the ``('keras', 'tflite')`` exporter. Precisions:
+The ``('keras', 'tflite')`` exporter of :data:`edgeship.converters.exporters.EXPORTERS`. Precisions:
 
 ========  ==========================================================  ===============
 fp32      plain conversion                                             float I/O
@@ -28,7 +28,7 @@ import numpy as np
 from edgeship.errors import CalibrationError, InputError, ModelFormatError, UnsupportedModelError
 
 from . import registry
-from .registry import ExportRequest, IOType, Precision
+from .registry import CalibMethod, ExportRequest, IOType, Precision
 
 # Known performance traps on x86 CPUs (measured or documented), shown as notes.
 SLOW_ON_X86 = {
@@ -123,7 +123,7 @@ def _tail(captured: list, lines: int = 6) -> str:
     return " | ".join(keep[-lines:])
 
 
-def _make_converter(source: registry.Source, request: ExportRequest):
+def make_converter(source: registry.Source, request: ExportRequest):
     """A TFLiteConverter for the source, with the input shape fixed when needed."""
     import tensorflow as tf  # noqa: PLC0415
 
@@ -268,7 +268,7 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         import tensorflow as tf  # noqa: PLC0415
 
         tf.get_logger().setLevel("ERROR")
-        conv, how = _make_converter(source, request)
+        conv, how = make_converter(source, request)
         io_value = _configure(conv, request)
         try:
             flat = conv.convert()
@@ -291,7 +291,7 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
     if request.exclude:
         notes.append(f"warning: exclude={list(request.exclude)} is applied by the ONNX exporter only; the TFLite "
                      "converter quantizes every supported op")
-    if request.calib_method is not registry.CalibMethod.MINMAX and request.precision in (
+    if request.calib_method is not CalibMethod.MINMAX and request.precision in (
             Precision.INT8, Precision.INT16X8):
         notes.append(f"warning: calib_method={request.calib_method.value} is not available in the TFLite converter; "
                      "it calibrated with min/max ranges")
@@ -306,5 +306,3 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         "extra": {"tflite_converter": how, "tensorflow": tf.__version__},
     }
 
-
-registry.register_exporter("keras", "tflite", export)

@@ -2,8 +2,7 @@
 
 Artifacts are run through :func:`edgeship.runtime.load` (the same code a device
 uses: float in, float out, quantization handled from the file's own
-parameters). Until the runtime package provides ``load``, a minimal LiteRT
-runner with the same contract is used for ``.tflite`` files.
+parameters).
 """
 
 from __future__ import annotations
@@ -11,78 +10,31 @@ from __future__ import annotations
 import numpy as np
 
 from edgeship import metrics
-from edgeship.errors import BackendUnavailableError, ValidationFailedError
+from edgeship.errors import ValidationFailedError
 from edgeship.progress import progress
 
 BATCH = 32
 
 
-def _runtime_load():
-    try:
-        from edgeship.runtime import load  # noqa: PLC0415
-    except ImportError:
-        return None
-    return load
-
-
 def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation") -> list:
-    """Run the artifact at ``path`` on float batch ``x``; float outputs in model order.
+    """Run the artifact at ``path`` on float batch ``x`` through :func:`edgeship.runtime.load`
+    (the code a device runs); float outputs in model order.
 
     Raises:
         BackendUnavailableError: nothing here can run the artifact.
     """
-    load = _runtime_load()
-    if load is not None:
-        from .tflite import quiet  # noqa: PLC0415
+    from edgeship.runtime import load  # noqa: PLC0415
 
-        with quiet():  # the interpreter announces its delegate on stderr
-            model = load(path)
-        try:
-            parts = []
-            for s in progress(range(0, x.shape[0], BATCH), total=-(-x.shape[0] // BATCH), desc=desc):
-                out = model.run(x[s : s + BATCH])
-                parts.append([np.asarray(v, np.float32) for v in out.values()])
-        finally:
-            close = getattr(model, "close", None)
-            if close is not None:
-                close()
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-    if not path.endswith(".tflite"):
-        raise BackendUnavailableError(f"edgeship.runtime is not available to run {path}")
-    return _run_litert(path, x, desc)
+    from .tflite import quiet  # noqa: PLC0415
 
-
-def _run_litert(path: str, x: np.ndarray, desc: str) -> list:
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    it = Interpreter(model_path=path)
-    it.allocate_tensors()
-    ind, outd = it.get_input_details()[0], it.get_output_details()
-    batch = int(ind["shape"][0])
-    res: list = [[] for _ in outd]
-    for s in progress(range(0, x.shape[0], batch), total=-(-x.shape[0] // batch), desc=desc):
-        xb = x[s : s + batch]
-        it.set_tensor(ind["index"], _quantize(xb, ind))
-        it.invoke()
-        for i, d in enumerate(outd):
-            res[i].append(_dequantize(it.get_tensor(d["index"]), d))
-    return [np.concatenate(r) for r in res]
-
-
-def _quantize(x: np.ndarray, d: dict) -> np.ndarray:
-    dtype = np.dtype(d["dtype"])
-    scale, zp = d["quantization"]
-    if dtype.kind in "iu" and scale:
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-
-def _dequantize(y: np.ndarray, d: dict) -> np.ndarray:
-    scale, zp = d["quantization"]
-    if np.dtype(d["dtype"]).kind in "iu" and scale:
-        return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
-    return y.astype(np.float32)
+    with quiet():  # the interpreter announces its delegate on stderr
+        model = load(path)
+    with model:
+        parts = []
+        for s in progress(range(0, x.shape[0], BATCH), total=-(-x.shape[0] // BATCH), desc=desc):
+            out = model.run(x[s : s + BATCH])
+            parts.append([np.asarray(v, np.float32) for v in out.values()])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def check_collapse(reference: np.ndarray, candidate: np.ndarray, result: dict, artifact: str) -> None:

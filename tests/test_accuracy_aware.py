@@ -18,7 +18,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
 import edgeship.runtime as rt  # noqa: E402
-from edgeship.converters import accuracy, convert  # noqa: E402
+from edgeship.converters import convert, refine as accuracy  # noqa: E402
 from edgeship.errors import ValidationFailedError  # noqa: E402
 
 pytestmark = pytest.mark.slow

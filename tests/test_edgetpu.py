@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeship.converters.edgetpu import EdgeTPUCompileError, compile_command, compile_model, parse_log
+from edgeship.converters.targets.edgetpu import EdgeTPUCompileError, compile_command, compile_model, parse_log
 from edgeship.errors import InputError
 
 LOG_ALL_MAPPED = """Edge TPU Compiler version 16.0.384591198
@@ -284,7 +284,7 @@ def test_target_refusals(kw, match, tmp_path):
 
 
 def test_target_defaults():
-    from edgeship.converters.convert import _parse_targets  # noqa: PLC0415
+    from edgeship.converters.targets import parse_targets as _parse_targets  # noqa: PLC0415
 
     assert _parse_targets("gpu", None, "int8", None)[1:] == ("fp16", "int8", ("tflite",))
     assert _parse_targets("jetson", None, "int8", None)[1:] == ("int8", "int8", ("onnx",))

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from ..errors import EdgeshipError
+from edgeship.errors import EdgeshipError
 
 __all__ = ["COMPILER", "OUTPUT_FILE", "EdgeTPUCompileError", "EdgeTPUResult", "compile_command", "find_compiler",
            "parse_log", "compile_model"]
@@ -204,3 +204,34 @@ def compile_model(model_path: str, out_dir: str, *, compiler: str | None = None,
                          ops_total=figures["ops_total"], ops_edgetpu=figures["ops_edgetpu"],
                          ops_cpu=figures["ops_cpu"], subgraphs=figures["subgraphs"],
                          operators=tuple(figures["operators"]), log=log, notes=tuple(notes))
+
+
+def step(ctx) -> dict:
+    """The convert() target step: compile the INT8 TFLite artifact when ``edgetpu_compiler`` is on PATH.
+
+    Adds ``model_edgetpu.tflite`` as an artifact (targets ``["edgetpu"]``) when it compiled,
+    else records the exact command to run in a warning. Returns the manifest record
+    (``settings.edgetpu``).
+
+    Raises:
+      EdgeTPUCompileError: the compiler failed (nothing is written).
+    """
+    artifacts, w, warnings = ctx.artifacts, ctx.writer, ctx.warnings
+    src = next(a for a in artifacts if a["format"] == "tflite" and a["precision"] == "int8")
+    res = compile_model(w.path(src["file"]), w.dir)
+    record = res.to_manifest()
+    record["source_artifact"] = src["file"]
+    if not res.compiled:
+        record["command"] = list(res.command)
+        warnings.extend(res.notes)
+        return record
+    entry = {k: v for k, v in src.items() if k not in ("sha256", "bytes", "gzip_bytes", "notes", "file")}
+    entry.update(file=OUTPUT_FILE, targets=["edgetpu"], **w.file_info(OUTPUT_FILE))
+    entry["notes"] = [f"compiled by edgetpu_compiler {res.version or ''} from {src['file']}: "
+                      f"{res.ops_edgetpu} of {res.ops_total} ops on the Edge TPU, {res.ops_cpu} on the CPU, "
+                      f"{res.subgraphs if res.subgraphs is not None else '?'} Edge TPU subgraph(s)", *res.notes]
+    entry["edgetpu"] = record
+    src["targets"] = [t for t in src["targets"] if t != "edgetpu"] or ["cpu"]
+    artifacts.append(entry)
+    warnings.extend(n for n in res.notes if "stay on the CPU" in n)
+    return record
