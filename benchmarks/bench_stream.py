@@ -157,8 +157,8 @@ def _memory_source(frames: list, fps: float):
 
 def _naive(model, cap, task, max_seconds: float) -> dict:
     """The serial loop: everything on one thread, one frame at a time."""
-    from edgeship.runtime import detect as D
-    from edgeship.runtime.adapters import get_classes
+    from edgeship.runtime import tasks as D
+    from edgeship.runtime.tasks import get_classes
     from edgeship.runtime.stream import Task, draw_results
 
     spec, labels = D.preprocess_spec(model), D.model_labels(model)
@@ -200,7 +200,7 @@ def _decode(video: str, n: int = 90) -> list:
 
 def bench_model(path: str, video: str, *, threads: int | None, seconds: float) -> list[dict]:
     import edgeship.runtime as rt
-    from edgeship.runtime import detect as D
+    from edgeship.runtime import tasks as D
     from edgeship.runtime.stream import FastPreprocess, guess_task, run_stream, stream_threads
 
     frames = _decode(video)

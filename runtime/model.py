@@ -267,7 +267,7 @@ class Model:
         return self._spec
 
     def classify(self, image, top_k: int = 5, threshold: float = 0.0) -> tuple[_tasks.Class, ...]:
-        """Classify one image: :meth:`predict`, then :func:`~edgeship.runtime.adapters.get_classes`.
+        """Classify one image: :meth:`predict`, then :func:`~edgeship.runtime.tasks.get_classes`.
 
         The scores are the first output of the model. Softmax is applied only
         when they are not already probabilities (all in [0, 1], summing to 1).
@@ -293,7 +293,7 @@ class Model:
                format: str = "auto", anchors=None) -> tuple:
         """Detect objects in one image: preprocessing, run, box decoding and NMS.
 
-        A thin wrapper over :func:`edgeship.runtime.detect.detect` (SSD- and
+        A thin wrapper over :func:`edgeship.runtime.tasks.detect.detect` (SSD- and
         YOLO-style outputs; ``format="auto"`` tells them apart by shape).
 
         Args:
@@ -316,8 +316,8 @@ class Model:
             from edgeship.preprocess import read_image  # noqa: PLC0415
 
             image = read_image(str(image))
-        return _tasks.detect(self, image, threshold, iou=iou, max_detections=max_detections, format=format,
-                             anchors=anchors)
+        return _tasks.detect.detect(self, image, threshold, iou=iou, max_detections=max_detections, format=format,
+                                    anchors=anchors)
 
     # -- life cycle --------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from edgeship.errors import (
     IntegrityError,
     ModelFormatError,
 )
-from edgeship.runtime.adapters import Class, get_classes, is_probability
+from edgeship.runtime.tasks import Class, get_classes, is_probability
 
 
 @pytest.fixture(scope="module")

@@ -408,6 +408,6 @@ def test_runtime_import_stays_free_of_cv2():
     import subprocess
     import sys
 
-    code = ("import sys; import edgeship.runtime, edgeship.runtime.detect, edgeship.cli.stream; "
+    code = ("import sys; import edgeship.runtime, edgeship.runtime.tasks, edgeship.runtime.stream, edgeship.cli.stream; "
             "assert 'cv2' not in sys.modules, 'cv2 imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

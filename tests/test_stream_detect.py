@@ -10,7 +10,7 @@ import pytest
 
 from edgeship.errors import InputError
 from edgeship.preprocess import PreprocessSpec, ResizeMode
-from edgeship.runtime import detect as D
+from edgeship.runtime.tasks import detect as D
 
 Spec = namedtuple("Spec", "name shape dtype quantization")
 

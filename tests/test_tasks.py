@@ -125,7 +125,7 @@ def test_bare_nchw_onnx_predicts_and_classifies_a_photo(models, photo):
         top = model.classify(bgr, top_k=3)
         assert [c.id for c in top] == list(np.argsort(-want[0], kind="stable")[:3])
         assert top[0].score == pytest.approx(float(want[0].max()), rel=1e-5)
-        assert tasks.classify(model, bgr, top_k=3) == top
+        assert tasks.classify.classify(model, bgr, top_k=3) == top
 
 
 def test_bare_nchw_onnx_detects_on_a_photo(models, photo):

@@ -16,7 +16,7 @@ predicts (x, y offset in the cell, width, height, objectness, class
 probabilities). A final layer turns offsets into image coordinates, so the
 bundle's single output is YOLO-style ``[1, 144, 8]`` rows of (cx, cy, w, h,
 objectness, p_circle, p_square, p_triangle), all in [0, 1], which
-:mod:`edgeship.runtime.detect` decodes without any model-specific code.
+:mod:`edgeship.runtime.tasks.detect` decodes without any model-specific code.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _loss(y_true, y_pred):
 
 def mean_ap50(pred_rows: np.ndarray, truth, threshold: float = 0.05) -> float:
     """A simple mAP@0.5 (11-point interpolation) of decoded rows against the truth (normalised boxes)."""
-    from edgeship.runtime.detect import box_iou, decode_yolo, nms  # noqa: PLC0415
+    from edgeship.runtime.tasks.detect import box_iou, decode_yolo, nms  # noqa: PLC0415
 
     aps = []
     for k in range(len(LABELS)):
