@@ -174,6 +174,18 @@ def test_param_names_become_flags():
     assert cli_message("set `max_drop`", flags) == "set --max-drop"
     assert cli_message("--precision int8 stays", flags) == "--precision int8 stays"  # already a flag
     assert cli_message("the precision of the model", flags) == "the precision of the model"  # prose stays
+    assert cli_message("strict=True forbids it; strict True too", {"strict": "--strict"}) == \
+        "--strict forbids it; --strict too"
+
+
+def test_run_device_fallback_warns_once_in_cli_words_and_strict_refuses(capfd, bundle, files):
+    rc, out, err = run_cli(capfd, "run", bundle, files / "batch.npy", "--device", "npu", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["backend"]["fallback"] is True
+    warnings = [ln for ln in err.splitlines() if ln.startswith("edgeship: warning: ")]
+    assert len(warnings) == 1 and "--device npu" in warnings[0], err
+    rc, out, err = run_cli(capfd, "run", bundle, files / "batch.npy", "--device", "npu", "--strict")
+    assert rc == 2 and "--device npu" in one_error(err) and "strict=" not in err
 
 
 # ----------------------------------------------------------------------------- options and commands

@@ -10,7 +10,7 @@ from .. import __version__
 from ..errors import EdgeshipError, UsageError
 from . import bench, convert, demo, devices, inspect, report, run, stream
 from . import eval as eval_cmd
-from .common import Parser, emit_error, flags_of
+from .common import Parser, cli_warnings, emit_error, flags_of
 
 COMMANDS = (convert, inspect, run, eval_cmd, bench, report, demo, stream, devices)
 
@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "command", None):
             names = ", ".join(m.__name__.rsplit(".", 1)[1] for m in COMMANDS)
             raise UsageError(f"a command is needed: {names} (see edgeship --help)")
-        return int(args.func(args) or 0)
+        with cli_warnings(flags):
+            return int(args.func(args) or 0)
     except EdgeshipError as exc:
         return emit_error(exc, flags=flags, as_json=as_json)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -21,7 +22,7 @@ from ..errors import EdgeshipError, InputError, UsageError
 from ..vocab import Device
 
 __all__ = [
-    "Parser", "UsageError", "add_accel_arguments", "describe_info", "device_arg", "emit_json", "emit_error",
+    "Parser", "UsageError", "WarningHandler", "add_accel_arguments", "cli_warnings", "describe_info", "device_arg", "emit_json", "emit_error",
     "fmt_bytes", "cli_message", "int_at_least", "load_kwargs", "num", "pct", "quiet_tf_env", "require_path",
     "stdout_to_stderr", "table", "unit_interval",
 ]
@@ -56,6 +57,8 @@ _VALUE = r"(\[[^\]]*\]|\([^)]*\)|'[^']*'|\"[^\"]*\"|[^\s,;)]+)"
 
 def _plain(value: str) -> str:
     value = value.strip()
+    if value == "True":  # a switch: the flag alone says it
+        return ""
     if value[:1] in "[(" and value[-1:] in "])":
         return ",".join(_plain(v) for v in value[1:-1].split(",") if v.strip())
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
@@ -74,9 +77,9 @@ def cli_message(message: str, flags: dict) -> str:
     for param in sorted(table, key=len, reverse=True):
         flag = table[param]
         p = re.escape(param)
-        message = re.sub(rf"(?<![\w\-.]){p}={_VALUE}", lambda m, f=flag: f"{f} {_plain(m.group(1))}", message)
-        message = re.sub(rf"(?<![\w\-.]){p} (\([^)]*\)|\[[^\]]*\]|'[^']*')",
-                         lambda m, f=flag: f"{f} {_plain(m.group(1))}", message)
+        message = re.sub(rf"(?<![\w\-.]){p}={_VALUE}", lambda m, f=flag: f"{f} {_plain(m.group(1))}".rstrip(), message)
+        message = re.sub(rf"(?<![\w\-.]){p} (\([^)]*\)|\[[^\]]*\]|'[^']*'|True\b)",
+                         lambda m, f=flag: f"{f} {_plain(m.group(1))}".rstrip(), message)
         message = re.sub(rf"`{p}`|(?<![\w\-.]){p}=(?=\s)", flag, message)
         message = re.sub(rf"^{p} ", f"{flag} ", message)
     return message
@@ -102,6 +105,32 @@ def emit_error(exc: EdgeshipError, *, flags: dict | None = None, as_json: bool =
     if as_json:
         emit_json(sys.stdout, {"error": msg, "type": type(exc).__name__, "exit_code": code})
     return code
+
+
+class WarningHandler(logging.Handler):
+    """edgeship's logged warnings (a fallback, a skipped delegate) as ``edgeship: warning: ...``, in CLI words."""
+
+    def __init__(self, flags: dict | None = None) -> None:
+        super().__init__(logging.WARNING)
+        self.flags = flags or {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"edgeship: warning: {cli_message(record.getMessage(), self.flags)}", file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def cli_warnings(flags: dict):
+    """Route the ``edgeship`` logger's warnings through :class:`WarningHandler` for the block."""
+    log = logging.getLogger("edgeship")
+    handler = WarningHandler(flags)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
 
 
 # ---------------------------------------------------------------------------- argument types
