@@ -220,7 +220,7 @@ def convert(
                     quant_errors[entry["file"]] = errs
             validation[entry["file"]] = stages.validate(plan, entry, w, reference, data, source.layout, warnings)
         # after validation: a compiled Edge TPU file runs only with its delegate
-        extras.update(run_steps(TargetContext(w, exported.artifacts, warnings, plan, source), plan.targets))
+        extras.update(run_steps(TargetContext(w, exported.artifacts, warnings, plan, source, calib_x), plan.targets))
 
         results = Results(loader=loader_name, source=source, artifacts=exported.artifacts, data=data,
                           calibration_file=calib_file, pruning=pruning, validation=validation,

@@ -157,3 +157,13 @@ def test_option_dataclasses_are_accepted_and_not_given_twice(digits_cnn_file, di
         convert(digits_cnn_file, tmp_path / "c", calib=x[:200], prune=PruneOptions(sparsity=0.5), prune_epochs=3)
     with pytest.raises(InputError, match="prune=0.99"):
         convert(digits_cnn_file, tmp_path / "c", calib=x[:200], prune=PruneOptions(sparsity=0.99))
+
+
+def test_jetson_target_step_writes_a_tensorrt_table_for_an_fp32_onnx_artifact(nchw_onnx, tmp_path):
+    x = np.random.default_rng(0).random((24, 3, 16, 12), dtype=np.float32)
+    res = convert(nchw_onnx, tmp_path / "b", calib=x, precision="fp32", target="jetson", io="float")
+    rec = res.manifest["settings"]["jetson"]
+    assert rec["artifact"] == "model.fp32.onnx" and rec["trt_calibration_table"] == "calibration.flatbuffers"
+    assert os.path.getsize(os.path.join(res.bundle, "calibration.flatbuffers")) > 0
+    with rt.load(res.bundle) as m:  # the extra files do not disturb the bundle
+        assert next(iter(m.run(x[:1]).values())).shape == (1, 5)

@@ -5,7 +5,7 @@ stage asks :func:`export_target` which target an exporter should tune a format
 for and :func:`artifact_targets` which targets an artifact is meant for; after
 validation, :func:`run_steps` runs the step of each target that has one, from the
 :data:`STEPS` table (``edgetpu``: compile with ``edgetpu_compiler``; ``jetson``:
-the TensorRT INT8 calibration table, when :mod:`.tensorrt` provides a ``step``).
+the TensorRT INT8 calibration table of an FP32 ONNX artifact, with :mod:`.tensorrt`).
 
 A step is ``step(ctx: TargetContext) -> dict | None``: it may add artifacts to
 ``ctx.artifacts`` and warnings to ``ctx.warnings``; what it returns is stored in
@@ -28,7 +28,7 @@ __all__ = ["parse_targets", "parse_formats", "export_target", "artifact_targets"
 # target -> "module:function" of its step (imported only when the target is asked for)
 STEPS: dict[Target, str] = {
     Target.EDGETPU: "edgeship.converters.targets.edgetpu:step",
-    Target.JETSON: "edgeship.converters.targets.tensorrt:step",
+    Target.JETSON: "edgeship.converters.targets.jetson:step",
 }
 
 
@@ -105,13 +105,15 @@ def export_target(tgts: tuple, fmt: Format) -> str:
 @dataclass(frozen=True)
 class TargetContext:
     """What a target step sees: the bundle writer, the artifact entries (mutable list of dicts,
-    already validated), the warnings list, the plan and the loaded source."""
+    already validated), the warnings list, the plan, the loaded source and the calibration
+    samples (source layout; None without calibration data)."""
 
     writer: Any
     artifacts: list
     warnings: list
     plan: Any
     source: Any
+    calib: Any = None
 
 
 def find_step(target: Target):
