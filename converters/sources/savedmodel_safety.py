@@ -190,7 +190,11 @@ def _check_tree(path: str) -> None:
     """Every entry of the SavedModel folder is a regular file or folder that stays inside it."""
     from edgeship.safeio import tree_files  # noqa: PLC0415
 
-    tree_files(path, error=UnsafeModelError, what="SavedModel")
+    try:
+        tree_files(path, error=UnsafeModelError, what="SavedModel")
+    except UnsafeModelError as exc:
+        raise UnsafeModelError(f"refusing to load {exc}; a SavedModel folder must hold its own regular files "
+                               "(copy them in instead of linking), and --allow-unsafe does not change that") from None
 
 
 def _check_assets(mg, path: str) -> None:
