@@ -230,6 +230,9 @@ def _check_prune(opts: PruneOptions) -> None:
 def _check_advanced(adv: AdvancedOptions) -> AdvancedOptions:
     if isinstance(adv.calib_count, bool) or not isinstance(adv.calib_count, (int, np.integer)) or adv.calib_count < 1:
         raise InputError(f"calib_count={adv.calib_count!r} must be a positive integer")
+    mb = adv.calib_max_bytes
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, np.integer)) or mb < 1):
+        raise InputError(f"calib_max_bytes={mb!r} must be a positive number of bytes")
     if isinstance(adv.seed, bool) or not isinstance(adv.seed, (int, np.integer)):
         raise InputError(f"seed={adv.seed!r} must be an integer")
     exclude = (adv.exclude,) if isinstance(adv.exclude, str) else adv.exclude
