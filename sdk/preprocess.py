@@ -46,6 +46,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 
 # Bounds for decoded images (a decompression bomb must not take the process down).
 MAX_IMAGE_PIXELS = 1 << 26  # 67 M pixels, ~200 MB as BGR uint8
+MAX_SIDE = 16384  # largest preprocessing size per side (the manifest schema says the same)
+MAX_IMAGE_FILE_BYTES = 1 << 29  # 512 MiB: no real image file is larger
 
 IMAGE_LAYOUTS = (Layout.NHWC, Layout.NCHW)
 
@@ -144,6 +146,15 @@ class PreprocessSpec:
             raise InputError(f"preprocessing layout {self.layout.value!r} is not an image layout; expected NHWC or NCHW")
         if self.dtype not in ("float32", "uint8", "int8"):
             raise InputError(f"preprocessing dtype {self.dtype!r} is unknown; expected float32, uint8 or int8")
+        if max(self.size) > MAX_SIDE:
+            raise InputError(f"preprocessing size {self.size[0]}x{self.size[1]} is larger than {MAX_SIDE} per side")
+        for name in ("mean", "std"):
+            vals = getattr(self, name)
+            if len(vals) not in (1, self.channels):
+                raise InputError(f"preprocessing {name} has {len(vals)} values; expected 1 or {self.channels} "
+                                 f"(one per channel of color {self.color.value})")
+        if any(float(v) == 0.0 for v in self.std):
+            raise InputError("preprocessing std has a 0 (division by zero)")
 
     @property
     def channels(self) -> int:
@@ -445,8 +456,15 @@ def read_image(path: str) -> np.ndarray:
         raise InputError(f"image {path!r} does not exist")
     cv2 = opencv()
     # Check the declared size before decoding (decompression bombs).
-    with open(path, "rb") as fh:
-        data = fh.read()
+    from .safeio import open_regular  # noqa: PLC0415
+
+    with open_regular(path, error=InputError, what="image") as fh:  # a FIFO or device is refused, never read
+        if os.fstat(fh.fileno()).st_size > MAX_IMAGE_FILE_BYTES:
+            raise InputError(f"image {path!r} is larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB; not an image edgeship reads")
+        try:
+            data = fh.read(MAX_IMAGE_FILE_BYTES + 1)
+        except (OSError, MemoryError) as exc:
+            raise InputError(f"cannot read image {path!r}: {exc}") from None
     if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-256:]:
         # libjpeg decodes a truncated JPEG partially (the rest grey) and OpenCV returns it:
         # a third of a picture must not pass as an image.
