@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import stat
 
 import numpy as np
 
@@ -24,7 +23,6 @@ from ..errors import (
     BackendUnavailableError,
     FallbackError,
     InputError,
-    IntegrityError,
     ModelFormatError,
     ModelNotFoundError,
     UnsupportedModelError,
@@ -59,43 +57,22 @@ def default_threads() -> int:
 def read_artifact(bundle_dir: str, artifact: dict) -> ModelSource:
     """The bytes of a bundle's artifact, read once and checked against the manifest.
 
-    The file is opened without following a symbolic link, its size is compared
-    with the manifest before it is read (a huge or truncated file is refused
-    without reading it), and the sha256 is computed on the very bytes that are
-    returned, which are what the engine is given: replacing the file after
-    this check changes nothing that runs.
+    :func:`edgeship.bundle.read_verified` opens the file without following a
+    link, compares its size with the manifest before reading and computes the
+    sha256 on the very bytes it returns; those bytes are what the engine is
+    given, so replacing the file after this check changes nothing that runs.
+    ONNX external-data files must be listed (``external_data: [{file, sha256}]``)
+    and are checked the same way by the ONNX Runtime backend.
 
     Raises:
       IntegrityError: the file is missing, not a regular file, or its size or
         sha256 differs from the manifest.
     """
-    name = artifact["file"]
-    path = os.path.join(bundle_dir, name)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        if os.path.basename(name) != name:
-            raise OSError("not a plain file name")
-        fd = os.open(path, flags)
-    except OSError:
-        raise IntegrityError(f"{bundle_dir}: artifact {name!r} is missing or is not a regular file") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise IntegrityError(f"{bundle_dir}: artifact {name!r} is missing or is not a regular file")
-        if st.st_size != artifact["bytes"]:
-            raise IntegrityError(f"{path} is {st.st_size} bytes but the manifest says {artifact['bytes']}: the file "
-                                 "is truncated or was replaced; re-copy the bundle or re-convert")
-        data = fh.read(artifact["bytes"] + 1)
-    if len(data) != artifact["bytes"]:
-        raise IntegrityError(f"{path} changed size while it was read; re-copy the bundle or re-convert")
-    digest = _bundle.sha256_bytes(data)
-    if digest != artifact["sha256"]:
-        raise IntegrityError(
-            f"{path} does not match its sha256 in the manifest (got {digest[:12]}..., expected "
-            f"{artifact['sha256'][:12]}...): the file was modified; re-copy the bundle or re-convert")
+    data = _bundle.read_verified(bundle_dir, artifact)
     external = {str(e.get("file")): str(e.get("sha256")) for e in artifact.get("external_data") or ()
                 if isinstance(e, dict)}
-    return ModelSource(path, data, sha256=digest, external_sha256=external)
+    return ModelSource(os.path.join(bundle_dir, artifact["file"]), data, sha256=artifact["sha256"],
+                       external_sha256=external)
 
 
 def _options_for(cls: type, *, threads, device, strict, delegates, options) -> BackendOptions:

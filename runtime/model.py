@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import BundleError, EdgeshipError, InputError, ModelClosedError, ModelNotFoundError  # noqa: F401
+from ..errors import EdgeshipError, InputError, ModelClosedError, ModelNotFoundError  # noqa: F401 - re-exported
 from . import tasks as _tasks
 from .backends.base import Backend, ExecutionInfo
 from .io_plan import TRANSPOSE, InputPlan, OutputPlan, TensorSpec, axis_shape, public_order
