@@ -327,6 +327,27 @@ def test_target_jetson_symmetric_int8_qdq_onnx(work, tmp_path):
             assert not inits[n.input[2]].any(), n.name  # symmetric weights
 
 
+def test_target_jetson_fp32_gets_a_tensorrt_calibration_table(work, tmp_path):
+    out = tmp_path / "trt32"
+    assert _convert(work, out, "--target", "jetson", "--precision", "fp32") == 0
+    art = artifact(manifest(out), fmt="onnx")
+    assert art["precision"] == "fp32"
+    table = out / "calibration.flatbuffers"
+    assert table.is_file() and table.stat().st_size > 0
+    plain = tmp_path / "cpu32"
+    assert _convert(work, plain, "--formats", "onnx", "--precision", "fp32") == 0
+    assert not (plain / "calibration.flatbuffers").exists()  # only for the jetson target
+
+
+def test_target_gpu_is_fp16(work, tmp_path):
+    out = tmp_path / "gpu"
+    assert _convert(work, out, "--target", "gpu") == 0
+    man = manifest(out)
+    art = artifact(man, fmt="tflite")
+    assert art["precision"] == "fp16" and art["io"] == "float" and "gpu" in art["targets"]
+    assert man["validation"]["artifacts"][art["file"]]["cosine"] >= 0.9999
+
+
 def test_target_unknown_is_a_usage_error(work, tmp_path, capfd):
     rc, _, err = cli_capture(capfd, "convert", work["model"], "-o", tmp_path / "x", "--calib", work["calib"],
                              "--target", "tpu")
