@@ -8,8 +8,12 @@ import). Each module is imported only when that backend is asked for.
 
 CPU kernels use XNNPACK when the interpreter build applies it (LiteRT does by
 default for float and INT8 models); ``threads`` sets its ``num_threads``.
-External delegates (Edge TPU, GPU) are loaded with ``load_delegate`` from the
-``device`` option:
+The interpreter is built from the model's bytes (``model_content``: the bytes
+``load()`` read once and verified), never by reopening the path. Options are
+:class:`~edgeship.runtime.backends.options.TFLiteOptions`; external delegates
+(``delegates``, then the one for ``device``, see
+:func:`~edgeship.runtime.backends.delegates.delegate_for_device`) are loaded
+with ``load_delegate``:
 
 ========================  =============================================
 ``device``                delegate library
@@ -18,6 +22,8 @@ External delegates (Edge TPU, GPU) are loaded with ``load_delegate`` from the
 ``"edgetpu"``             ``libedgetpu.so.1`` (``.1.dylib``, ``edgetpu.dll``)
 ``"edgetpu:usb:0"`` ...   same, with the Edge TPU ``device`` option
 ``"gpu"``                 ``libtensorflowlite_gpu_delegate.so``
+``"npu"``, ``"tensorrt"``  none exists: the CPU runs it (one warning,
+                          ``info.fallback``; ``FallbackError`` if strict)
 ========================  =============================================
 """
 
