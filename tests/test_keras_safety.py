@@ -170,3 +170,140 @@ def test_unknown_input_dimensions_need_input_shape():
         keras_loader.load(m)
     src = keras_loader.load(m, input_shape=(12, 12, 1))
     assert src.inputs[0]["shape"] == [1, 12, 12, 1] and src.format == "in_memory"
+
+
+# -- allow-lists (the policy of SECURITY.md; the hostile sweeps are in tests/hardening/) -------------
+
+
+def test_every_allow_list_name_resolves_to_a_real_object():
+    pytest.importorskip("tf_keras")
+    from edgeship.converters.sources import keras_allowlist as A
+    from edgeship.converters.sources.keras_safety import Resolver
+
+    k3, tfk = Resolver("keras3"), Resolver("tf_keras")
+    missing_layers = [n for n in A.LAYERS
+                      if k3._symbol(f"keras.layers.{n}") is None and tfk._symbol(f"keras.layers.{n}") is None]
+    assert missing_layers == []
+    assert [n for n in A.TF_FUNCTIONS if tfk._symbol(n) is None] == []
+    assert [n for n in A.ACTIVATIONS if k3._symbol(f"keras.activations.{n}") is None
+            and tfk._symbol(f"keras.activations.{n}") is None] == []
+    import importlib
+
+    for mod, names in A.KERAS_OPS.items():
+        m = importlib.import_module(mod)
+        assert [n for n in names.split() if not hasattr(m, n)] == [], mod
+    assert "Lambda" not in A.LAYERS and "TFSMLayer" not in A.LAYERS
+
+
+def _tfk_config(fn, const=None, module="tf_keras.src.layers.core.tf_op_layer", cls="TFOpLambda"):
+    node = [["input_1", 0, 0, {"y": 1.0}]] if const is None else [["_CONSTANT_VALUE", -1, const, {}]]
+    return {"module": "tf_keras.src.engine.functional", "class_name": "Functional", "registered_name": "Functional",
+            "config": {"name": "m", "layers": [
+                {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+                 "config": {"name": "input_1", "batch_input_shape": [None, 4], "dtype": "float32"}, "name": "input_1",
+                 "inbound_nodes": []},
+                {"module": module, "class_name": cls, "registered_name": cls if "." not in cls else None,
+                 "config": {"name": "op", "trainable": True, "dtype": "float32", "function": fn}, "name": "op",
+                 "inbound_nodes": node}]}}
+
+
+@pytest.mark.parametrize("fn, allowed", [
+    ("math.add", True), ("add", True), ("compat.v1.add", True), ("__operators__.add", True), ("nn.relu", True),
+    ("io.write_file", False), ("compat.v1.io.write_file", False), ("raw_ops.AddV2", False),
+    ("keras.utils.get_file", False), ("print", False), ("py_function", False), ("no.such.symbol", False),
+])
+def test_tf_op_layer_functions_resolved_like_tf_keras(fn, allowed):
+    pytest.importorskip("tf_keras")
+    from edgeship.converters.sources.keras_safety import iter_unsafe
+
+    problems = list(iter_unsafe(_tfk_config(fn), "tf_keras"))
+    assert (problems == []) is allowed, problems
+
+
+def test_split_names_and_constants_resolved_like_the_loader():
+    pytest.importorskip("tf_keras")
+    from edgeship.converters.sources.keras_safety import iter_unsafe
+
+    # qualname form tf_keras follows: module + "outer.inner"
+    split = _tfk_config("io.write_file", module="tf_keras.src.layers.core", cls="tf_op_layer.TFOpLambda")
+    assert any("tf.io.write_file" in p for p in iter_unsafe(split, "tf_keras"))
+    assert list(iter_unsafe(_tfk_config("math.add", const=[1.0, 2.0]), "tf_keras")) == []
+    assert any("constant" in p for p in iter_unsafe(_tfk_config("math.add", const="/etc/passwd"), "tf_keras"))
+    lam = {"module": "keras", "class_name": "layers.Lambda", "registered_name": None, "config": {"name": "l"}}
+    assert any("keras.layers.Lambda" in p for p in iter_unsafe(lam, "keras3"))
+    reg = {"module": "keras.layers", "class_name": "Dense", "registered_name": "Custom>Dense", "config": {"name": "d"}}
+    assert any("Custom>Dense" in p for p in iter_unsafe(reg, "keras3"))
+    ok = {"module": "keras.src.ops.numpy", "class_name": "Add", "registered_name": "Add", "config": {"name": "a"}}
+    assert list(iter_unsafe(ok, "keras3")) == []
+    loop = {"module": "keras.src.ops.core", "class_name": "WhileLoop", "registered_name": "WhileLoop", "config": {}}
+    assert list(iter_unsafe(loop, "keras3"))
+
+
+def test_models_with_tf_and_keras_ops_load(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    x = tf_keras.Input((4, 4, 3))
+    y = tf.reshape(tf.nn.relu(x + 1.0), (-1, 48))[:, 1:5]
+    y = tf.concat([tf.math.reduce_mean(y, axis=-1, keepdims=True), y * 2], axis=-1)
+    tf_keras.Model(x, y).save(tmp_path / "tfk_ops.keras")
+    x = keras.Input((4, 4, 3))
+    y = keras.ops.reshape(keras.ops.add(x, 1.0), (-1, 48))[:, 1:5]
+    keras.Model(x, keras.ops.concatenate([keras.layers.Dense(2)(y), y], axis=-1)).save(tmp_path / "k3_ops.keras")
+    assert keras_loader.load(str(tmp_path / "tfk_ops.keras")).outputs[0]["shape"] == [1, 5]
+    assert keras_loader.load(str(tmp_path / "k3_ops.keras")).outputs[0]["shape"] == [1, 6]
+
+
+@pytest.mark.parametrize("value, ok_in_folder", [
+    ("/etc/passwd", False), ("../x.txt", False), ("a/../../x", False), ("file:///etc/passwd", False),
+    ("https://example.invalid/v.txt", False), ("~/v.txt", False), ("C:\\v.txt", False), ("assets/v.txt", True),
+])
+def test_path_policy(value, ok_in_folder):
+    from edgeship.converters.sources.keras_safety import path_problem
+
+    assert (path_problem(value, inside_allowed=True) is None) is ok_in_folder
+    assert path_problem(value, inside_allowed=False) is not None  # a single-file model has no folder
+
+
+def test_vocabulary_file_outside_the_model_refused(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    voc = tmp_path / "vocab.txt"
+    voc.write_text("a\nb\n")
+    x = tf_keras.Input((1,), dtype="string")
+    tf_keras.Model(x, tf_keras.layers.StringLookup(vocabulary=str(voc), name="lk")(x)).save(tmp_path / "v.keras")
+    with pytest.raises(UnsafeModelError, match="vocabulary.*--allow-unsafe"):
+        keras_loader.load(str(tmp_path / "v.keras"))
+
+
+def test_saved_model_print_to_file_refused_naming_op_and_function(tmp_path):
+    import tensorflow as tf
+
+    log = tmp_path / "log.txt"
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((1, 4), tf.float32)])
+        def serve(self, x):
+            tf.print("x", output_stream=f"file://{log}")
+            return {"y": x * 2}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "sm"), signatures={"serving_default": m.serve})
+    with pytest.raises(UnsafeModelError, match=r"op PrintV2 \(node 'PrintV2' in function '__inference_serve"):
+        keras_loader.load(str(tmp_path / "sm"))
+    assert not log.exists()
+
+
+def test_h5_external_dataset_refused(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    import h5py
+
+    secret = tmp_path / "secret.bin"
+    np.full((4, 2), 7.0, np.float32).tofile(secret)
+    p = tmp_path / "m.h5"
+    tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2, name="d")]).save(p)
+    with h5py.File(p, "r+") as f:
+        del f["model_weights/d/d/kernel:0"]
+        f["model_weights/d/d"].create_dataset("kernel:0", (4, 2), "float32", external=[(str(secret), 0, 32)])
+    with pytest.raises(UnsafeModelError, match="external dataset"):
+        keras_loader.load(str(p), allow_legacy_h5=True)
+    assert keras_loader.load(str(p), allow_legacy_h5=True, allow_unsafe=True).format == "h5"

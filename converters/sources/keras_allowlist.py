@@ -79,7 +79,7 @@ NESTED = {
 # Activation (and loss/metric function) names that configs may give as strings
 # or as {"class_name": "function", "config": NAME}.
 ACTIVATIONS = frozenset("""
-linear relu relu6 leaky_relu elu selu gelu silu swish hard_silu hard_swish sigmoid hard_sigmoid softmax
+linear relu relu6 leaky_relu elu selu gelu silu swish hard_silu sigmoid hard_sigmoid softmax
 log_softmax softplus softsign tanh exponential mish celu glu log_sigmoid sparse_plus squareplus
 tanh_shrink hard_tanh soft_shrink hard_shrink threshold sparsemax sparse_sigmoid
 """.split())
@@ -96,7 +96,7 @@ sparse_categorical_accuracy top_k_categorical_accuracy sparse_top_k_categorical_
 # kernels. Aliases (``add`` / ``math.add`` / ``compat.v1.add``) are followed by
 # resolving both sides to the same function object.
 TF_FUNCTIONS = frozenset("""
-__operators__.add __operators__.getitem __operators__.ne __operators__.eq __operators__.matmul
+__operators__.add __operators__.getitem __operators__.ne __operators__.eq
 math.add math.add_n math.subtract math.multiply math.divide math.truediv math.floordiv math.floormod
 math.divide_no_nan math.multiply_no_nan math.pow math.sqrt math.rsqrt math.square math.squared_difference
 math.exp math.log math.log1p math.abs math.negative math.sign math.sin math.cos math.tanh math.sigmoid
@@ -106,7 +106,7 @@ math.reduce_all math.reduce_euclidean_norm math.reduce_logsumexp math.argmax mat
 math.cumsum math.equal math.not_equal math.less math.less_equal math.greater math.greater_equal
 math.logical_and math.logical_or math.logical_not math.l2_normalize math.scalar_mul math.segment_sum
 math.unsorted_segment_sum math.unsorted_segment_max math.is_finite math.is_nan math.atan2
-add add_n subtract multiply divide truediv floordiv pow sqrt square exp abs negative sign sin cos tanh
+add add_n subtract multiply divide truediv pow sqrt square exp abs negative sign sin cos tanh
 maximum minimum round reduce_sum reduce_mean reduce_max reduce_min reduce_prod reduce_any reduce_all
 argmax argmin cumsum equal not_equal less less_equal greater greater_equal logical_and logical_or logical_not
 matmul linalg.matmul linalg.norm norm linalg.l2_normalize linalg.einsum einsum tensordot linalg.tensordot
@@ -116,7 +116,7 @@ nn.sigmoid nn.tanh nn.softplus nn.softsign nn.bias_add nn.l2_normalize nn.batch_
 nn.local_response_normalization nn.lrn nn.moments nn.conv1d nn.conv2d nn.conv3d nn.convolution
 nn.conv2d_transpose nn.conv1d_transpose nn.depthwise_conv2d nn.separable_conv2d nn.atrous_conv2d
 nn.avg_pool nn.avg_pool1d nn.avg_pool2d nn.avg_pool3d nn.max_pool nn.max_pool1d nn.max_pool2d
-nn.max_pool3d nn.pool nn.space_to_depth nn.depth_to_space nn.space_to_batch nn.batch_to_space nn.top_k
+nn.max_pool3d nn.pool nn.space_to_depth nn.depth_to_space nn.space_to_batch nn.top_k
 nn.relu nn.crelu nn.dropout
 reshape transpose concat stack unstack split squeeze expand_dims pad tile gather gather_nd slice
 strided_slice shape size rank cast identity identity_n stop_gradient zeros_like ones_like zeros ones
