@@ -369,3 +369,18 @@ def test_children_start_in_isolated_mode(monkeypatch):
     path, flag = out.stdout.split()
     assert os.path.samefile(os.path.dirname(path), os.path.dirname(B.__file__)) and flag == "1"
     assert safeio.parse_bytes("2GiB") == 2 << 30 and safeio.parse_bytes("1e6") == 10 ** 6
+
+
+def test_preprocess_spec_bounds_and_image_reads(tmp_path):
+    from edgeship.errors import InputError
+    from edgeship.preprocess import PreprocessSpec, read_image
+
+    PreprocessSpec(size=(16384, 8), mean=(0.5, 0.5, 0.5), std=(0.2,))
+    for kw in (dict(size=(2_000_000, 2_000_000)), dict(size=(8, 8), mean=(0.1, 0.2)),
+               dict(size=(8, 8), color="gray", std=(1.0, 1.0, 1.0)), dict(size=(8, 8), std=(0.0,))):
+        with pytest.raises(InputError):
+            PreprocessSpec(**kw)
+    fifo = tmp_path / "cam.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="FIFO|does not exist"):  # refused, never opened (it would block)
+        read_image(str(fifo))
