@@ -274,7 +274,7 @@ def _load_h5(path: str, *, input_shape, allow_unsafe: bool) -> registry.Source:
     config, version = read_h5_config(path)
     flavor = "keras3" if version.startswith("3.") else "tf_keras"
     if not allow_unsafe:
-        check_config(config, path, flavor)
+        check_config(config, path, flavor, legacy=True)
     _quiet_tf()
     try:
         if flavor == "keras3":

@@ -61,6 +61,7 @@ class Resolver:
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}")
         self.flavor = flavor
+        self.legacy = False
         if flavor == "keras3":
             import keras  # noqa: F401,PLC0415
             from keras.src import api_export  # noqa: PLC0415
@@ -155,10 +156,9 @@ class Resolver:
             return None, where  # the loader would import an arbitrary module: never allowed
         mod = sys.modules.get(module)
         if mod is None:
-            try:
-                mod = importlib.import_module(module)  # Keras' own code; importing it runs no file content
-            except Exception:  # noqa: BLE001 - not importable: the loader fails too
-                return None, where
+            # Every allowed object's module is imported by now; a module that is not is never
+            # imported on behalf of a file (its import would be the file's choice of code).
+            return None, where
         obj = vars(mod).get(name)
         if obj is None and self.flavor == "tf_keras":
             if isinstance(registered_name, str):
@@ -200,9 +200,14 @@ def _constant_inputs(inbound: Any) -> list:
     return out
 
 
-def iter_unsafe(config: Any, flavor: str, *, folder_model: bool = False) -> Iterator[str]:
-    """Yield a description of every refused entry of a Keras model config (plain JSON)."""
+def iter_unsafe(config: Any, flavor: str, *, folder_model: bool = False, legacy: bool = False) -> Iterator[str]:
+    """Yield a description of every refused entry of a Keras model config (plain JSON).
+
+    ``legacy``: the config is read by the legacy (``.h5``) deserialiser, which ignores
+    ``module`` and looks a bare ``class_name`` up in Keras' own tables; it is resolved so.
+    """
     res = Resolver(flavor)
+    res.legacy = legacy
     stack = [(config, "model", "model", None)]
     while stack:
         node, path, layer, key = stack.pop()
@@ -262,7 +267,7 @@ def _check_dict(res: Resolver, node: dict, path: str, layer: str, folder_model: 
             yield (f"{name!r} ({path}) references function {where!r} (module {module!r}), which is not on the "
                    "allow-list of Keras activations and losses")
         return
-    if module is None and not any(k in node for k in ("module", "registered_name")):
+    if res.legacy or (module is None and not any(k in node for k in ("module", "registered_name"))):
         # legacy (.h5 / Keras 2 JSON) form: the loader looks the bare name up in Keras' own tables
         ok = cls in res.bare
         where = cls
@@ -284,7 +289,7 @@ def _check_dict(res: Resolver, node: dict, path: str, layer: str, folder_model: 
                "edgeship's allow-list of Keras layers, ops and values")
         return
     cfg = node.get("config") if isinstance(node.get("config"), dict) else {}
-    is_op_layer = obj is not None and id(obj) in res.op_layers or (module is None and cls in A.OP_LAYERS)
+    is_op_layer = obj is not None and id(obj) in res.op_layers or cls in A.OP_LAYERS
     if is_op_layer:
         ok_fn, where_fn = res.tf_function(cfg.get("function"))
         if not ok_fn:
@@ -311,7 +316,7 @@ def _plain_constant(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def check_config(config: Any, origin: str, flavor: str, *, folder_model: bool = False) -> None:
+def check_config(config: Any, origin: str, flavor: str, *, folder_model: bool = False, legacy: bool = False) -> None:
     """Raise :class:`UnsafeModelError` unless everything ``config`` names is on the allow-lists.
 
     Args:
@@ -319,11 +324,12 @@ def check_config(config: Any, origin: str, flavor: str, *, folder_model: bool = 
         origin: the file, for the message.
         flavor: ``keras3`` or ``tf_keras``: whose name resolution the loader uses.
         folder_model: the model is a folder, so relative paths inside it are allowed.
+        legacy: the legacy ``.h5`` deserialiser reads it (bare class names).
 
     Raises:
         UnsafeModelError: naming the first refused entry and the opt-in flag.
     """
-    problems = list(iter_unsafe(config, flavor, folder_model=folder_model))
+    problems = list(iter_unsafe(config, flavor, folder_model=folder_model, legacy=legacy))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UnsafeModelError(f"refusing to load {origin}: {problems[0]}{more}; {UNSAFE_HINT}")

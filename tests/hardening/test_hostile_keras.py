@@ -2,8 +2,10 @@
 
 Every file carries a payload that would create a canary file if any of it ran
 (Lambda bytecode, an ``os.system`` gadget, a config that switches Keras' safe
-mode off before a Lambda, a Lambda in a legacy ``.h5`` opened with
-``--allow-legacy-h5``, a ``TFSMLayer`` pointing at an external SavedModel).
+mode off before a Lambda, a Lambda and a ``TFOpLambda`` calling
+``tf.io.write_file`` in a legacy ``.h5`` opened with ``--allow-legacy-h5``, a
+``TFSMLayer`` pointing at an external SavedModel). More variants, against the
+allow-lists: ``test_hostile_keras_allowlist.py``.
 ``keras.saving.load_model`` and ``tf_keras.models.load_model`` are wrapped
 with a recorder (they still run unchanged) to show that none was called: the
 refusal came from edgeship's scan of the config, before Keras deserialised
@@ -103,6 +105,22 @@ def _cases(tmp_path, canary):
         cases["Lambda in .h5 (--allow-legacy-h5)"] = (str(h5), ["--allow-legacy-h5"])
     except Exception as exc:  # pragma: no cover - depends on the Keras build
         record("(b) hostile Keras", notes=f".h5 case not built: {exc!r}"[:120])
+    try:
+        import h5py
+        import tf_keras
+
+        ops = tmp_path / "tfop.h5"
+        tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)]).save(ops)
+        with h5py.File(ops, "r+") as f:
+            cfg = json.loads(f.attrs["model_config"])
+            cfg["config"]["layers"].insert(1, {
+                "class_name": "TFOpLambda", "name": "evil_op", "inbound_nodes": [
+                    ["_CONSTANT_VALUE", -1, str(canary), {"contents": "pwned"}]],
+                "config": {"name": "evil_op", "trainable": True, "dtype": "float32", "function": "io.write_file"}})
+            f.attrs["model_config"] = json.dumps(cfg)
+        cases["TFOpLambda io.write_file in .h5 (--allow-legacy-h5)"] = (str(ops), ["--allow-legacy-h5"])
+    except ImportError:  # pragma: no cover - depends on the environment
+        pass
     sm = tmp_path / "external_sm"
     os.makedirs(sm)
     cases["TFSMLayer -> external SavedModel"] = (
