@@ -2,7 +2,7 @@
 
 Session fixtures (built once per run, used read-only):
     ``digits``      sklearn digits as (x float32 (N, 8, 8, 1) in [0, 1], y int64);
-    ``digits_cnn``  one small Keras 3 CNN trained on ``digits[:1200]`` (4 epochs).
+    ``digits_cnn``  one small Keras 3 CNN trained on ``digits[:1200]`` (10 epochs).
 Builders (fixtures that return a function):
     ``external_data_model``  an ONNX Add(x, w) model whose ``w`` lives in external data;
     ``import_blocker``       Python source that makes imports of the named packages fail
@@ -90,7 +90,7 @@ def digits():
 
 @pytest.fixture(scope="session")
 def digits_cnn(digits):
-    """Conv2D(8) -> Flatten -> Dense(10, softmax), trained 4 epochs on digits[:1200]; do not modify."""
+    """Conv2D(8) -> Flatten -> Dense(10, softmax), trained 10 epochs on digits[:1200]; do not modify."""
     keras = pytest.importorskip("keras")
     x, y = digits
     keras.utils.set_random_seed(0)
@@ -101,7 +101,7 @@ def digits_cnn(digits):
         keras.layers.Dense(10, activation="softmax"),
     ])
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    m.fit(x[:1200], y[:1200], epochs=4, batch_size=64, verbose=0)
+    m.fit(x[:1200], y[:1200], epochs=10, batch_size=64, verbose=0)
     return m
 
 

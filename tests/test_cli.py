@@ -19,32 +19,15 @@ def cli(*args, cwd=None, timeout=600):
                           timeout=timeout)
 
 
-def _digits(size=8):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]
-    return x, d.target.astype(np.int64)
+pytestmark = pytest.mark.slow  # every test here runs a CLI subprocess on a converted bundle
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A small digits CNN trained for a few epochs, saved as Keras 3 .keras, plus data files."""
-    import keras
-
+def work(tmp_path_factory, digits, digits_cnn_file):
+    """The session's digits CNN (tests/conftest.py) as a .keras file, its INT8 bundle, and data files."""
     root = tmp_path_factory.mktemp("cli")
-    x, y = _digits()
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[:1400], y[:1400], epochs=3, batch_size=64, verbose=0)
-    path = root / "digits.keras"
-    model.save(path)
+    x, y = digits
+    path = digits_cnn_file
     np.savez(root / "calib.npz", x=x[:300], y=y[:300])
     np.savez(root / "test.npz", x=x[1400:], y=y[1400:])
     np.save(root / "batch.npy", x[1400:1404])
@@ -103,9 +86,16 @@ def test_run_image_file(work, tmp_path):
     img = (work["x"][1400, :, :, 0] * 255).astype(np.uint8)
     p = tmp_path / "digit.png"
     cv2.imwrite(str(p), img)
-    r = cli("run", work["bundle"], p, "--json")
+    r = cli("run", work["bundle"], p, "--json", "--top-k", "3")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["results"][0]["classes"]
+    (res,) = json.loads(r.stdout)["results"]
+    # the image goes through the manifest's preprocessing to the same input as the array:
+    # same top classes, same order, scores within one uint8 step of the pixels
+    ref = cli("run", work["bundle"], work["root"] / "batch.npy", "--json", "--top-k", "3")
+    want = json.loads(ref.stdout)["results"][0]["classes"]
+    assert [c["id"] for c in res["classes"]] == [c["id"] for c in want], (res, want)
+    assert res["classes"][0]["label"] == want[0]["label"] == f"digit{want[0]['id']}"
+    assert abs(res["classes"][0]["score"] - want[0]["score"]) < 0.05
 
 
 def test_run_wrong_shape_is_a_user_error(work):
@@ -200,9 +190,11 @@ def test_eval_against_source(work):
     assert m["top1_agreement"] > 0.9 and m["accuracy"] > 0.8
 
 
-def test_bad_arguments_exit_2():
-    r = cli("bench", "x", "--runs", "0")
-    assert r.returncode == 2
+def test_bad_arguments_exit_2(work):
+    r = cli("bench", work["bundle"], "--runs", "0")  # a real bundle: only --runs is wrong
+    assert r.returncode == 2 and "--runs" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = cli("bench", "x")
+    assert r.returncode == 2 and "does not exist" in r.stderr
     r = cli("convert")
     assert r.returncode == 2
     r = cli("inspect", "/definitely/not/here")

@@ -57,16 +57,17 @@ PRECISIONS = [
 ]
 
 # What each precision must keep, on the 200 held-out digits, against the Keras model. Measured
-# (PYTHONPATH-free: `pytest tests/test_convert.py -k each_precision`, 2026-12): fp32 max |diff|
-# 4.8e-7, agreement 100%, accuracy unchanged; fp16 1.0e-4, 100%, unchanged; dynamic 4.2e-3,
-# 100%, unchanged; int8 (any I/O) 5.9e-3, 99.0%, unchanged; int16x8 3.3e-3, 100%, unchanged.
-# Bounds: the measurement with a margin for noise (~2-5x on the error, 1-2 samples of 200).
-# (max |output diff|, min top-1 agreement, max accuracy drop in points, weight dtype in the file)
+# (`pytest tests/test_convert.py -k each_precision`, the session CNN of tests/conftest.py):
+# fp32 max |diff| 6.9e-7, top-1 agreement 100%, accuracy unchanged; fp16 1.9e-4, 100%, unchanged;
+# dynamic 5.5e-3, 100%, unchanged; int8 (any I/O) 1.2e-2, 99.0%, -0.5 points; int16x8 5.0e-3,
+# 100%, unchanged. Bounds: the measurement plus a margin for noise (2-5x on the error, 1-3 of
+# the 200 samples). (max |output diff|, min top-1 agreement, max accuracy drop in points,
+# the weights' dtype in the file)
 BOUNDS = {
     "fp32": (1e-5, 1.0, 0.0, np.float32),
     "fp16": (1e-3, 0.995, 0.5, np.float16),
     "dynamic": (0.02, 0.99, 1.0, np.int8),
-    "int8": (0.03, 0.97, 2.0, np.int8),
+    "int8": (0.04, 0.97, 2.0, np.int8),
     "int16x8": (0.015, 0.99, 1.0, np.int8),
 }
 

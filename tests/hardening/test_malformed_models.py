@@ -249,8 +249,6 @@ def test_mutated_models_never_crash_the_host(tmp_path, fmt):
             inproc_errors += 1  # typed: fine (e.g. a probe-only shape)
 
     # the CLI on a sample of the files that crash an engine: exit 2, one line, no signal
-    cli_probes = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "sdk", "cli", "inspect.py")) and \
-        "probe_if_bare" in open(os.path.join(os.path.dirname(__file__), "..", "..", "sdk", "cli", "inspect.py")).read()
     cli_codes = []
     for p in crashed[:5]:
         r = subprocess.run([sys.executable, "-m", "edgeship.cli", "inspect", p], capture_output=True, timeout=120)
@@ -265,7 +263,6 @@ def test_mutated_models_never_crash_the_host(tmp_path, fmt):
         "slowest (s)": max(t for *_, t in results),
         "notes": (f"hangs killed {len(hung)}, untyped {len(untyped)}, typed errors on in-process reload "
                   f"{inproc_errors}; by kind rejected/accepted {kinds}; CLI inspect on child crashers exit codes "
-                  f"{cli_codes or 'n/a'}{'' if cli_probes else ' (CLI does not probe yet)'}")})
+                  f"{cli_codes or 'n/a'}")})
     assert not untyped, untyped[:5]
-    if cli_probes:
-        assert all(c == 2 for c in cli_codes), cli_codes
+    assert all(c == 2 for c in cli_codes), cli_codes  # the CLI probes bare files in a child: never a signal
