@@ -25,8 +25,7 @@ from . import stages
 from .manifest_build import Results, build_manifest, content_hash
 from .plan import AdvancedOptions, PruneOptions, advanced_options, bind, prune_options, resolve
 from .prune.stage import fp32_cost, prune_source
-from .refine.stage import layer_errors as _layer_errors
-from .refine.stage import refine_artifact
+from .refine.stage import refine_and_validate
 from .targets import TargetContext, run_steps
 
 __all__ = ["convert", "ConversionResult", "PruneOptions", "AdvancedOptions", "content_hash", "TARGETS"]
@@ -205,26 +204,14 @@ def convert(
         reference = source.predict(data.val.x)  # validation always compares with the dense source
         if pruning is not None and source.kind == "keras":
             pruning["fp32_cost"] = fp32_cost(reference, export_source, data.val)
-        validation, quant_errors, extras = {}, {}, dict(exported.extras)
-        for entry in exported.artifacts:
-            request = exported.requests[entry["file"]]
-            if plan.advanced.auto_fallback:
-                evaluate = stages.evaluator(entry, reference, data, source.layout)
-                record = refine_artifact(entry, w, export_source, request, evaluate, plan.max_drop, warnings)
-                if record is not None:
-                    extras.setdefault("accuracy_aware", {})[entry["file"]] = record
-                    quant_errors[entry["file"]] = record["layer_errors"]
-            if plan.advanced.layer_errors and entry["file"] not in quant_errors:
-                errs = _layer_errors(entry, export_source, request, warnings)
-                if errs is not None:
-                    quant_errors[entry["file"]] = errs
-            validation[entry["file"]] = stages.validate(plan, entry, w, reference, data, source.layout, warnings)
+        measured = refine_and_validate(plan, exported, w, source, export_source, reference, data, warnings)
         # after validation: a compiled Edge TPU file runs only with its delegate
-        extras.update(run_steps(TargetContext(w, exported.artifacts, warnings, plan, source, calib_x), plan.targets))
+        extras = {**exported.extras, **measured.extras,
+                  **run_steps(TargetContext(w, exported.artifacts, warnings, plan, source, calib_x), plan.targets)}
 
         results = Results(loader=loader_name, source=source, artifacts=exported.artifacts, data=data,
-                          calibration_file=calib_file, pruning=pruning, validation=validation,
-                          layer_errors=quant_errors, extras=extras)
+                          calibration_file=calib_file, pruning=pruning, validation=measured.validation,
+                          layer_errors=measured.layer_errors, extras=extras)
         manifest = build_manifest(plan, mplan, results, bundle_name=os.path.basename(writer.target.rstrip(os.sep)))
         _report.write_reports(w.dir, manifest, source_bytes=stages.source_bytes(source),
                               warnings=tuple(dict.fromkeys(warnings)))

@@ -9,7 +9,6 @@ recorded) and ``content_hash`` (:func:`content_hash`).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -17,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from edgeship import __version__
+from edgeship.bundle import sha256_bytes
 
 from .plan import ConversionPlan, ModelPlan
 
@@ -69,7 +69,7 @@ def content_hash(manifest: dict) -> str:
         "labels": manifest.get("labels"),
     }
     blob = json.dumps(stable, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+    return "sha256:" + sha256_bytes(blob)
 
 
 @dataclass

@@ -16,12 +16,12 @@ Provides (the loader registered with :mod:`.registry`, the exporters listed in
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
-from edgeship.errors import UnsupportedModelError, require
+from edgeship.bundle import sha256_file
+from edgeship.errors import ModelFormatError, UnsupportedModelError, require
 
 from . import registry
 from .registry import ExportRequest, Precision, Source
@@ -37,14 +37,6 @@ def detect_layout(shape) -> str:
     if c1 in (1, 3) and last not in (1, 3):
         return "NCHW"
     return "NHWC"
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_onnx_path(model) -> bool:
@@ -118,7 +110,7 @@ def load_onnx(model, *, input_shape=None, allow_legacy_h5=False, allow_unsafe=Fa
         kind="onnx",
         format="onnx",
         path=path,
-        sha256=_sha256(path),
+        sha256=sha256_file(path, error=ModelFormatError),
         layout=layout,
         inputs=ins,
         outputs=outs,

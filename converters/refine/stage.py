@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 import shutil
 import tempfile
 from typing import Callable, NamedTuple
@@ -18,9 +19,10 @@ from edgeship import metrics as _metrics
 from edgeship.errors import UnsupportedModelError, ValidationFailedError
 from edgeship.vocab import Precision
 
+from .. import stages
 from . import best_attempt, describe_attempts, fallback
 
-__all__ = ["SENSITIVITIES", "refine_artifact", "layer_errors"]
+__all__ = ["SENSITIVITIES", "refine_artifact", "layer_errors", "refine_and_validate", "Measured"]
 
 
 class Sensitivity(NamedTuple):
@@ -158,3 +160,36 @@ def layer_errors(entry: dict, export_source, request, warnings: list) -> list | 
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What :func:`refine_and_validate` measured: metrics, per-layer errors and ``settings`` records per file."""
+
+    validation: dict
+    layer_errors: dict
+    extras: dict
+
+
+def refine_and_validate(plan, exported, w, source, export_source, reference, data, warnings: list) -> Measured:
+    """Per artifact: refine it (``auto_fallback``), measure its layer errors (``layer_errors``), validate it.
+
+    Raises:
+        ValidationFailedError: an artifact collapsed, or lost more than ``max_drop`` (after refinement).
+    """
+    validation, quant_errors, accuracy_aware = {}, {}, {}
+    for entry in exported.artifacts:
+        fname, request = entry["file"], exported.requests[entry["file"]]
+        if plan.advanced.auto_fallback:
+            evaluate = stages.evaluator(entry, reference, data, source.layout)
+            record = refine_artifact(entry, w, export_source, request, evaluate, plan.max_drop, warnings)
+            if record is not None:
+                accuracy_aware[fname] = record
+                quant_errors[fname] = record["layer_errors"]
+        if plan.advanced.layer_errors and fname not in quant_errors:
+            errs = layer_errors(entry, export_source, request, warnings)
+            if errs is not None:
+                quant_errors[fname] = errs
+        validation[fname] = stages.validate(plan, entry, w, reference, data, source.layout, warnings)
+    return Measured(validation, quant_errors, {"accuracy_aware": accuracy_aware} if accuracy_aware else {})
+
