@@ -93,13 +93,28 @@ def _member_names(gid) -> list:
     return names
 
 
-def _soft_target_ok(f, target: str) -> bool:
-    if not target.startswith("/"):
-        return False  # relative soft links are resolved against a group: refuse, Keras never writes them
-    try:
-        return f.get(target, getlink=False) is not None
-    except (KeyError, RuntimeError, OSError):
-        return False
+def _soft_target_ok(f, target: str, depth: int = 0) -> bool:
+    """True if the absolute ``target`` names an object of this file through hard (or such soft) links only.
+
+    Resolved one component at a time with ``getlink=True``, so no external link on the way
+    is ever followed (h5py's own path lookup would open the other file).
+    """
+    import h5py  # noqa: PLC0415
+
+    if not target.startswith("/") or depth > 16:
+        return False  # relative soft links resolve against a group: Keras never writes them
+    node = f["/"]
+    for part in [p for p in target.split("/") if p]:
+        if not isinstance(node, h5py.Group) or not node.id.links.exists(part.encode()):
+            return False
+        link = node.get(part, getlink=True)
+        if isinstance(link, h5py.SoftLink):
+            if not _soft_target_ok(f, link.path, depth + 1):
+                return False
+        elif not isinstance(link, h5py.HardLink):
+            return False
+        node = node.get(part)
+    return True
 
 
 def _dataset_problem(h5py, ds) -> str | None:

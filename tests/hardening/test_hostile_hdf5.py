@@ -5,7 +5,7 @@ The kernel of a Dense layer is replaced, in Keras 3 ``.keras`` weights
 ``.h5`` model, by an *external dataset* (raw bytes of another file), a
 *virtual dataset* (mapped from another HDF5 file), an *external link*, or a
 soft link that does not resolve inside the file (absolute to nowhere,
-relative). ``edgeship convert`` must refuse each (exit 2, one line naming the
+relative, or through an external link). ``edgeship convert`` must refuse each (exit 2, one line naming the
 HDF5 object), the secret files must see 0 opens (inotify) and no file under
 the output may hold the secret's bytes. A control run with
 ``allow_unsafe=True`` shows that tf_keras copies the external file's bytes
@@ -38,9 +38,11 @@ from edgeship.errors import UnsafeModelError  # noqa: E402
 
 AREA = "(b4) hostile HDF5 weights"
 PATTERN = np.full((4, 2), 1234.5, np.float32)  # the secret's bytes, recognisable in any output
-KINDS = ("external dataset", "virtual dataset", "external link", "soft link to nowhere", "relative soft link")
+KINDS = ("external dataset", "virtual dataset", "external link", "soft link to nowhere", "relative soft link",
+         "soft link through an external link")
 NEEDLE = {"external dataset": "external dataset", "virtual dataset": "virtual dataset",
-          "external link": "external link", "soft link to nowhere": "soft link", "relative soft link": "soft link"}
+          "external link": "external link", "soft link to nowhere": "soft link", "relative soft link": "soft link",
+          "soft link through an external link": "link"}
 
 
 def _secrets(tmp):
@@ -69,6 +71,9 @@ def _poison(path, kind, raw, secret_h5):
             g.create_virtual_dataset(name, lay)
         elif kind == "external link":
             g[name] = h5py.ExternalLink(str(secret_h5), "/data")
+        elif kind == "soft link through an external link":
+            f["/0_ext"] = h5py.ExternalLink(str(secret_h5), "/")
+            g[name] = h5py.SoftLink("/0_ext/data")
         elif kind == "soft link to nowhere":
             g[name] = h5py.SoftLink("/nowhere/kernel")
         else:
