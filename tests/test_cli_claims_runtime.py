@@ -179,7 +179,7 @@ def test_eval_against_and_count(work, capfd):
     for m in lab["artifacts"].values():
         assert "top1_agreement" not in m and 0.7 <= m["accuracy"] <= 1.0
     # the accuracy is the artifact's against the labels: recompute it from `run`
-    x, y = np.load(work["test"])["x"], np.load(work["test"])["y"]
+    y = np.load(work["test"])["y"]
     full = cli_json(capfd, "eval", work["bundle"], "--data", work["test"], "--against", "labels")
     assert full["count"] == len(y)
     ids = _ids(cli_json(capfd, "run", work["bundle"], work["test_x"], "--top-k", "1"))
@@ -187,7 +187,6 @@ def test_eval_against_and_count(work, capfd):
     rc, _, err = cli_capture(capfd, "eval", work["bundle"], "--data", work["test_x"], "--against", "labels")
     assert rc == 2
     assert "label" in one_error_line(err)
-    del x
 
 
 # ------------------------------------------------------------------------------- devices --no-load

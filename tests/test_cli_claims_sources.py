@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from test_cli_claims_common import artifact, cli, cli_capture, cli_json, manifest, one_error_line, write_data
+from test_cli_claims_common import artifact, cli_capture, cli_json, manifest, one_error_line, write_data
 
 pytestmark = pytest.mark.slow
 
