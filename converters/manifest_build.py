@@ -94,7 +94,7 @@ def _source_section(source, mplan: ModelPlan) -> dict:
         "format": source.format,
         "layout": source.layout,
         "framework_versions": dict(source.framework_versions),
-        "inputs": source.inputs,
+        "inputs": [dict(t) for t in mplan.inputs],
         "outputs": [dict(t) for t in mplan.outputs],
         "notes": list(source.notes),
     }

@@ -7,7 +7,7 @@ advanced options). ``bind(plan, source)`` adds what needs the loaded model and
 still comes before any data is read or any artifact written: the preprocessing
 (its default size taken from the model's real layout, a ``size`` that disagrees
 with the model refused), the label count against the model's classes, the task,
-and stable output names.
+and stable input and output names.
 
 The long tail of options lives in two frozen dataclasses, :class:`PruneOptions`
 and :class:`AdvancedOptions`; ``convert()`` accepts them (``prune=PruneOptions(...)``,
@@ -33,7 +33,7 @@ from .choices import choice
 from . import targets as _targets
 
 __all__ = ["PruneOptions", "AdvancedOptions", "ConversionPlan", "ModelPlan", "resolve", "bind",
-           "prune_options", "advanced_options", "stable_output_names", "MAX_PRUNE"]
+           "prune_options", "advanced_options", "stable_names", "MAX_PRUNE"]
 
 MAX_PRUNE = 0.95
 INTEGER = (Precision.INT8, Precision.INT16X8)
@@ -296,6 +296,7 @@ class ModelPlan:
     preprocess: PreprocessSpec | None
     labels: tuple | None
     task: Task
+    inputs: tuple  # the source's input tensor dicts, with stable names
     outputs: tuple  # the source's output tensor dicts, with stable names
     warnings: tuple = ()
 
@@ -341,35 +342,36 @@ def _classes(outputs: list) -> int | None:
     return int(shape[-1]) if shape and shape[-1] else None
 
 
-def stable_output_names(source) -> list:
-    """Output names that are the same on every conversion of the same model.
+def stable_names(source, side: str = "outputs") -> list:
+    """Input or output names (``side``) that are the same on every conversion of the same model.
 
-    The source's declared names (the keys of a Keras model's dict outputs, the
-    graph outputs of an ONNX file, the signature of a SavedModel), else the names
-    of the layers that produce them, else ``output_0``, ``output_1``... Keras'
-    automatic tensor names (``keras_tensor_35``, numbered per process) are never used.
+    The source's declared names (the keys of a Keras model's dict inputs/outputs, the
+    graph inputs/outputs of an ONNX file, the signature of a SavedModel), else the
+    names of the layers that produce them, else ``output_0``, ``output_1``...
+    (``input_0``...). Keras' automatic tensor names (``keras_tensor_35``, numbered
+    per process, changing with what ran before) are never used.
     """
-    outs = list(source.outputs)
-    names = [str(t.get("name") or "") for t in outs]
+    tensors = list(getattr(source, side))
+    names = [str(t.get("name") or "") for t in tensors]
     model = source.handle if source.kind == "keras" else None
     declared = None
-    struct = getattr(model, "_outputs_struct", None) if model is not None else None
-    if isinstance(struct, dict) and len(struct) == len(outs):
-        declared = sorted(str(k) for k in struct)  # the loader returns dict outputs in sorted key order
-    elif model is not None and hasattr(model, "outputs"):
+    struct = getattr(model, f"_{side}_struct", None) if model is not None else None
+    if isinstance(struct, dict) and len(struct) == len(tensors):
+        declared = sorted(str(k) for k in struct)  # dict outputs come back in sorted key order
+    elif model is not None and hasattr(model, side):
         layers = []
-        for t in list(getattr(model, "outputs", None) or []):
+        for t in list(getattr(model, side, None) or []):
             hist = getattr(t, "_keras_history", None)
-            op = getattr(hist, "operation", None) or getattr(hist, "layer", None) or (hist[0] if isinstance(
-                hist, tuple) and hist else None)
+            op = getattr(hist, "operation", None) or getattr(hist, "layer", None) or (
+                hist[0] if isinstance(hist, tuple) and hist else None)
             layers.append(getattr(op, "name", None))
-        if len(layers) == len(outs) and all(layers):
+        if len(layers) == len(tensors) and all(layers):
             declared = [str(n) for n in layers]
     if declared is None:
         declared = [re.sub(r"[:/].*$", "", n) if model is not None else n for n in names]
     out, seen = [], set()
     for i, n in enumerate(declared):
-        n = n if n and not re.fullmatch(r"keras_tensor(_\d+)?", n) else f"output_{i}"
+        n = n if n and not re.fullmatch(r"keras_tensor(_\d+)?", n) else f"{side[:-1]}_{i}"
         if n in seen:
             n = f"{n}_{i}"
         seen.add(n)
@@ -404,7 +406,7 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
     if plan.labels is not None and task is Task.CLASSIFICATION and classes and len(plan.labels) != classes:
         raise InputError(f"labels has {len(plan.labels)} names but the model has {classes} classes "
                          f"(output shape {tuple(source.outputs[0]['shape'])}); give one label per class")
-    names = stable_output_names(source)
-    outputs = tuple({**t, "name": n} for t, n in zip(source.outputs, names))
-    return ModelPlan(sample_shape=sample, preprocess=spec, labels=plan.labels, task=task, outputs=outputs,
-                     warnings=tuple(warnings))
+    inputs = tuple({**t, "name": n} for t, n in zip(source.inputs, stable_names(source, "inputs")))
+    outputs = tuple({**t, "name": n} for t, n in zip(source.outputs, stable_names(source, "outputs")))
+    return ModelPlan(sample_shape=sample, preprocess=spec, labels=plan.labels, task=task, inputs=inputs,
+                     outputs=outputs, warnings=tuple(warnings))

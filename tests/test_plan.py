@@ -115,14 +115,16 @@ def test_output_names_are_the_layer_names_and_the_same_on_every_conversion(digit
 
     x, _ = digits
     layer = keras.saving.load_model(digits_cnn_file).layers[-1].name  # stored in the file
-    names, keys = [], []
+    names, keys, inputs = [], [], []
     for i in range(2):  # the same model file, loaded twice in one process: Keras renumbers its tensors
         res = convert(digits_cnn_file, tmp_path / f"b{i}", calib=x[:64], precision="fp32")
         names.append([t["name"] for t in res.manifest["source"]["outputs"]])
         with rt.load(res.bundle) as m:
             keys.append(list(m.run(x[:2])))
+            inputs.append([t.name for t in m.inputs])
     assert names[0] == names[1] == [layer] == keys[0] == keys[1]
     assert not layer.startswith("keras_tensor")
+    assert inputs[0] == inputs[1] and not inputs[0][0].startswith("keras_tensor"), inputs
 
 
 def test_output_names_of_an_onnx_model_are_its_declared_names(nchw_onnx, tmp_path):
