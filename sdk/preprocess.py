@@ -14,24 +14,28 @@ optimised implementation of the same rule, proved equal bit for bit by
 :meth:`PreprocessSpec.default_for` its input shape and layout (a bare NCHW
 ``.onnx`` with a dynamic batch included).
 
-OpenCV is imported only inside the functions that decode or resize images.
+OpenCV is imported only inside the functions that resize or convert images;
+image files are read by :mod:`edgeship.images` (re-exported here: ``read_image``,
+``list_images``, ``opencv``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Sequence
 
 import numpy as np
 
-from .errors import CalibrationError, InputError, MissingDependencyError
+from .errors import InputError
+from .images import IMAGE_EXTENSIONS, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, list_images, opencv, read_image
 from .vocab import Layout
 
 __all__ = [
     "ColorOrder",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_FILE_BYTES",
+    "MAX_IMAGE_PIXELS",
     "Interpolation",
     "Layout",
     "PreprocessSpec",
@@ -42,12 +46,7 @@ __all__ = [
     "read_image",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
-
-# Bounds for decoded images (a decompression bomb must not take the process down).
-MAX_IMAGE_PIXELS = 1 << 26  # 67 M pixels, ~200 MB as BGR uint8
 MAX_SIDE = 16384  # largest preprocessing size per side (the manifest schema says the same)
-MAX_IMAGE_FILE_BYTES = 1 << 29  # 512 MiB: no real image file is larger
 
 IMAGE_LAYOUTS = (Layout.NHWC, Layout.NCHW)
 
@@ -428,74 +427,3 @@ def _number(text: str) -> float:
         return float(a) / float(b)
     return float(text)
 
-
-def opencv():
-    """Import OpenCV with pixel limits set before its first import.
-
-    Raises:
-        MissingDependencyError: OpenCV is not installed (names the ``camera`` extra).
-    """
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
-    try:
-        import cv2  # noqa: PLC0415
-    except ImportError as exc:
-        raise MissingDependencyError("opencv-python", "camera", "to decode and resize images") from exc
-    return cv2
-
-
-_cv2 = opencv  # the old name, still imported by a few benchmarks and demos
-
-
-def read_image(path: str) -> np.ndarray:
-    """Decode an image file with OpenCV (BGR or gray uint8).
-
-    Raises:
-        InputError: the file is missing, not an image, truncated or too large.
-    """
-    if not os.path.isfile(path):
-        raise InputError(f"image {path!r} does not exist")
-    cv2 = opencv()
-    # Check the declared size before decoding (decompression bombs).
-    from .safeio import open_regular  # noqa: PLC0415
-
-    with open_regular(path, error=InputError, what="image") as fh:  # a FIFO or device is refused, never read
-        if os.fstat(fh.fileno()).st_size > MAX_IMAGE_FILE_BYTES:
-            raise InputError(f"image {path!r} is larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB; not an image edgeship reads")
-        try:
-            data = fh.read(MAX_IMAGE_FILE_BYTES + 1)
-        except (OSError, MemoryError) as exc:
-            raise InputError(f"cannot read image {path!r}: {exc}") from None
-    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-256:]:
-        # libjpeg decodes a truncated JPEG partially (the rest grey) and OpenCV returns it:
-        # a third of a picture must not pass as an image.
-        raise InputError(f"cannot decode image {path!r}: the JPEG is truncated (no end-of-image marker)")
-    buf = np.frombuffer(data, np.uint8)
-    img = None
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise InputError(f"cannot decode image {path!r}: {str(exc).strip().splitlines()[-1]}") from None
-    if img is None:
-        raise InputError(f"cannot decode image {path!r}: not a supported image, or truncated")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    if img.dtype != np.uint8:
-        raise InputError(f"image {path!r} has pixel type {img.dtype}; expected 8- or 16-bit")
-    return img
-
-
-def list_images(folder: str) -> list[str]:
-    """Image files under ``folder``, recursively, sorted (deterministic order).
-
-    Raises:
-        CalibrationError: the folder does not exist.
-    """
-    if not os.path.isdir(folder):
-        raise CalibrationError(f"image folder {folder!r} does not exist or is not a folder")
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs.sort()
-        for f in sorted(files):
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                found.append(os.path.join(root, f))
-    return found
