@@ -102,8 +102,17 @@ def test_int8_tflite_names_the_crushed_score_channels(tmp_path, detector_like):
     res = convert(path, tmp_path / "b", calib=x, precision="int8", io="float", calib_count=96, task="detection")
     art = res.manifest["artifacts"][0]
     assert art["file"] == "model.int8.tflite"
-    out_q = art["outputs"][0]["quantization"]
-    assert out_q is None or len(out_q["scale"]) == 1  # one scale for the whole output tensor
+    assert art["outputs"][0]["quantization"] is None  # float I/O: the output is dequantized at the end ...
+    # ... from ONE int8 tensor holding boxes and scores together, with one scale (the premise)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=os.path.join(res.bundle, art["file"]))
+    (deq,) = [op for op in it._get_ops_details() if op["op_name"] == "DEQUANTIZE"
+              and it.get_tensor_details()[op["outputs"][0]]["name"] == art["outputs"][0]["name"]] or [None]
+    assert deq is not None, "no DEQUANTIZE feeds the float output"
+    q_in = it.get_tensor_details()[deq["inputs"][0]]
+    assert q_in["dtype"] == np.int8 and tuple(q_in["shape"][-2:]) == (4, 6)
+    assert len(q_in["quantization_parameters"]["scales"]) == 1
     v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
     assert v["cosine"] > 0.99  # the overall metric looks fine ...
     (entry,) = v["mixed_ranges"]  # ... but the scores were crushed, and the manifest says so
