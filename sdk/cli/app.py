@@ -10,7 +10,7 @@ from .. import __version__
 from ..errors import EdgeshipError, UsageError
 from . import bench, convert, demo, devices, inspect, report, run, stream
 from . import eval as eval_cmd
-from .common import Parser, cli_warnings, emit_error, flags_of
+from .common import Parser, cli_warnings, emit_error, emit_json, flags_of
 
 COMMANDS = (convert, inspect, run, eval_cmd, bench, report, demo, stream, devices)
 
@@ -64,14 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             err = UsageError(f"{exc.strerror}{where}; nothing partial was left at the output: free space or choose "
                              "another folder")
             return emit_error(err, as_json=as_json)
-        return _internal(exc)
+        return _internal(exc, as_json)
     except Exception as exc:  # an internal error: show it so it can be reported
-        return _internal(exc)
+        return _internal(exc, as_json)
 
 
-def _internal(exc: BaseException) -> int:
+def _internal(exc: BaseException, as_json: bool) -> int:
     import traceback  # noqa: PLC0415
 
     traceback.print_exception(exc)
     print("edgeship: internal error (exit 1); please report it with the traceback above", file=sys.stderr)
+    if as_json:
+        emit_json(sys.stdout, {"error": f"internal error: {type(exc).__name__}: {exc}", "type": type(exc).__name__,
+                               "exit_code": 1})
     return 1
