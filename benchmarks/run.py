@@ -274,18 +274,21 @@ def bench_runtime_vs_bare(ctx: Context) -> list:
     x = np.load(ctx.built.sample)
     bare = BareLiteRT(ctx.built.int8_file, ctx.threads)
     model = runtime.load(ctx.built.int8, threads=ctx.threads)
+    unchecked = runtime.load(ctx.built.int8, threads=ctx.threads, check_finite=False)  # no NaN/Inf check
     try:
         ours = np.asarray(next(iter(model.run(x).values())))
         theirs = bare.run(x)
         diff = float(np.max(np.abs(ours.reshape(theirs.shape) - theirs)))
         q = bare.quantized_input(x)
         res = _interleaved({"edgeship": lambda: model.run(x), "bare": lambda: bare.run(x),
-                            "bare_invoke": lambda: bare.invoke_only(q)},
+                            "bare_invoke": lambda: bare.invoke_only(q),
+                            "edgeship_no_check": lambda: unchecked.run(x)},
                            runs=ctx.runs, warmup=ctx.warmup, desc="edgeship vs bare LiteRT")
         info = model.info
         info = info.to_dict() if hasattr(info, "to_dict") else {}
     finally:
         model.close()
+        unchecked.close()
     ratio = res["edgeship"]["p50"] / res["bare"]["p50"]
     ctx.details["runtime"] = {"latency_ms": res, "max_abs_output_diff": diff, "runtime_info": info}
     s = "runtime"
@@ -303,6 +306,10 @@ def bench_runtime_vs_bare(ctx: Context) -> list:
             res["edgeship"]["p50"] / res["bare_invoke"]["p50"], "x"),
         row(s, "ratio_mean", "edgeship / bare, mean", res["edgeship"]["mean"] / res["bare"]["mean"], "x"),
         row(s, "max_abs_output_diff", "max |edgeship - bare| output", diff, ""),
+        row(s, "no_check_finite_p50_ms", "edgeship Model.run p50, check_finite=False", res["edgeship_no_check"]["p50"],
+            "ms"),
+        row(s, "check_finite_ratio_p50", "NaN/Inf check cost: run with / without check, p50",
+            res["edgeship"]["p50"] / res["edgeship_no_check"]["p50"], "x"),
     ]
 
 

@@ -188,7 +188,7 @@ def test_nan_or_inf_into_an_integer_model_is_an_input_error(fx, x8):
             x[1, 3, 4, 0] = bad
             with pytest.raises(InputError, match=f"input {name!r} contains NaN or Inf"):
                 m.run(x)
-        big = np.full_like(x8, 3e38)  # finite, but the sum overflows: the exact check decides
+        big = np.full_like(x8, 3e38)  # finite (its sum would overflow): not refused
         assert m.run(big)[m.outputs[0].name].shape == (4, 10)
     with rt.load(fx.path("int8"), check_finite=False) as m:
         x = x8.copy()
