@@ -9,7 +9,7 @@ is an edgeship bundle (:func:`foreign_reason`), and then the old one is moved
 aside first and deleted only after the new one is in place.
 
 Writes to one target are serialised by an ``fcntl`` lock on ``.<name>.lock``
-beside it, held from the temp folder's creation to the rename: a second writer
+beside it (present only while held), from the temp folder's creation to the rename: a second writer
 waits (saying so on stderr) up to ``EDGESHIP_LOCK_TIMEOUT`` seconds (default 600)
 and then fails with :class:`~edgeship.errors.BundleLockedError`.
 """
@@ -24,14 +24,13 @@ from typing import Iterator
 
 from . import manifest as _manifest
 from . import safeio
-from .errors import BundleError, BundleExistsError, BundleLockedError, IntegrityError, NotABundleError
+from .errors import BundleError, BundleExistsError, IntegrityError, NotABundleError
+from .writelock import DEFAULT_LOCK_TIMEOUT, LOCK_MARK as _LOCK_MARK, WriteLock, acquire_lock, lock_path  # noqa: F401
 
 _TMP_MARK = ".tmp-"
 _OLD_MARK = ".old-"
-_LOCK_MARK = ".lock"
 REPORT_FILES = ("report.md", "report.html")
 CALIBRATION_FILE = "calibration.npz"
-DEFAULT_LOCK_TIMEOUT = 600.0
 
 
 def _sha256():
@@ -130,72 +129,6 @@ def stale_temp_dirs(target: str) -> list[str]:
                 continue
             found.append(d)
     return sorted(found)
-
-
-def lock_path(target: str) -> str:
-    """The lock file that serialises writes to ``target`` (``.<name>.lock`` beside it)."""
-    parent, name = os.path.split(os.path.abspath(os.fspath(target)))
-    return os.path.join(parent, f".{name}{_LOCK_MARK}")
-
-
-def _lock_timeout() -> float:
-    try:
-        return max(0.0, float(os.environ.get("EDGESHIP_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)))
-    except ValueError:
-        return DEFAULT_LOCK_TIMEOUT
-
-
-def acquire_lock(target: str, *, timeout: float | None = None, message=None):
-    """Hold the write lock of ``target``: returns an open file whose closing releases it.
-
-    Waits up to ``timeout`` seconds (``EDGESHIP_LOCK_TIMEOUT``, default 600) while another
-    process writes the same target; ``message`` (default: a line on stderr) is called
-    once when waiting starts.
-
-    Raises:
-        BundleLockedError: still locked after ``timeout``.
-        BundleError: the lock file cannot be created (e.g. a read-only folder).
-    """
-    import time  # noqa: PLC0415
-
-    try:
-        import fcntl  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - Windows: no serialisation
-        return None
-    path = lock_path(target)
-    timeout = _lock_timeout() if timeout is None else timeout
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as exc:
-        raise BundleError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
-    fh = os.fdopen(fd, "r+b")
-    deadline = time.monotonic() + timeout
-    said = False
-    while True:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fh
-        except BlockingIOError:
-            pass
-        except OSError as exc:  # pragma: no cover - a filesystem without locks
-            fh.close()
-            raise BundleError(f"cannot lock {path}: {exc.strerror or exc}") from None
-        if time.monotonic() >= deadline:
-            fh.close()
-            raise BundleLockedError(
-                f"another edgeship process is writing {os.path.abspath(target)} (lock {path}) and did not finish "
-                f"within {timeout:g} s; wait for it or choose another output (EDGESHIP_LOCK_TIMEOUT sets the wait)")
-        if not said:
-            said = True
-            text = (f"edgeship: waiting for another process writing {os.path.abspath(target)} to finish "
-                    f"(lock {os.path.basename(path)}, up to {timeout:g} s)")
-            if message is not None:
-                message(text)
-            else:
-                import sys  # noqa: PLC0415
-
-                print(text, file=sys.stderr, flush=True)
-        time.sleep(0.05)
 
 
 def foreign_reason(path: str) -> str | None:
@@ -320,7 +253,7 @@ class BundleWriter:
 
     def _release(self) -> None:
         if self._lock is not None:
-            self._lock.close()  # closing the descriptor releases the flock
+            self._lock.close()  # removes the lock file, then closing the descriptor releases the flock
             self._lock = None
 
     def path(self, filename: str) -> str:
