@@ -354,12 +354,7 @@ def _as_batch(arr, input_shape, where, what) -> np.ndarray:
 def _to_float(arr: np.ndarray, preprocess: PreprocessSpec | None) -> np.ndarray:
     """uint8 arrays are raw pixels: normalise them like decoded images."""
     if arr.dtype == np.uint8 and preprocess is not None:
-        x = arr.astype(np.float32) * np.float32(preprocess.scale)
-        mean = np.asarray(preprocess.mean, np.float32)
-        std = np.asarray(preprocess.std, np.float32)
-        if preprocess.layout.value == "NCHW" and x.ndim == 4:
-            mean, std = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
-        return ((x - mean) / std).astype(np.float32)
+        return preprocess.normalize(arr)  # the rule's formula, in the spec's layout
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / np.float32(255.0)
     return np.asarray(arr, dtype=np.float32)

@@ -339,26 +339,30 @@ class PreprocessSpec:
             img = img[:, :, :3]
         img = self._convert_color(img, bgr=bgr)
         img = self._resize(img)
-        x = img.astype(np.float32) * np.float32(self.scale)
-        if x.ndim == 2:
-            x = x[:, :, None]
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        x = (x - mean) / std
+        x = self.normalize(img[:, :, None] if img.ndim == 2 else img, Layout.NHWC)
         if self.layout is Layout.NCHW:
             x = np.transpose(x, (2, 0, 1))
         return np.ascontiguousarray(x, dtype=np.float32)
+
+    def normalize(self, pixels: np.ndarray, layout: "str | Layout | None" = None) -> np.ndarray:
+        """``(pixel * scale - mean[c]) / std[c]`` in float32 on pixels already resized and in
+        colour order (one sample or a batch; the channel axis is last for NHWC, third
+        from last for NCHW; default: the spec's layout). The one place of the formula."""
+        lay = image_layout((), layout) or self.layout
+        x = np.asarray(pixels).astype(np.float32) * np.float32(self.scale)
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        if lay is Layout.NCHW and x.ndim >= 3:
+            mean, std = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+        return (x - mean) / std
 
     def pixel_table(self) -> np.ndarray:
         """``(256, channels)`` float32: what the rule makes of each 8-bit value per channel
         (scale, mean, std and the integer dtype's rounding), in the spec's colour order.
         The stream's fast path applies it with ``cv2.LUT``; it equals :meth:`apply`
         value for value because the same float32 operations run in the same order."""
-        c = self.channels
-        mean = np.broadcast_to(np.asarray(self.mean, np.float32), (c,))
-        std = np.broadcast_to(np.asarray(self.std, np.float32), (c,))
-        px = np.arange(256, dtype=np.float32)[:, None] * np.float32(self.scale)
-        x = (px - mean) / std
+        px = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, self.channels))
+        x = self.normalize(px, Layout.NHWC)
         if self.dtype in ("uint8", "int8"):
             info = np.iinfo(self.dtype)
             x = np.clip(np.rint(x), info.min, info.max).astype(self.dtype).astype(np.float32)

@@ -151,3 +151,14 @@ def test_spec_round_trips_and_refuses_bad_values():
                 {"size": (8, 8), "interpolation": "cubic"}):
         with pytest.raises(InputError):
             PreprocessSpec(**bad)
+
+
+def test_normalize_is_the_formula_in_either_layout(photos):
+    """Calibration arrays of raw uint8 pixels go through the same formula as decoded images."""
+    spec = PreprocessSpec(size=(16, 16), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    nhwc = np.stack([cv2.resize(p, (16, 16), interpolation=cv2.INTER_AREA)[:, :, ::-1] for p in photos])
+    want = np.concatenate([spec.to_input(p) for p in photos])
+    np.testing.assert_array_equal(spec.normalize(nhwc), want)
+    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(spec.normalize(nchw, "NCHW"), want.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(spec.normalize(nchw[0], Layout.NCHW), want[0].transpose(2, 0, 1))
