@@ -238,11 +238,11 @@ def build(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, settings: Dete
 
     from .quiet import quiet_native  # noqa: PLC0415
 
-    t0 = time.perf_counter()
     with quiet_native():  # TensorFlow's oneDNN/CUDA/absl start-up lines
         import keras  # noqa: PLC0415
 
         keras.utils.set_random_seed(settings.seed)
+        t0 = time.perf_counter()
         x, y, _ = make_dataset(settings.train_scenes, settings, settings.seed)
         xv, yv, truth_v = make_dataset(settings.val_scenes, settings, settings.seed + 1)
     say(f"detector demo: generated {len(x)} training scenes in {time.perf_counter() - t0:.1f} s; training...")
