@@ -108,6 +108,9 @@ class CompiledModelBackend(Backend):
         out_order = [str(d["name"]) for d in interp.get_output_details()]
         del interp
 
+        # CompiledModel may point into the buffer instead of copying it: keep the bytes alive with it.
+        self._model_data = source.data
+
         def compile_for(acc_name: str):
             acc = HardwareAccelerator[acc_name]
             cpu = CpuOptions(num_threads=int(threads)) if threads is not None else None
