@@ -78,14 +78,13 @@ def list_images(folder: str) -> list[str]:
     """Image files under ``folder``, recursively, sorted (deterministic order).
 
     Raises:
-        CalibrationError: the folder does not exist.
+        CalibrationError: the folder does not exist, or holds a FIFO, socket, device or a
+            link leading out of it.
     """
+    from .safeio import tree_files  # noqa: PLC0415
+
     if not os.path.isdir(folder):
         raise CalibrationError(f"image folder {folder!r} does not exist or is not a folder")
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs.sort()
-        for f in sorted(files):
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                found.append(os.path.join(root, f))
-    return found
+    # walked without leaving the folder: a FIFO, socket, device or a link out of it is refused, never opened
+    return [p for rel, p in tree_files(folder, error=CalibrationError, what="image folder")
+            if rel.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(rel).startswith(".")]
