@@ -345,3 +345,21 @@ def test_runtime_core_layering():
             if rel.startswith("backends/"):
                 assert mod.lstrip(".") not in ("load", "model", "select", "io_plan", "tasks"), \
                     f"{rel} imports {mod}: backends sit below the model"
+
+
+def test_onnx_npu_without_one_falls_back_with_a_warning(tmp_path, caplog):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from test_onnx_common import conv_net
+
+    path = tmp_path / "m.onnx"
+    conv_net(path, batch=None)
+    with caplog.at_level(logging.WARNING, logger="edgeship.runtime"):
+        with rt.load(str(path), device="npu") as m:
+            assert m.info.fallback and m.info.providers == ("CPUExecutionProvider",)
+            assert any("QNNExecutionProvider" in s for s in m.info.skipped)
+    assert any("QNNExecutionProvider" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FallbackError):
+        rt.load(str(path), device="npu", strict=True)
+    with rt.load(str(path), options=OrtOptions(providers=("cuda",), graph_optimization="basic")) as m:
+        assert m.info.fallback and any("CUDAExecutionProvider" in s for s in m.info.skipped)

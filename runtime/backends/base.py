@@ -96,10 +96,6 @@ class ModelSource:
             raise ModelFormatError(f"{path} is empty; re-copy or re-convert the model")
         return cls(path, data)
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
     def __repr__(self) -> str:
         return f"ModelSource({self.path!r}, {len(self.data)} bytes)"
 

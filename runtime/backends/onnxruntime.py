@@ -24,6 +24,7 @@ path that could have been swapped after the check.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -41,6 +42,8 @@ from ...onnx_policy import read_checked_model, read_external_data
 from ...vocab import DeviceKind
 from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error
 from .options import BackendOptions, OrtOptions
+
+_log = logging.getLogger("edgeship.runtime")
 
 __all__ = ["DEVICE_PROVIDERS", "OnnxRuntimeBackend", "PROVIDER_PRIORITY", "canonical_provider", "provider_options",
            "trt_cache_dir"]
@@ -239,6 +242,10 @@ class OnnxRuntimeBackend(Backend):
                 f"{self.path}: requested execution provider(s) {', '.join(requested)} could not be used "
                 f"(session runs on {', '.join(in_use)}); strict=True refuses to fall back"
             )
+        if fallback:
+            what = ", ".join(requested) or f"device {str(options.device)!r}"
+            _log.warning("onnxruntime: %s cannot run %s here; running on %s instead", what,
+                         os.path.basename(self.path), ", ".join(in_use) or CPU)
         top = in_use[0] if in_use else CPU
         self.info = ExecutionInfo(
             backend="onnxruntime",
