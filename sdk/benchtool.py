@@ -133,7 +133,7 @@ def bench_all(path: str, *, runs: int = 100, warmup: int = 10, threads=None, bat
     import json
     import subprocess
 
-    from .isolate import python_command
+    from .isolate import child_env, python_command
 
     rows = []
     combos = combinations(path, delegates=delegates)
@@ -150,7 +150,7 @@ def bench_all(path: str, *, runs: int = 100, warmup: int = 10, threads=None, bat
             cmd += ["--threads", str(threads)]
         if c["delegate"]:
             cmd += ["--delegate", c["delegate"], "--strict"]
-        env = dict(os.environ, EDGESHIP_PROGRESS="0", TF_CPP_MIN_LOG_LEVEL="3")
+        env = dict(child_env(), EDGESHIP_PROGRESS="0", TF_CPP_MIN_LOG_LEVEL="3")
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:

@@ -38,7 +38,7 @@ import time
 from . import errors as _errors
 from .errors import EdgeshipError, InputError, ModelFormatError
 
-__all__ = ["probe_model", "probe_if_bare", "isolation_enabled", "python_command"]
+__all__ = ["probe_model", "probe_if_bare", "isolation_enabled", "python_command", "child_env"]
 
 # A mutated file can declare an input of billions of elements; the probe refuses
 # to allocate a zero input larger than this (elements) and reports it instead.
@@ -56,23 +56,34 @@ def python_command() -> list[str]:
 
     ``-I`` (isolated mode): the working directory and the script's folder are not on
     ``sys.path``, ``PYTHON*`` variables and the user site are ignored, so a folder
-    ``edgeship/`` (or a file ``edgeship.py``, ``numpy.py``...) beside a downloaded model is
-    never imported. The interpreter's own site-packages stay, with their ``.pth`` files:
-    the editable install's finder is one of those. Only when edgeship itself was found
-    through ``PYTHONPATH`` (a source checkout that is not installed) is the child started
-    with ``-P -s`` instead, which keeps ``PYTHONPATH`` but still drops the working directory.
+    ``edgeship/`` (or a file ``edgeship.py``, ``numpy.py``, ``sitecustomize.py``) beside a
+    downloaded model is never imported. The interpreter's site-packages stay, with their
+    ``.pth`` files: the editable install's finder is one of those. When ``PYTHONPATH`` is
+    set (an engine installed outside site-packages on a device, a source checkout), the
+    child gets ``-P -s`` instead (Python >= 3.11): the working directory is still not on
+    ``sys.path``, and :func:`child_env` keeps only the absolute ``PYTHONPATH`` entries.
     """
-    if _found_through_pythonpath():
-        return [sys.executable, "-P", "-s"] if sys.version_info >= (3, 11) else [sys.executable, "-s"]
+    if _pythonpath_entries() and sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-s"]
     return [sys.executable, "-I"]
 
 
-def _found_through_pythonpath() -> bool:
-    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
-    if not entries:
-        return False
-    here = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return any(os.path.realpath(os.path.abspath(e)) == here for e in entries)
+def _pythonpath_entries() -> list[str]:
+    return [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e and os.path.isabs(e)]
+
+
+def child_env(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) for a child started with :func:`python_command`.
+
+    Relative and empty ``PYTHONPATH`` entries (``""``, ``.``: the working directory) are dropped.
+    """
+    env = dict(os.environ if env is None else env)
+    kept = _pythonpath_entries()
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
 
 
 def _signal_name(rc: int) -> str:
@@ -126,7 +137,7 @@ def probe_model(path, *, timeout: float = 30, backend: str | None = None, thread
         cmd += ["--threads", str(int(threads))]
     if artifact:
         cmd += ["--artifact", artifact]
-    env = dict(os.environ)
+    env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["EDGESHIP_ISOLATE"] = "0"  # the child must not probe again
     t0 = time.perf_counter()

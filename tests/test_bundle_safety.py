@@ -384,3 +384,23 @@ def test_preprocess_spec_bounds_and_image_reads(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="FIFO|does not exist"):  # refused, never opened (it would block)
         read_image(str(fifo))
+
+
+@pytest.mark.parametrize("pythonpath", [None, ".", f".{os.pathsep}{os.pathsep}/nonexistent"])
+def test_children_ignore_the_working_directory_even_with_pythonpath(tmp_path, monkeypatch, pythonpath):
+    import subprocess
+
+    from edgeship.isolate import child_env, python_command
+
+    (tmp_path / "edgeship").mkdir()
+    (tmp_path / "edgeship" / "__init__.py").write_text(f"open({str(tmp_path / 'canary')!r}, 'w')\n")
+    monkeypatch.chdir(tmp_path)
+    if pythonpath is None:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+    out = subprocess.run(python_command() + ["-c", "import edgeship; print(edgeship.__file__)"], env=child_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "canary").exists()
+    assert os.path.samefile(os.path.dirname(out.stdout.strip()), os.path.dirname(B.__file__))
