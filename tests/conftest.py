@@ -2,7 +2,8 @@
 
 Session fixtures (built once per run, used read-only):
     ``digits``      sklearn digits as (x float32 (N, 8, 8, 1) in [0, 1], y int64);
-    ``digits_cnn``  one small Keras 3 CNN trained on ``digits[:1200]`` (10 epochs).
+    ``digits_cnn``  one small Keras 3 CNN trained on ``digits[:1200]`` (10 epochs);
+    ``digits16``, ``pruning_cnn_file``  digits at 16x16 and the CNN the pruning tests prune.
 Builders (fixtures that return a function):
     ``external_data_model``  an ONNX Add(x, w) model whose ``w`` lives in external data;
     ``import_blocker``       Python source that makes imports of the named packages fail
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import random
 
+import numpy as np
 import pytest
 
 from _shared import build_external_data_model, import_blocker_source, load_digits_xy, make_canary
@@ -38,7 +40,36 @@ def pytest_addoption(parser):
                      help="shuffle test files and the tests within each file with this seed")
 
 
+# Fixtures that convert or train a model, by (module, name): every test that uses one, directly or
+# through another fixture, is marked ``slow`` here (``make test-fast`` leaves them out). Tests that
+# convert in their own body carry ``@pytest.mark.slow`` (or a module ``pytestmark``) themselves.
+SLOW_FIXTURES = {
+    ("conftest", "digits_cnn"), ("conftest", "digits_cnn_file"), ("conftest", "pruning_cnn_file"),
+    ("conftest", "demo_detector"),
+    ("test_runtime", "fx"), ("test_compiled_model", "fx"), ("test_runtime_threads", "fx"),
+    ("test_runtime_import", "files"), ("test_stream", "tiny_tflite"), ("test_stream", "heavy"),
+    ("test_edgetpu", "small_model"), ("test_onnx_quant", "digits_model"), ("test_manifest_bundle", "model"),
+    ("test_mixed_ranges", "detector_like"), ("test_prune_onnx", "digits_mlp"), ("test_determinism", "model_path"),
+    ("test_delegate", "model"), ("test_devices", "float_model"), ("test_webview_browser", "live_stream"),
+}
+
+
+def _uses_slow_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in item.fixturenames:
+        for fd in info.name2fixturedefs.get(name, ()):
+            module = getattr(getattr(fd, "func", None), "__module__", "") or ""
+            if (module.rsplit(".", 1)[-1], name) in SLOW_FIXTURES:
+                return True
+    return False
+
+
 def pytest_collection_modifyitems(config, items):
+    for it in items:
+        if it.get_closest_marker("slow") is None and _uses_slow_fixture(it):
+            it.add_marker(pytest.mark.slow)
     seed = config.getoption("--shuffle-seed")
     if seed is None:
         return
@@ -110,6 +141,43 @@ def digits_cnn_file(digits_cnn, tmp_path_factory):
     """``digits_cnn`` saved once as a Keras 3 ``.keras`` file (its path, str)."""
     path = tmp_path_factory.mktemp("digits-cnn") / "digits.keras"
     digits_cnn.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def digits16():
+    """digits upsampled to 16x16, shuffled (seed 0): ``x``, ``y``, ``train``/``eval`` = first 1,400 / the rest."""
+    tf = pytest.importorskip("tensorflow")
+    x, y = load_digits_xy()
+    x = tf.image.resize(x, (16, 16)).numpy()
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx], y[idx]
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return {"x": x, "y": y, "train": (x[:1400], y[:1400]), "eval": (x[1400:], y[1400:])}
+
+
+@pytest.fixture(scope="session")
+def pruning_cnn_file(digits16, tmp_path_factory):
+    """The CNN the pruning tests prune: c1 conv 8 -> pool -> c2 conv 16 -> fc1 dense 32 -> logits 10,
+    trained 12 epochs on ``digits16["train"]``, saved once as a Keras 3 ``.keras`` file (its path)."""
+    keras = pytest.importorskip("keras")
+    xtr, ytr = digits16["train"]
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="c1"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 3, activation="relu", name="c2"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu", name="fc1"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+    m.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              metrics=["accuracy"])
+    m.fit(xtr, ytr, epochs=12, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("pruning-cnn") / "digits16.keras"
+    m.save(path)
     return str(path)
 
 

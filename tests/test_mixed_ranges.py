@@ -148,6 +148,7 @@ def test_fp32_of_the_same_model_is_mixed_but_not_lossy(tmp_path, detector_like):
     assert not any("channels 4-5" in w for w in res.warnings)
 
 
+@pytest.mark.slow
 def test_classifier_has_no_mixed_ranges_entry(tmp_path):
     keras.utils.set_random_seed(1)
     inp = keras.Input((8,))

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -99,18 +95,41 @@ def test_digits_int8_keeps_accuracy(digits_model, tmp_path):
     assert float(np.mean(ref.argmax(1) == out.argmax(1))) >= 0.97
 
 
-@pytest.mark.parametrize("method", list(CalibMethod))
-def test_calibration_methods(tmp_path, method):
-    p = tmp_path / "m.onnx"
-    conv_net(p)
-    src = onnx_formats.load_onnx(str(p))
-    info = _export(src, _request(tmp_path, digits_like(16), calib_method=method))
-    assert info["extra"]["onnx_quantization"]["calibrate_method"] == method.value
-    x = digits_like(8, seed=3)
-    agree = np.mean(_run_each(str(p), x).argmax(1) == _run_each(tmp_path / "q.onnx", x).argmax(1))
-    assert agree >= 0.75
+# Top-1 agreement with FP32 and accuracy drop (points) of each calibration method, on the 497
+# held-out digits with the trained MLP calibrated on 100. Measured: minmax 99.6% / 0.0, entropy
+# 99.6% / 0.0, percentile 99.4% / -0.2. Bounds: 98.5% (5 more of 497 samples) and 1 point.
+CALIB_BOUND = (0.985, 1.0)
 
 
+def _activation_scales(path) -> list:
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return [float(inits[n.input[1]]) for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1]
+
+
+@pytest.mark.slow
+def test_calibration_methods(digits_model, tmp_path):
+    path, calib, xe, ye = digits_model
+    src = onnx_formats.load_onnx(path)
+    ref = _run_each(path, xe)
+    scales = {}
+    for method in CalibMethod:
+        name = f"q-{method.value}.onnx"
+        info = _export(src, _request(tmp_path, calib, name=name, calib_method=method))
+        assert info["extra"]["onnx_quantization"]["calibrate_method"] == method.value
+        out = _run_each(str(tmp_path / name), xe)
+        agree = float(np.mean(ref.argmax(1) == out.argmax(1)))
+        drop = 100 * (float(np.mean(ref.argmax(1) == ye)) - float(np.mean(out.argmax(1) == ye)))
+        assert agree >= CALIB_BOUND[0] and drop <= CALIB_BOUND[1], (method.value, agree, drop)
+        scales[method.value] = _activation_scales(tmp_path / name)
+        assert scales[method.value], "no activation QuantizeLinear found"
+    # each method really chose its own ranges: percentile clips the tails minmax keeps
+    assert scales["percentile"] != scales["minmax"], scales
+    assert sum(scales["percentile"]) < sum(scales["minmax"]), scales
+
+
+@pytest.mark.slow
 def test_opset12_is_upgraded_for_per_channel(tmp_path):
     p = tmp_path / "old.onnx"
     conv_net(p, opset=12)
@@ -123,6 +142,7 @@ def test_opset12_is_upgraded_for_per_channel(tmp_path):
     np.testing.assert_allclose(_run_each(tmp_path / "q.onnx", x), _run_each(str(p), x), atol=0.15)
 
 
+@pytest.mark.slow
 def test_nhwc_input_model(tmp_path):
     p = tmp_path / "nhwc.onnx"
     conv_net(p, nhwc=True)
@@ -135,6 +155,7 @@ def test_nhwc_input_model(tmp_path):
     np.testing.assert_allclose(_run_each(tmp_path / "q.onnx", x), src.predict(x)[0], atol=0.15)
 
 
+@pytest.mark.slow
 def test_dynamic_batch_fixed_to_one_or_input_shape(tmp_path):
     p = tmp_path / "dyn.onnx"
     conv_net(p, batch=None)
@@ -149,6 +170,7 @@ def test_dynamic_batch_fixed_to_one_or_input_shape(tmp_path):
     assert reference_run(tmp_path / "q4.onnx", digits_like(4)).shape == (4, 4)
 
 
+@pytest.mark.slow
 def test_tensorrt_target_is_symmetric_int8(tmp_path):
     p = tmp_path / "m.onnx"
     conv_net(p)
@@ -162,6 +184,7 @@ def test_tensorrt_target_is_symmetric_int8(tmp_path):
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
 
 
+@pytest.mark.slow
 def test_exclude_op_types_and_nodes(tmp_path):
     p = tmp_path / "m.onnx"
     conv_net(p)
@@ -176,6 +199,7 @@ def test_exclude_op_types_and_nodes(tmp_path):
         _export(src, _request(tmp_path, digits_like(16), name="bad.onnx", exclude=("NoSuchOp",)))
 
 
+@pytest.mark.slow
 def test_fp32_copy_and_unsupported_precision(tmp_path):
     p = tmp_path / "m.onnx"
     conv_net(p, batch=None)
@@ -188,6 +212,7 @@ def test_fp32_copy_and_unsupported_precision(tmp_path):
         _export(src, _request(tmp_path, None, name="h.onnx", precision=Precision.FP16))
 
 
+@pytest.mark.slow
 def test_bad_calibration(tmp_path):
     p = tmp_path / "m.onnx"
     conv_net(p)
@@ -213,6 +238,7 @@ def test_detect_layout():
     assert onnx_formats.detect_layout([1, 10]) == "other"
 
 
+@pytest.mark.slow
 def test_x86_int8_runs_in_integer_kernels(tmp_path):
     """ONNX Runtime must fuse every Q/DQ pair of the x86 (U8S8) model into integer kernels.
 

@@ -108,6 +108,7 @@ def test_n_m_structure_along_input_channels(digits_mlp, tmp_path):
     assert all(abs(r["achieved"] - 0.5) < 1e-3 for r in info["layers"])
 
 
+@pytest.mark.slow
 def test_conv_n_m_skips_indivisible_first_layer(tmp_path):
     src = _conv_model(tmp_path)
     dst = tmp_path / "conv.24.onnx"
