@@ -167,7 +167,10 @@ class Stream:
             return self
         self.source.start()
         self.meter.start()
-        for name, fn in (("preprocess", self._run_pre), ("inference", self._run_inf), ("postprocess", self._run_post)):
+        stages = (("preprocess", self._run_pre),
+                  ("inference", lambda: self._relay(self._q_pre, self._q_inf, self._infer)),
+                  ("postprocess", lambda: self._relay(self._q_inf, self._q_out, self._finish)))
+        for name, fn in stages:
             t = threading.Thread(target=self._guard(fn), name=f"edgeship-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -240,21 +243,24 @@ class Stream:
             if not self._q_pre.put((frame, x, timings)):
                 return
 
-    def _run_inf(self) -> None:
-        run = self.model.run
+    def _relay(self, q_in: _Handoff, q_out: _Handoff, step: Callable[[tuple], Any]) -> None:
+        """Hand ``step(item)`` of every item from ``q_in`` to ``q_out`` until the end marker (forwarded) or stop."""
         while not self._stop.is_set():
-            item = self._q_pre.get()
+            item = q_in.get()
             if item is None:
                 continue
             if item is _END:
-                self._q_inf.put(_END)
+                q_out.put(_END)
                 return
-            frame, x, timings = item
-            t0 = time.perf_counter()
-            outputs = run(x)
-            timings["inference"] = (time.perf_counter() - t0) * 1000.0
-            if not self._q_inf.put((frame, outputs, timings)):
+            if not q_out.put(step(item)):
                 return
+
+    def _infer(self, item: tuple) -> tuple:
+        frame, x, timings = item
+        t0 = time.perf_counter()
+        outputs = self.model.run(x)
+        timings["inference"] = (time.perf_counter() - t0) * 1000.0
+        return frame, outputs, timings
 
     def _postprocess(self, frame: Frame, outputs: Mapping[str, np.ndarray]) -> tuple:
         if self.task is Task.DETECT:
@@ -265,31 +271,24 @@ class Stream:
         scores = np.asarray(next(iter(outputs.values())))[0]
         return get_classes(scores, top_k=self.top_k, labels=self.labels)
 
-    def _run_post(self) -> None:
-        while not self._stop.is_set():
-            item = self._q_inf.get()
-            if item is None:
-                continue
-            if item is _END:
-                self._q_out.put(_END)
-                return
-            frame, outputs, timings = item
-            t0 = time.perf_counter()
-            results = self._postprocess(frame, outputs)
-            t1 = time.perf_counter()
-            timings["postprocess"] = (t1 - t0) * 1000.0
-            img = frame.image
-            if self.draw:
-                if not img.flags.writeable:
-                    img = img.copy()
-                draw_results(img, results, self.task)
-                draw_stats(img, self.meter.fps(), self.meter.recent_means())
-            t2 = time.perf_counter()
-            timings["draw"] = (t2 - t1) * 1000.0
-            timings["latency"] = (t2 - frame.t_capture) * 1000.0
-            self.meter.record(t2, timings)
-            if not self._q_out.put(StreamResult(frame.index, img, results, timings, frame.t_capture)):
-                return
+    def _finish(self, item: tuple) -> StreamResult:
+        """Postprocess and draw one frame, and record its timings."""
+        frame, outputs, timings = item
+        t0 = time.perf_counter()
+        results = self._postprocess(frame, outputs)
+        t1 = time.perf_counter()
+        timings["postprocess"] = (t1 - t0) * 1000.0
+        img = frame.image
+        if self.draw:
+            if not img.flags.writeable:
+                img = img.copy()
+            draw_results(img, results, self.task)
+            draw_stats(img, self.meter.fps(), self.meter.recent_means())
+        t2 = time.perf_counter()
+        timings["draw"] = (t2 - t1) * 1000.0
+        timings["latency"] = (t2 - frame.t_capture) * 1000.0
+        self.meter.record(t2, timings)
+        return StreamResult(frame.index, img, results, timings, frame.t_capture)
 
     # -- figures -------------------------------------------------------------------------
 
