@@ -17,6 +17,7 @@ import numpy as np
 from edgeship import metrics as _metrics
 from edgeship.calibration import RANDOM, CalibrationSet, load_samples
 from edgeship.errors import CalibrationError, UnsupportedModelError, ValidationFailedError
+from edgeship.progress import step
 
 from . import registry
 from .plan import ConversionPlan, ModelPlan
@@ -53,7 +54,8 @@ def load_source(plan: ConversionPlan):
     from .tflite import quiet  # noqa: PLC0415
 
     adv = plan.advanced
-    with quiet():  # TensorFlow's import-time C++ logging (absl, CUDA probes) is noise here
+    what = os.path.basename(os.fspath(plan.model)) if isinstance(plan.model, (str, os.PathLike)) else "the model"
+    with step(f"loading {what}"), quiet():  # TensorFlow's import-time C++ logging (absl, CUDA probes) is noise here
         source = loader(plan.model, input_shape=adv.input_shape, allow_legacy_h5=adv.allow_legacy_h5,
                         allow_unsafe=adv.allow_unsafe)
     return name, source
@@ -182,7 +184,8 @@ def export_all(plan: ConversionPlan, source, exporters: dict, calib_x, w, workdi
         req = ExportRequest(precision=plan.precision, io=plan.io, calib=calib_x, out_path=w.path(fname),
                             workdir=workdir, target=plan.export_target(f), calib_method=adv.calib_method,
                             exclude=adv.exclude, seed=adv.seed)
-        part = dict(fn(source, req))
+        with step(f"writing {fname}"):
+            part = dict(fn(source, req))
         out.extras.update(part.pop("extra", {}) or {})
         entry = {"file": fname, **part}
         entry["io"] = part.get("io") or plan.io_value

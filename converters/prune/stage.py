@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeship import metrics as _metrics
 from edgeship.errors import UnsupportedModelError
+from edgeship.progress import step
 
 __all__ = ["PRUNERS", "prune_source", "fp32_cost"]
 
@@ -101,7 +102,8 @@ def prune_source(source, opts, **kw):
     fn = PRUNERS.get(source.kind)
     if fn is None:
         raise UnsupportedModelError(f"pruning is not supported for {source.kind} sources")
-    return fn(source, opts, **kw)
+    with step(f"pruning ({opts.structure or opts.sparsity})"):
+        return fn(source, opts, **kw)
 
 
 def fp32_cost(reference, export_source, val_set) -> dict:

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 
 from edgeship import metrics as _metrics
 from edgeship.errors import UnsupportedModelError, ValidationFailedError
+from edgeship.progress import step
 from edgeship.vocab import Precision
 
 from .. import stages
@@ -112,8 +113,9 @@ def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[
                 "accuracy": base.get("accuracy"), "top1_agreement": base.get("top1_agreement")}
     work = tempfile.mkdtemp(prefix=".fallback-", dir=w.dir)
     try:
-        sens = how.build(export_source, request, work)
-        res = fallback(sens, evaluate, max_drop=max_drop, baseline=baseline)
+        with step(f"{fname}: INT8 dropped {base_drop:.1f} points, keeping sensitive parts in float"):
+            sens = how.build(export_source, request, work)
+            res = fallback(sens, evaluate, max_drop=max_drop, baseline=baseline)
         if not res.ok:
             best = best_attempt(res.attempts)
             raise ValidationFailedError(
