@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -30,39 +29,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = tf.image.resize((d.images / 16.0).astype(np.float32)[..., None], (16, 16)).numpy()
-    y = d.target.astype(np.int64)
-    idx = np.random.default_rng(0).permutation(len(x))
-    x, y = x[idx], y[idx]
+def digits(digits16, tmp_path_factory):
+    x, y = digits16["x"], digits16["y"]
     folder = tmp_path_factory.mktemp("digits")
     train = folder / "train.npz"
     np.savez(train, x=x[:1400], y=y[:1400])
-    return {"x": x, "y": y, "train": str(train), "calib": x[:200], "eval": (x[1400:], y[1400:])}
+    return {"x": x, "y": y, "train": str(train), "calib": x[:200], "eval": digits16["eval"]}
 
 
 @pytest.fixture(scope="module")
-def keras3_path(digits, tmp_path_factory):
-    """A Keras 3 CNN saved as .keras (what users have)."""
-    x, y = digits["x"], digits["y"]
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([
-        keras.Input((16, 16, 1)),
-        keras.layers.Conv2D(8, 3, activation="relu", name="c1"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(16, 3, activation="relu", name="c2"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu", name="fc1"),
-        keras.layers.Dense(10, name="logits"),
-    ])
-    m.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    m.fit(x[:1400], y[:1400], epochs=10, batch_size=32, verbose=0)
-    path = tmp_path_factory.mktemp("k3") / "digits.keras"
-    m.save(path)
-    return str(path)
+def keras3_path(pruning_cnn_file):
+    """The session's pruning CNN (tests/conftest.py) saved as .keras (what users have)."""
+    return pruning_cnn_file
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +77,46 @@ def test_pruned_manifest_records_sparsity_per_layer(pruned_bundle):
     assert s["prune"] == 0.5 and s["prune_epochs"] == 2 and s["prune_structure"] is None
 
 
-def test_pruned_int8_gzips_smaller_and_stays_accurate(pruned_bundle, dense_bundle):
+# INT8 gzip bytes, pruned / dense. README (benchmarks/bench_prune.py): 0.630x at 50% and 0.372x at
+# 75% (0.635x / 0.372x on digits at 28x28 with 10 fine-tuning epochs). This test's model (16x16,
+# 2 fine-tuning epochs) measured GZIP_MEASURED; the bounds add a margin for noise to README's figures.
+GZIP_MEASURED = {0.5: 0.667, 0.75: 0.432}
+GZIP_BOUND = {0.5: 0.63 + 0.07, 0.75: 0.37 + 0.10}
+
+
+def _gzip_ratio(pruned, dense):
+    return pruned.manifest["artifacts"][0]["gzip_bytes"] / dense.manifest["artifacts"][0]["gzip_bytes"]
+
+
+def test_pruned_int8_gzips_smaller_and_stays_accurate(pruned_bundle, dense_bundle, digits):
     dense = dense_bundle.manifest["artifacts"][0]
     pruned = pruned_bundle.manifest["artifacts"][0]
     assert pruned["precision"] == dense["precision"] == "int8"
-    assert pruned["gzip_bytes"] < 0.85 * dense["gzip_bytes"], (pruned["gzip_bytes"], dense["gzip_bytes"])
+    ratio = _gzip_ratio(pruned_bundle, dense_bundle)
+    assert ratio <= GZIP_BOUND[0.5], (ratio, pruned["gzip_bytes"], dense["gzip_bytes"])
     dv = dense_bundle.manifest["validation"]["artifacts"][dense["file"]]
     pv = pruned_bundle.manifest["validation"]["artifacts"][pruned["file"]]
     # validation compares with the ORIGINAL dense model: same reference accuracy in both bundles
     assert pv["source_accuracy"] == pytest.approx(dv["source_accuracy"])
     assert pv["accuracy"] >= pv["source_accuracy"] - 0.03  # pruning + INT8 together, 2 fine-tuning epochs
+    # the FP32 cost of pruning alone, measured on every validation sample against the dense source
     cost = pruned_bundle.manifest["pruning"]["fp32_cost"]
-    assert cost["count"] == len(pruned_bundle.manifest["validation"]) or cost["count"] > 0
+    assert cost["count"] == len(digits["eval"][1]), cost
+    assert cost["source_accuracy"] == pytest.approx(pv["source_accuracy"]), cost
+    assert cost["drop_points"] == pytest.approx(100 * (cost["source_accuracy"] - cost["accuracy"]), abs=0.01), cost
+
+
+def test_pruned_75_percent(digits, keras3_path, dense_bundle, tmp_path):
+    r = convert(keras3_path, tmp_path / "b75", calib=digits["calib"], eval_data=digits["eval"], calib_count=200,
+                prune=0.75, train_data=digits["train"], prune_epochs=2)
+    p = r.manifest["pruning"]
+    assert p["target"] == 0.75 and abs(p["achieved_total"] - 0.75) <= 0.02
+    assert all(abs(lyr["achieved"] - 0.75) <= 0.02 for lyr in p["layers"]), p["layers"]
+    ratio = _gzip_ratio(r, dense_bundle)
+    assert ratio <= GZIP_BOUND[0.75], ratio
+    v = r.manifest["validation"]["artifacts"][r.manifest["artifacts"][0]["file"]]
+    # 75% with 2 fine-tuning epochs costs accuracy (measured: -11.8 points); not more than 15
+    assert v["accuracy"] >= v["source_accuracy"] - 0.15, v
 
 
 def test_pruned_bundle_runs_and_reports(pruned_bundle, digits):
@@ -152,7 +158,6 @@ def test_prune_options_are_checked_before_any_work(keras3_path, tmp_path):
 def test_onnx_source_pruned_on_initializers_with_measured_cost(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    sys.path.insert(0, os.path.dirname(__file__))
     from test_onnx_common import digits_conv_net
 
     calib, xe, ye = digits_conv_net(tmp_path / "cnn.onnx")

@@ -37,38 +37,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = tf.image.resize((d.images / 16.0).astype(np.float32)[..., None], (16, 16)).numpy()
-    y = d.target.astype(np.int64)
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(x))
-    x, y = x[idx], y[idx]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
+def digits(digits16):
+    return (*digits16["train"], *digits16["eval"])
 
 
 @pytest.fixture(scope="module")
-def dense_model(digits, tmp_path_factory):
-    """A Keras 3 CNN saved as .keras and loaded back (what users have)."""
-    xtr, ytr, _xte, _yte = digits
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([
-        keras.Input((16, 16, 1)),
-        keras.layers.Conv2D(8, 3, activation="relu", name="c1"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(16, 3, activation="relu", name="c2"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu", name="fc1"),
-        keras.layers.Dense(10, name="logits"),
-    ])
-    m.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-              metrics=["accuracy"])
-    m.fit(xtr, ytr, epochs=12, batch_size=32, verbose=0)
-    path = tmp_path_factory.mktemp("k3") / "digits.keras"
-    m.save(path)
-    return keras.saving.load_model(path)
+def dense_model(pruning_cnn_file):
+    """The session's pruning CNN (tests/conftest.py), saved as .keras and loaded back (what users have)."""
+    return keras.saving.load_model(pruning_cnn_file)
 
 
 def _acc(model, x, y) -> float:
