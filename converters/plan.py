@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.errors import InputError
+from edgeship.errors import CalibrationError, InputError
 from edgeship.preprocess import ColorOrder, PreprocessSpec, image_layout
 from edgeship.vocab import CalibMethod, Format, IOType, Precision, Task
 
@@ -216,6 +216,14 @@ def _number(value, what: str, *, low: float | None = None) -> None:
         raise InputError(f"{what}={value!r} must be a number{'' if low is None else f' >= {low:g}'}")
 
 
+def _check_path(value, what: str) -> None:
+    """A data path that does not exist is refused before the model is loaded."""
+    if isinstance(value, (str, os.PathLike)) and not (isinstance(value, str) and value == "random"):
+        path = os.fspath(value)
+        if not os.path.exists(path):
+            raise CalibrationError(f"{what} data {path!r} does not exist (expected an image folder, .npy or .npz)")
+
+
 def _check_prune(opts: PruneOptions) -> None:
     from .prune import parse_structure, target_sparsity  # noqa: PLC0415
 
@@ -259,6 +267,7 @@ def resolve(*, model, output, calib=None, precision=None, io="int8", formats=Non
     Raises:
         InputError: an option value is not supported or contradicts another (PruneOptionError
             for pruning options); nothing has been loaded or written.
+        CalibrationError: a calibration, evaluation or training data path does not exist.
     """
     warnings: list = []
     tgts, precision, io, formats = _targets.parse_targets(target, precision, io, formats)
@@ -274,6 +283,11 @@ def resolve(*, model, output, calib=None, precision=None, io="int8", formats=Non
         _check_prune(prune)
     if adv.auto_fallback and max_drop is None:
         raise InputError("auto_fallback needs max_drop (the accuracy drop, in points, to stay within)")
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"name={name!r} must be a string (the bundle name)")
+    for value, what in ((calib, "calibration"), (eval_data, "evaluation"),
+                        (None if prune is None else prune.train_data, "training")):
+        _check_path(value, what)
     if preprocess is not None and not isinstance(preprocess, (PreprocessSpec, dict, str)):
         raise InputError("preprocess must be a PreprocessSpec, a dict or a 'key=value,...' string; "
                          f"got {type(preprocess).__name__}")

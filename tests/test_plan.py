@@ -14,7 +14,7 @@ os.environ.setdefault("EDGESHIP_PROGRESS", "0")
 import edgeship.runtime as rt  # noqa: E402
 from edgeship.converters import AdvancedOptions, PruneOptions, convert  # noqa: E402
 from edgeship.converters.plan import resolve  # noqa: E402
-from edgeship.errors import InputError  # noqa: E402
+from edgeship.errors import CalibrationError, InputError  # noqa: E402
 from edgeship.vocab import Format, Precision, Target  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -145,6 +145,10 @@ def test_the_plan_is_frozen_and_refuses_bad_options_before_any_work(tmp_path):
                       (dict(train_data=(np.zeros((2, 2)), np.zeros(2))), "train_data is used for pruning only")]:
         with pytest.raises(InputError, match=match):
             convert(object(), tmp_path / "b", **kw)  # an unloadable model: the options fail first
+    for kw in (dict(calib=str(tmp_path / "nothing.npy")), dict(eval_data=str(tmp_path / "no-folder")),
+               dict(prune=0.5, train_data=str(tmp_path / "none.npz"))):
+        with pytest.raises(CalibrationError, match="does not exist"):
+            convert(object(), tmp_path / "b", **kw)
     assert not (tmp_path / "b").exists()
 
 
