@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_MAX_BYTES", "MAX_JSON_DEPTH", "MAX_NPZ_MEMBERS", "open_regul
 DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB of arrays from one file (``--calib-max-bytes``)
 MAX_JSON_DEPTH = 128
 MAX_NPZ_MEMBERS = 4096
+MAX_NPZ_DIRECTORY = 16 << 20  # bytes of zip directory zipfile would parse into memory
 _NPY_MAX_HEADER = 10000  # numpy's own default limit on the header text
 _CHUNK = 1 << 20
 
@@ -308,33 +309,38 @@ def load_npy(path, *, max_bytes: int = DEFAULT_MAX_BYTES, error: type = InputErr
             raise error(f"{where}: not enough memory to read the array (budget {max_bytes:,} bytes, {flag})") from None
 
 
-def _zip_entries(fh, size: int) -> int | None:
-    """Number of entries the zip's end record declares (None when there is no end record)."""
+def _zip_entries(fh, size: int) -> tuple[int, int] | None:
+    """``(entries, central directory bytes)`` the zip's end record declares (None without one)."""
     tail_len = min(size, 22 + 65535)
     fh.seek(size - tail_len)
     tail = fh.read(tail_len)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + 22 > len(tail):
+        fh.seek(0)
         return None
-    entries = struct.unpack("<H", tail[at + 10: at + 12])[0]
-    if entries == 0xFFFF and at >= 20 and tail[at - 20: at - 16] == b"PK\x06\x07":
+    entries, cd_size = struct.unpack("<HI", tail[at + 10: at + 16])
+    if (entries == 0xFFFF or cd_size == 0xFFFFFFFF) and at >= 20 and tail[at - 20: at - 16] == b"PK\x06\x07":
         off = struct.unpack("<Q", tail[at - 12: at - 4])[0]
-        if off + 40 <= size:
+        if off + 56 <= size:
             fh.seek(off)
-            rec = fh.read(40)
+            rec = fh.read(56)
             if rec[:4] == b"PK\x06\x06":
-                entries = struct.unpack("<Q", rec[32:40])[0]
+                entries, cd_size = struct.unpack("<QQ", rec[32:48])
     fh.seek(0)
-    return entries
+    return entries, cd_size
 
 
 def _open_zip(fh, where: str, error: type):
     import zipfile  # noqa: PLC0415
 
     size = os.fstat(fh.fileno()).st_size
-    n = _zip_entries(fh, size)
-    if n is not None and n > MAX_NPZ_MEMBERS:
-        raise error(f"{where} declares {n:,} archive members (more than {MAX_NPZ_MEMBERS}); not a .npz edgeship reads")
+    declared = _zip_entries(fh, size)
+    if declared is not None and declared[0] > MAX_NPZ_MEMBERS:
+        raise error(f"{where} declares {declared[0]:,} archive members (more than {MAX_NPZ_MEMBERS}); "
+                    "not a .npz edgeship reads")
+    if declared is not None and declared[1] > MAX_NPZ_DIRECTORY:
+        raise error(f"{where} declares a zip directory of {declared[1]:,} bytes (more than {MAX_NPZ_DIRECTORY:,}); "
+                    "not a .npz edgeship reads")
     try:
         zf = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:

@@ -404,3 +404,19 @@ def test_children_ignore_the_working_directory_even_with_pythonpath(tmp_path, mo
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "canary").exists()
     assert os.path.samefile(os.path.dirname(out.stdout.strip()), os.path.dirname(B.__file__))
+
+
+def test_npz_directory_bounds(tmp_path):
+    good = tmp_path / "g.npz"
+    np.savez(good, x=np.ones((8, 4), np.float32))
+    raw = bytearray(good.read_bytes())
+    at = raw.rfind(b"PK\x05\x06")
+    for field, value, word in ((10, 60000, "archive members"), (12, 0x7FFFFFF0, "zip directory")):
+        bad = bytearray(raw)
+        size = 2 if field == 10 else 4
+        bad[at + field: at + field + size] = value.to_bytes(size, "little")
+        p = tmp_path / f"bad{field}.npz"
+        p.write_bytes(bytes(bad))
+        with pytest.raises(CalibrationError, match=word):
+            safeio.load_npz(str(p), ("x",), error=CalibrationError)
+    assert safeio.load_npz(str(good), ("x",))["x"].shape == (8, 4)
