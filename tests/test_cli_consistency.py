@@ -318,3 +318,42 @@ def test_demo_output_is_for_a_person_and_demo_takes_json(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     figures = json.loads(r.stdout)
     assert figures["model_cached"] is True and figures["targets_met"] is True
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def _edgeship_imports(path: str, package: str) -> set:
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                names = [f"{mod}.{a.name}" for a in node.names] if not node.module else [mod]
+                out.update(names)
+            elif (node.module or "").startswith("edgeship"):
+                out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("edgeship"))
+    return out
+
+
+def test_cli_and_demos_have_no_import_circles():
+    """Commands import only the shared helpers (never each other or the parser); demos never import the CLI."""
+    import edgeship.cli as cli_pkg
+    import edgeship.demos as demos_pkg
+
+    cli_dir = os.path.dirname(cli_pkg.__file__)
+    commands = ("convert", "inspect", "run", "eval", "bench", "report", "demo", "stream", "devices", "common")
+    for name in commands:
+        deps = _edgeship_imports(os.path.join(cli_dir, f"{name}.py"), "edgeship.cli")
+        inside = {d for d in deps if d.startswith("edgeship.cli")}
+        assert inside <= {"edgeship.cli.common"} or (name == "common" and not inside), (name, inside)
+    demos_dir = os.path.dirname(demos_pkg.__file__)
+    for f in os.listdir(demos_dir):
+        if f.endswith(".py"):
+            deps = _edgeship_imports(os.path.join(demos_dir, f), "edgeship.demos")
+            assert not [d for d in deps if d.startswith("edgeship.cli")], (f, deps)
