@@ -215,3 +215,27 @@ def test_benign_mobilenet_v2_passes_the_allow_lists(tmp_path):
         assert [o["shape"] for o in src.outputs] == [[1, 1000]], name
         ok += 1
     record(AREA, notes=f"benign MobileNetV2 files accepted: {ok}/{len(paths)} ({', '.join(paths)})")
+
+
+def test_benign_training_layers_pass_in_every_format(tmp_path):
+    """RNNs (cuDNN and fallback graphs), dropout, random flip, batch norm, resizing, a compiled model with
+    metrics: tf_keras SavedModels keep the training functions too, which must pass the op allow-list."""
+    ok = []
+    for mod, name in ((tf_keras, "tf_keras"), (keras, "keras3")):
+        L = mod.layers
+        x = mod.Input((16, 16, 3))
+        y = L.RandomFlip()(L.Resizing(8, 8)(L.Rescaling(1 / 255.0)(x)))
+        y = L.Dropout(0.2)(L.BatchNormalization()(L.Conv2D(4, 3, activation="swish")(y)))
+        y = L.GRU(4)(L.LSTM(8, return_sequences=True)(L.Reshape((36, 4))(y)))
+        m = mod.Model(x, L.Dense(3, activation="softmax")(L.LayerNormalization()(y)))
+        m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        m.save(tmp_path / f"{name}.keras")
+        sm = tmp_path / f"{name}_sm"
+        if name == "tf_keras":
+            m.save(str(sm), save_format="tf")
+        else:
+            m.export(str(sm), verbose=False)
+        for p in (tmp_path / f"{name}.keras", sm):
+            assert loader.load(str(p)).outputs[0]["shape"] == [1, 3], p
+            ok.append(p.name)
+    record(AREA, notes=f"benign training-layer models accepted: {len(ok)}/4")
