@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 from ..errors import InputError, UsageError
 from ..safeio import byte_size
 from ..vocab import CalibMethod, Format, IOType, Precision, Target, parse, values
-from .common import emit_json, int_at_least, quiet_tf_env, require_path, stdout_to_stderr
+from .common import cli_message, emit_json, int_at_least, quiet_tf_env, require_path, stdout_to_stderr
 
 NEEDS_CALIBRATION = (Precision.INT8.value, Precision.INT16X8.value)
 
@@ -107,7 +108,13 @@ def cmd_convert(args) -> int:
     input_shape = parse_shape(args.input_shape)
     from edgeship.converters import convert  # noqa: PLC0415
 
-    with stdout_to_stderr(args.json) as out:
+    from .. import progress  # noqa: PLC0415
+
+    # Bars (on a terminal) stay visible while the converter silences TensorFlow's fd 2.
+    progress.pin_console(lines=progress.enabled())
+    with contextlib.ExitStack() as stack:
+        stack.callback(progress.unpin_console)
+        out = stack.enter_context(stdout_to_stderr(args.json))
         result = convert(
             args.model, args.output, calib=args.calib, precision=args.precision, io=args.io, formats=formats,
             preprocess=args.preprocess, labels=labels, eval_data=args.eval, max_drop=args.max_drop,
@@ -122,7 +129,7 @@ def cmd_convert(args) -> int:
             emit_json(out, {"bundle": result.bundle, "warnings": list(result.warnings), "manifest": result.manifest})
         else:
             for w in result.warnings:
-                print(f"warning: {w}", file=sys.stderr)
+                print(f"edgeship: warning: {cli_message(w, getattr(args, 'cli_flags', {}))}", file=sys.stderr)
             print(result.table())
             print(f"\nwrote {result.bundle}")
     return 0
