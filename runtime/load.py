@@ -272,8 +272,8 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
     if not os.path.isdir(path):
         if artifact is not None:
             raise InputError(f"artifact={artifact!r} applies to bundle folders only; {path} is a file")
+        fmt = sniff_format(path)  # before reading it all: a large file of another kind is refused at once
         source = ModelSource.read(path)
-        fmt = sniff_format(path, source.data[:8])
         be = open_backend(source, fmt, device=dev, delegates=delegates, **common)
         return _wrap(be, source.path, None, None, check_finite)
     manifest = _manifest.read(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from .. import safeio
 from ..errors import BundleError, FallbackError, InputError, ModelFormatError, UnsupportedModelError
 from ..vocab import Device, DeviceKind, Format, Precision, values
 from .backends import registry
@@ -112,11 +113,8 @@ def sniff_format(path: str, head: bytes | None = None) -> str:
     if ext in _EXTENSIONS:
         return _EXTENSIONS[ext]
     if head is None:
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(8)
-        except OSError as exc:
-            raise ModelFormatError(f"cannot read {path}: {exc}") from None
+        with safeio.open_regular(path, error=ModelFormatError, what="model file") as fh:
+            head = fh.read(8)
     if head[4:8] == b"TFL3":
         return Format.TFLITE.value
     raise UnsupportedModelError(f"{path} is neither a bundle folder nor a .tflite/.onnx file; "

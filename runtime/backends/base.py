@@ -15,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ... import safeio
 from ...errors import ModelClosedError, ModelFormatError
 
 __all__ = ["Backend", "ExecutionInfo", "ModelSource", "RawTensor", "as_source", "closed_error"]
@@ -82,16 +83,15 @@ class ModelSource:
         """Read a bare model file once.
 
         Raises:
-          ModelFormatError: it cannot be read or is empty.
+          ModelFormatError: it cannot be read, is not a regular file, or is empty.
         """
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
+        # Regular files only, checked on the open descriptor (a FIFO or a device never blocks or streams).
+        with safeio.open_regular(path, error=ModelFormatError, what="model file") as fh:
+            try:
                 data = fh.read()
-        except IsADirectoryError:
-            raise ModelFormatError(f"{path} is a folder, not a model file") from None
-        except OSError as exc:
-            raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+            except OSError as exc:
+                raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not data:
             raise ModelFormatError(f"{path} is empty; re-copy or re-convert the model")
         return cls(path, data)
