@@ -85,7 +85,11 @@ def load_train_data(spec, *, preprocess=None, input_shape=None, limit: int | Non
 def _load_npz(path: str) -> TrainData:
     import zipfile  # noqa: PLC0415
 
-    if not zipfile.is_zipfile(path):
+    from edgeship.safeio import open_regular  # noqa: PLC0415
+
+    with open_regular(path, error=CalibrationError, what="training data") as fh:  # a FIFO would block is_zipfile
+        is_zip = zipfile.is_zipfile(fh)
+    if not is_zip:
         raise CalibrationError(f"cannot read {path!r} as an .npz file: not a zip archive (numpy.savez writes one)")
     try:
         from edgeship.safeio import load_npz, npz_names  # noqa: PLC0415
