@@ -182,11 +182,11 @@ def test_every_allow_list_name_resolves_to_a_real_object():
 
     k3, tfk = Resolver("keras3"), Resolver("tf_keras")
     missing_layers = [n for n in A.LAYERS
-                      if k3._symbol(f"keras.layers.{n}") is None and tfk._symbol(f"keras.layers.{n}") is None]
+                      if k3.symbol(f"keras.layers.{n}") is None and tfk.symbol(f"keras.layers.{n}") is None]
     assert missing_layers == []
-    assert [n for n in A.TF_FUNCTIONS if tfk._symbol(n) is None] == []
-    assert [n for n in A.ACTIVATIONS if k3._symbol(f"keras.activations.{n}") is None
-            and tfk._symbol(f"keras.activations.{n}") is None] == []
+    assert [n for n in A.TF_FUNCTIONS if tfk.symbol(n) is None] == []
+    assert [n for n in A.ACTIVATIONS if k3.symbol(f"keras.activations.{n}") is None
+            and tfk.symbol(f"keras.activations.{n}") is None] == []
     import importlib
 
     for mod, names in A.KERAS_OPS.items():

@@ -67,7 +67,7 @@ class Resolver:
             from keras.src import api_export  # noqa: PLC0415
             from keras.src.saving import object_registration  # noqa: PLC0415
 
-            self._symbol = api_export.get_symbol_from_name
+            self.symbol = api_export.get_symbol_from_name
             self._registered = object_registration.get_registered_object
             self._src_root = "keras."
         else:
@@ -75,7 +75,7 @@ class Resolver:
             from tensorflow.python.util import tf_export  # noqa: PLC0415
             from tf_keras.src.saving import object_registration  # noqa: PLC0415
 
-            self._symbol = tf_export.get_symbol_from_name
+            self.symbol = tf_export.get_symbol_from_name
             self._registered = object_registration.get_registered_object
             self._src_root = "tf_keras."
         self.classes: dict[int, str] = {}
@@ -119,7 +119,7 @@ class Resolver:
             self.bare -= set(A.OP_LAYERS)
 
     def _allow(self, table: dict, api_name: str) -> None:
-        obj = self._symbol(api_name)
+        obj = self.symbol(api_name)
         if obj is not None:
             table[id(obj)] = api_name
 
@@ -139,13 +139,13 @@ class Resolver:
             api_name = f"{module}.{name}"
             if self.flavor == "tf_keras" and "__internal__.legacy" in api_name:
                 api_name = "compat.v1." + api_name
-            obj = self._symbol(api_name)
+            obj = self.symbol(api_name)
             if obj is not None:
                 return obj, api_name
         if obj_type == "function" and module == "builtins":
             for mod in ("activations", "constraints", "initializers", "losses", "metrics", "optimizers",
                         "regularizers"):
-                obj = self._symbol(f"keras.{mod}.{name}")
+                obj = self.symbol(f"keras.{mod}.{name}")
                 if obj is not None:
                     return obj, f"keras.{mod}.{name}"
             return None, f"builtins.{name}"
@@ -171,7 +171,7 @@ class Resolver:
     def tf_function(self, symbol: Any) -> tuple[bool, str]:
         if not isinstance(symbol, str):
             return False, repr(symbol)
-        obj = self._symbol(symbol)
+        obj = self.symbol(symbol)
         return obj is not None and id(obj) in self.tf_functions, f"tf.{symbol}"
 
 
@@ -275,7 +275,7 @@ def _check_dict(res: Resolver, node: dict, path: str, layer: str, folder_model: 
         if ok:
             for cat in ("layers", "", "initializers", "regularizers", "constraints", "mixed_precision",
                         "optimizers", "losses", "metrics"):
-                obj = res._symbol(f"keras.{cat}.{cls}" if cat else f"keras.{cls}")
+                obj = res.symbol(f"keras.{cat}.{cls}" if cat else f"keras.{cls}")
                 if obj is not None:
                     break
     else:
