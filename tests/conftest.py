@@ -181,6 +181,33 @@ def pruning_cnn_file(digits16, tmp_path_factory):
     return str(path)
 
 
+def detector_demo_module():
+    """The repo's demo detector module (``edgeship.demos.detector``; earlier ``edgeship.converters.detector_demo``)."""
+    import importlib  # noqa: PLC0415
+
+    for name in ("edgeship.demos.detector", "edgeship.converters.detector_demo"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    pytest.skip("the demo detector module is not importable")
+
+
+@pytest.fixture(scope="session")
+def demo_detector(tmp_path_factory):
+    """The demo detector trained and converted to INT8 once per session: (module, bundle path, info dict)."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("cv2")
+    import json  # noqa: PLC0415
+
+    mod = detector_demo_module()
+    work = tmp_path_factory.mktemp("detector")
+    bundle = mod.build(str(work), log=lambda m: None)
+    with open(os.path.join(str(work), "detector-int8.json"), encoding="utf-8") as fh:
+        info = json.load(fh)
+    return mod, bundle, info
+
+
 @pytest.fixture()
 def external_data_model():
     """The builder :func:`_shared.build_external_data_model`."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ import pytest
 from edgeship.errors import InputError
 from edgeship.preprocess import PreprocessSpec, ResizeMode
 from edgeship.runtime.tasks import detect as D
-
-Spec = namedtuple("Spec", "name shape dtype quantization")
 
 
 def test_nms_keeps_best_per_cluster_and_respects_classes():
@@ -75,78 +72,100 @@ def test_postprocess_maps_boxes_back_through_letterbox():
     assert D.postprocess([rows * np.array([1, 1, 1, 1, 0.1, 1])], (200, 100), spec=spec, threshold=0.5) == ()
 
 
-class FakeDetector:
-    """Puts one box wherever the image's brightest 8x8 block is (a stand-in Model)."""
-
-    inputs = (Spec("image", (1, 32, 32, 3), np.float32, None),)
-    outputs = (Spec("rows", (1, 16, 7), np.float32, None),)
-    manifest = {"task": "detection", "labels": ["blob", "other"],
-                "preprocessing": {"size": [32, 32], "resize": "stretch", "color": "rgb"}}
-
-    def run(self, x):
-        g = x[0].mean(axis=2).reshape(4, 8, 4, 8).mean(axis=(1, 3))
-        rows = np.zeros((16, 7), np.float32)
-        i = int(np.argmax(g))
-        gy, gx = divmod(i, 4)
-        rows[i] = [(gx + 0.5) / 4, (gy + 0.5) / 4, 0.25, 0.25, 0.95, 0.9, 0.1]
-        return {"rows": rows[None]}
+# The demo detector (tests/conftest.py ``demo_detector``: trained on synthetic shapes, INT8 through
+# convert()) on 50 fresh scenes (seed 123, 99 objects), threshold 0.4, a hit = same class and
+# IoU > 0.5. Measured: recall 0.747, precision 0.831; mAP@0.5 Keras 0.687 -> INT8 0.671.
+# Bounds: the measurement minus a margin for noise.
+MIN_RECALL, MIN_PRECISION = 0.65, 0.70
 
 
-def test_detect_on_an_image():
-    img = np.zeros((240, 320, 3), np.uint8)
-    img[60:120, 160:240] = 255  # bright block in cell (x=2, y=1) of a 4x4 grid
-    (d,) = D.detect(FakeDetector(), img, threshold=0.5)
-    assert d.label == "blob" and d.score == pytest.approx(0.855, abs=1e-3)
-    assert (d.bbox.xmin, d.bbox.ymin, d.bbox.xmax, d.bbox.ymax) == pytest.approx((160, 60, 240, 120))
+def _score_scenes(detect_fn, mod, n=50, seed=123, size=(320, 240)):
+    """(recall, precision, objects, detections) of ``detect_fn(image)`` on ``n`` rendered scenes."""
+    rng = np.random.default_rng(seed)
+    hits = objects = false = found = 0
+    for _ in range(n):
+        img, boxes, ids = mod.render_scene(rng, size, max_objects=3)
+        dets = detect_fn(img)
+        truth = boxes * np.array([size[0], size[1], size[0], size[1]])
+        found += len(dets)
+
+        def match(b, k):
+            return any(d.id == k and D.box_iou(b, np.array([list(d.bbox)]))[0] > 0.5 for d in dets)
+
+        for b, k in zip(truth, ids):
+            objects += 1
+            hits += match(b, k)
+        for d in dets:
+            false += not any(d.id == k and D.box_iou(b, np.array([list(d.bbox)]))[0] > 0.5
+                             for b, k in zip(truth, ids))
+    return hits / objects, 1 - false / max(found, 1), objects, found
+
+
+@pytest.fixture(scope="module")
+def detector(demo_detector):
+    import edgeship.runtime as rt
+
+    mod, bundle, info = demo_detector
+    with rt.load(bundle) as m:
+        yield mod, m, info
+
+
+def test_detect_on_images_finds_the_shapes(detector):
+    """detect() on a real converted detector: boxes where the shapes are, with their classes."""
+    mod, m, _ = detector
+    recall, precision, objects, found = _score_scenes(lambda img: D.detect(m, img, threshold=0.4), mod)
+    assert objects > 50 and found > 0
+    assert recall >= MIN_RECALL and precision >= MIN_PRECISION, (recall, precision)
+    # the public path on the Model gives the same detections
+    img, _, _ = mod.render_scene(np.random.default_rng(7), (320, 240), max_objects=3)
+    assert [(d.id, tuple(d.bbox)) for d in m.detect(img, threshold=0.4)] == \
+        [(d.id, tuple(d.bbox)) for d in D.detect(m, img, threshold=0.4)]
+    labels = {d.label for d in m.detect(img, threshold=0.4)}
+    assert labels <= set(mod.LABELS)
     with pytest.raises(InputError):
-        D.detect(FakeDetector(), np.zeros((2, 2, 2, 2)))
+        D.detect(m, np.zeros((2, 2, 2, 2)))
 
 
-def test_detection_stream_draws_boxes(tmp_path):
+def test_detection_stream_draws_boxes(tmp_path, detector):
     cv2 = pytest.importorskip("cv2")
     from edgeship.runtime.stream import Stream, Task
 
-    path = str(tmp_path / "blob.avi")
+    mod, m, _ = detector
+    scene, boxes, ids = mod.render_scene(np.random.default_rng(11), (320, 240), max_objects=1)
+    path = str(tmp_path / "scene.avi")
     w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
-    for i in range(20):
-        f = np.zeros((240, 320, 3), np.uint8)
-        f[60:120, 160:240] = 255
-        w.write(f)
+    for _ in range(20):
+        w.write(scene)
     w.release()
-    with Stream(FakeDetector(), path) as st:
+    with Stream(m, path, threshold=0.4) as st:
         assert st.task is Task.DETECT
         results = list(st)
     assert len(results) == 20
+    truth = boxes[0] * np.array([320, 240, 320, 240])
     r = results[-1]
-    assert len(r.results) == 1 and r.results[0].label == "blob"
-    # the box outline was drawn in a palette colour around the blob
-    assert r.image[60:120, 150:160].reshape(-1, 3).max(axis=0).tolist() != [0, 0, 0]
+    best = max(r.results, key=lambda d: D.box_iou(truth, np.array([list(d.bbox)]))[0])
+    assert best.id == ids[0] and best.label == mod.LABELS[ids[0]]
+    assert D.box_iou(truth, np.array([list(best.bbox)]))[0] > 0.5
+    # the box outline was drawn: along the detected box's border the frame differs from the raw one
+    with Stream(m, path, threshold=0.4, draw=False) as st:
+        raw = list(st)[-1].image
+    changed = np.abs(r.image.astype(int) - raw.astype(int)).sum(axis=2) > 60
+    x0, y0, x1, y1 = (int(round(v)) for v in best.bbox)
+    ring = np.zeros(changed.shape, bool)
+    ring[max(y0 - 2, 0):y1 + 3, max(x0 - 2, 0):x1 + 3] = True
+    ring[max(y0 + 3, 0):max(y1 - 2, 0), max(x0 + 3, 0):max(x1 - 2, 0)] = False
+    assert changed[ring].mean() > 0.3, changed[ring].mean()
 
 
-@pytest.mark.slow
-def test_demo_detector_trains_converts_and_finds_shapes(tmp_path):
-    """The repo's own detector: trained here, INT8 through convert(), boxes on the synthetic video."""
-    cv2 = pytest.importorskip("cv2")
-    pytest.importorskip("tensorflow")
-    import json
-
-    from edgeship.demos import detector as detector_demo
+def test_demo_detector_trains_converts_and_finds_shapes(demo_detector, tmp_path):
+    """The repo's own detector: trained, INT8 through convert(), measured on its validation scenes."""
+    mod, bundle, info = demo_detector
+    # measured: Keras 0.687, INT8 0.671 mAP@0.5 on the 200 validation scenes
+    assert info["int8_map50"] >= 0.58 and info["int8_map50"] >= info["keras_map50"] - 0.05, info
     import edgeship.runtime as rt
 
-    bundle = detector_demo.build(str(tmp_path), log=lambda m: None)
-    info = json.load(open(os.path.join(str(tmp_path), "detector-int8.json")))
-    assert info["int8_map50"] > 0.4 and info["int8_map50"] > info["keras_map50"] - 0.1, info
-    rng = np.random.default_rng(123)
-    hits = 0
     with rt.load(bundle) as m:
-        assert m.manifest["task"] == "detection" and list(m.manifest["labels"]) == list(detector_demo.LABELS)
-        assert m.inputs[0].dtype == np.int8 or m.artifact["precision"] == "int8"
-        for _ in range(20):
-            img, boxes, ids = detector_demo.render_scene(rng, (320, 240), max_objects=3)
-            dets = m.detect(img, threshold=0.4)  # Model.detect: the public path
-            for b, k in zip(boxes * np.array([320, 240, 320, 240]), ids):
-                hits += any(d.id == k and D.box_iou(b, np.array([list(d.bbox)]))[0] > 0.4 for d in dets)
-            total = len(ids)
-    assert hits >= 0.5 * 20 * 1, hits  # at least half a hit per scene on average
-    assert detector_demo.build(str(tmp_path), log=lambda m: None) == bundle  # cached: returns at once
-    del total, cv2
+        assert m.manifest["task"] == "detection" and list(m.manifest["labels"]) == list(mod.LABELS)
+        assert m.inputs[0].dtype == np.int8 and m.artifact["precision"] == "int8"
+    workdir = os.path.dirname(bundle)
+    assert mod.build(workdir, log=lambda m: None) == bundle  # cached: returns at once
