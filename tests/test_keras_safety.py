@@ -307,3 +307,13 @@ def test_h5_external_dataset_refused(tmp_path):
     with pytest.raises(UnsafeModelError, match="external dataset"):
         keras_loader.load(str(p), allow_legacy_h5=True)
     assert keras_loader.load(str(p), allow_legacy_h5=True, allow_unsafe=True).format == "h5"
+
+
+def test_op_layer_constants_cannot_ask_for_huge_tensors():
+    pytest.importorskip("tf_keras")
+    from edgeship.converters.sources.keras_safety import iter_unsafe
+
+    cfg = _tfk_config("ones", const=[1000000, 1000000])
+    assert any("elements" in p for p in iter_unsafe(cfg, "tf_keras"))
+    assert list(iter_unsafe(_tfk_config("ones", const=[1, 224, 224, 3]), "tf_keras")) == []
+    assert list(iter_unsafe(_tfk_config("math.multiply", const=-1e9), "tf_keras")) == []

@@ -300,6 +300,38 @@ def _check_dict(res: Resolver, node: dict, path: str, layer: str, folder_model: 
         if not _plain_constant(value):
             yield (f"layer {name!r} ({path}) is fed a constant {str(value)[:60]!r} that is not a plain number, "
                    "list or short name")
+    if is_op_layer:
+        # tf_keras runs an op layer fed only constants eagerly while rebuilding the model:
+        # tf.ones([1e6, 1e6]) would allocate terabytes before anything else happens.
+        big = _largest_count(node.get("inbound_nodes"))
+        if big > MAX_CONSTANT_ELEMENTS:
+            yield (f"layer {name!r} ({path}) is a {cls} given sizes that multiply to {big:.3g} elements "
+                   f"(over {MAX_CONSTANT_ELEMENTS:.3g}); refusing to let the file allocate that at load")
+
+
+MAX_CONSTANT_ELEMENTS = 1 << 28
+
+
+def _largest_count(node: Any) -> float:
+    """The largest product of a list of integers (a shape) or single integer anywhere in ``node``."""
+    best = 0.0
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, bool):
+            continue
+        if isinstance(n, int):  # floats are values (a -1e9 mask), not sizes
+            best = max(best, abs(float(n)))
+        elif isinstance(n, dict):
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            if n and all(isinstance(v, int) and not isinstance(v, bool) for v in n):
+                prod = 1.0
+                for v in n:
+                    prod *= max(abs(v), 1)
+                best = max(best, prod)
+            stack.extend(n)
+    return best
 
 
 def _plain_constant(value: Any, depth: int = 0) -> bool:
