@@ -317,3 +317,15 @@ def test_op_layer_constants_cannot_ask_for_huge_tensors():
     assert any("elements" in p for p in iter_unsafe(cfg, "tf_keras"))
     assert list(iter_unsafe(_tfk_config("ones", const=[1, 224, 224, 3]), "tf_keras")) == []
     assert list(iter_unsafe(_tfk_config("math.multiply", const=-1e9), "tf_keras")) == []
+
+
+def test_security_md_lists_the_allow_lists_as_the_code_has_them():
+    from pathlib import Path
+
+    from edgeship.converters.sources import keras_allowlist as A
+    from edgeship.converters.sources.savedmodel_safety import ALLOWED_OPS
+
+    doc = (Path(__file__).resolve().parent.parent / "SECURITY.md").read_text()
+    names = set(A.LAYERS) | set(A.TF_FUNCTIONS) | set(A.ACTIVATIONS) | set(ALLOWED_OPS)
+    names |= {n for v in A.KERAS_OPS.values() for n in v.split()}
+    assert sorted(n for n in names if f"`{n}`" not in doc) == []
