@@ -3,10 +3,14 @@
 The compiler logs below are written down in the format ``edgetpu_compiler``
 prints (https://coral.ai/docs/edgetpu/compiler/: the summary on stdout and the
 "Operator / Count / Status" table of ``--show_operations`` and ``*_edgetpu.log``).
-The compile step is exercised with a stand-in ``edgetpu_compiler`` on PATH (a
-script that takes the same arguments, exits like it and writes the same files:
-``<stem>_edgetpu.tflite`` and ``<stem>_edgetpu.log``); it lists the real ops of
-the model it is given (read with LiteRT) in its log.
+The command edgeship runs is checked against the compiler's documented options
+(``DOCUMENTED_FLAGS``, from the Coral page's "Usage" table, compiler v16), not
+against the stand-in. The compile step is exercised with a stand-in
+``edgetpu_compiler`` on PATH that parses its arguments with that same documented
+table (an unknown flag or a missing value fails like the real compiler), exits
+like it and writes the same files (``<stem>_edgetpu.tflite`` and
+``<stem>_edgetpu.log``, in the format of the logs above); it lists the real ops
+of the model it is given (read with LiteRT) in its log.
 """
 
 from __future__ import annotations
@@ -104,23 +108,83 @@ def test_parse_log_ops_after_the_first_cpu_op():
     assert r["version"] == "15.0.340273435"
 
 
+# edgetpu_compiler's options as documented (https://coral.ai/docs/edgetpu/compiler/#usage, v16):
+# long name -> (short name, takes a value). The only source of truth for the flags in these tests.
+DOCUMENTED_FLAGS = {
+    "--enable_multiple_subgraphs": ("-a", False),
+    "--search_delegate": ("-d", False),
+    "--delegate_search_step": ("-k", True),
+    "--help": ("-h", False),
+    "--intermediate_tensors": ("-i", True),
+    "--min_runtime_version": ("-m", True),
+    "--num_segments": ("-n", True),
+    "--out_dir": ("-o", True),
+    "--show_operations": ("-s", False),
+    "--timeout_sec": ("-t", True),
+    "--version": ("-v", False),
+}
+
+
+def parse_documented(argv, flags=DOCUMENTED_FLAGS):
+    """``edgetpu_compiler [options] model...`` -> ({long flag: value or True}, [models]); ValueError if not."""
+    short = {s: name for name, (s, _) in flags.items()}
+    got, models, i = {}, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):
+            name, _, inline = a.partition("=")
+            name = short.get(name, name)
+            if name not in flags:
+                raise ValueError(f"unknown flag {a}")
+            if flags[name][1]:
+                if inline:
+                    got[name] = inline
+                elif i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                    got[name] = argv[i + 1]
+                    i += 1
+                else:
+                    raise ValueError(f"{a} needs a value")
+            else:
+                got[name] = True
+        else:
+            models.append(a)
+        i += 1
+    return got, models
+
+
+@pytest.mark.parametrize("min_runtime", [None, 13])
+def test_compile_command_uses_the_documented_flags(min_runtime):
+    cmd = compile_command("model.int8.tflite", "out dir", min_runtime=min_runtime)
+    assert cmd[0] == "edgetpu_compiler"
+    flags, models = parse_documented(cmd[1:])
+    assert models == ["model.int8.tflite"]  # one model, last
+    assert flags["--out_dir"] == "out dir"
+    assert flags["--show_operations"] is True  # the operations table parse_log reads
+    assert flags.get("--min_runtime_version") == (None if min_runtime is None else "13")
+    with pytest.raises(ValueError, match="unknown flag"):  # the checker itself can fail
+        parse_documented(["--show_ops", "m.tflite"])
+
+
 STAND_IN = r'''#!{python}
-"""Stand-in for edgetpu_compiler: same arguments, exit codes and files."""
+"""Stand-in for edgetpu_compiler: the documented options, exit codes and files."""
 import os, shutil, sys
+FLAGS = {flags!r}
 args = sys.argv[1:]
-out_dir, models, show = ".", [], False
-i = 0
+short = {{s: name for name, (s, _) in FLAGS.items()}}
+got, models, i = {{}}, [], 0
 while i < len(args):
     a = args[i]
-    if a in ("-o", "--out_dir"):
-        out_dir = args[i + 1]; i += 2; continue
-    if a in ("-s", "--show_operations"):
-        show = True; i += 1; continue
-    if a in ("-m", "--min_runtime_version"):
-        i += 2; continue
     if a.startswith("-"):
-        print(f"ERROR: unknown flag {{a}}", file=sys.stderr); sys.exit(2)
+        name = short.get(a, a)
+        if name not in FLAGS:
+            print(f"ERROR: Unknown command line flag '{{a}}'", file=sys.stderr); sys.exit(1)
+        if FLAGS[name][1]:
+            if i + 1 >= len(args):
+                print(f"ERROR: flag '{{a}}' is missing its argument", file=sys.stderr); sys.exit(1)
+            got[name] = args[i + 1]; i += 2; continue
+        got[name] = True; i += 1; continue
     models.append(a); i += 1
+out_dir, show = got.get("--out_dir", "."), bool(got.get("--show_operations"))
 print("Edge TPU Compiler version 16.0.384591198")
 if len(models) != 1 or not os.path.isfile(models[0]):
     print("ERROR: could not open input model", file=sys.stderr); sys.exit(1)
@@ -156,7 +220,7 @@ def stand_in(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "edgetpu_compiler"
-    exe.write_text(STAND_IN.format(python=sys.executable))
+    exe.write_text(STAND_IN.format(python=sys.executable, flags=DOCUMENTED_FLAGS))
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     return str(exe)
