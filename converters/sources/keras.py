@@ -140,16 +140,10 @@ def matches(model: Any) -> bool:
 
 
 def tree_sha256(folder: str) -> str:
-    """One sha256 over a folder's relative paths and file hashes (sorted; FIFOs and links out refused)."""
-    import hashlib  # noqa: PLC0415
+    """The SavedModel folder's tree hash (:func:`edgeship.bundle.sha256_tree`, the one the bundle checks)."""
+    from edgeship.bundle import sha256_tree  # noqa: PLC0415
 
-    from edgeship.safeio import tree_files  # noqa: PLC0415
-
-    h = hashlib.sha256()
-    for rel, p in tree_files(folder, error=ModelFormatError, what="SavedModel"):
-        h.update(rel.encode() + b"\0")
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    return sha256_tree(folder, error=ModelFormatError, what="SavedModel folder")
 
 
 def _fixed_shape(shape: Sequence, input_shape: Sequence | None, origin: str) -> tuple:
