@@ -22,9 +22,9 @@ from ..errors import EdgeshipError, InputError, UsageError
 from ..vocab import Device
 
 __all__ = [
-    "Parser", "UsageError", "WarningHandler", "add_accel_arguments", "cli_warnings", "describe_info", "device_arg", "emit_json", "emit_error",
-    "fmt_bytes", "cli_message", "int_at_least", "load_kwargs", "num", "pct", "quiet_tf_env", "require_path",
-    "stdout_to_stderr", "table", "unit_interval",
+    "Parser", "UsageError", "WarningHandler", "add_accel_arguments", "cli_message", "cli_warnings", "describe_info",
+    "device_arg", "emit_error", "emit_json", "flags_of", "fmt_bytes", "int_at_least", "load_kwargs", "num", "pct",
+    "quiet_tf_env", "require_path", "stdout_to_stderr", "table", "unit_interval",
 ]
 
 
