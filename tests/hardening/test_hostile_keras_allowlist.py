@@ -239,3 +239,21 @@ def test_benign_training_layers_pass_in_every_format(tmp_path):
             assert loader.load(str(p)).outputs[0]["shape"] == [1, 3], p
             ok.append(p.name)
     record(AREA, notes=f"benign training-layer models accepted: {len(ok)}/4")
+
+
+def test_real_cli_process_refuses_with_exit_2_and_one_line(tmp_path, bases):
+    """The installed entry point, in its own process: exit 2, one line on stderr, no canary, no bundle."""
+    import subprocess
+    import sys
+
+    canary = tmp_path / "canary.txt"
+    bad = rewrite_keras(bases / "tfk.keras", tmp_path / "bad.keras",
+                        _insert(_op_layer("io.write_file", str(canary), {"contents": "pwned"})))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    p = subprocess.run([sys.executable, "-m", "edgeship", "convert", bad, "-o", str(tmp_path / "out"),
+                        "--calib", "random", "--calib-count", "4"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    record(AREA, notes=f"real CLI process: exit {p.returncode}, stderr lines {len(lines)}")
+    assert p.returncode == 2 and len(lines) == 1 and "tf.io.write_file" in lines[0], p.stderr
+    assert not canary.exists() and not (tmp_path / "out").exists()
