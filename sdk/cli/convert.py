@@ -76,9 +76,17 @@ def parse_labels(text: str | None):
     raise UsageError(f"--labels {text!r} is neither a file (one label per line) nor a comma-separated list")
 
 
-def default_precision(targets) -> str:
-    """The precision ``convert`` uses when ``--precision`` is not given (as its help says)."""
-    return Precision.FP16.value if targets and set(targets) == {Target.GPU.value} else Precision.INT8.value
+def effective_precision(args) -> str:
+    """The precision ``convert`` will use: ``--precision``, else what the ``--target`` prefers (the converter's rule).
+
+    Raises:
+        InputError: a choice the targets cannot run (e.g. ``--target edgetpu --precision fp16``).
+    """
+    from edgeship.converters.targets import parse_targets as resolve_targets  # noqa: PLC0415
+
+    _targets, precision, _io, _formats = resolve_targets(args.target, args.precision, args.io,
+                                                         parse_formats(args.formats))
+    return str(getattr(precision, "value", precision))
 
 
 def check_calibration(args) -> None:
@@ -88,7 +96,7 @@ def check_calibration(args) -> None:
         UsageError: no ``--calib`` for an integer precision.
         InputError: ``--calib`` names a path that does not exist.
     """
-    precision = args.precision or default_precision(args.target)
+    precision = effective_precision(args)
     if args.calib is None and precision in NEEDS_CALIBRATION:
         how = f"--precision {precision}" + ("" if args.precision else " (the default)")
         raise UsageError(f"{how} needs calibration data: pass --calib IMAGES_DIR|FILE.npy|FILE.npz "
