@@ -4,11 +4,13 @@
 audit hook (:func:`sys.addaudithook`, event ``open``), as any user, root included.
 ``build_external_data_model``: an ONNX model with external data pointing wherever asked.
 ``import_blocker_source``: Python source for a child process in which some imports fail.
+``audit_events``: record (and optionally refuse) audit events such as ``socket.connect``.
 ``load_digits_xy``: sklearn digits as float32 NHWC in [0, 1].
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -23,7 +25,16 @@ _AUDIT_LOCK = threading.Lock()
 _IN_HOOK = threading.local()
 
 
+_LISTENERS: list = []  # (event name, list to append args to, exception to raise or None)
+
+
 def _audit(event, args):
+    if _LISTENERS:
+        for name, seen, block in list(_LISTENERS):
+            if event == name:
+                seen.append(args)
+                if block is not None:
+                    raise block(f"{event} is refused in this test: {args[1:]!r}")
     if event != "open" or not _WATCHED or getattr(_IN_HOOK, "on", False):
         return
     path = args[0] if args else None
@@ -61,6 +72,22 @@ class Canary:
 
     def unwatch(self) -> None:
         _WATCHED.pop(self.key, None)
+
+
+@contextlib.contextmanager
+def audit_events(event: str, *, refuse: type[BaseException] | None = None):
+    """Record every ``event`` audit event (e.g. ``socket.connect``) raised in this process meanwhile.
+
+    Yields the list of the events' argument tuples; with ``refuse`` (an exception class) each
+    such event is also refused (the operation raises it), whoever asked for it.
+    """
+    seen: list = []
+    entry = (event, seen, refuse)
+    _LISTENERS.append(entry)
+    try:
+        yield seen
+    finally:
+        _LISTENERS.remove(entry)
 
 
 def make_canary(path) -> Canary:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from _shared import audit_events
+
 pytest.importorskip("onnx2tf")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tensorflow")
@@ -52,22 +52,17 @@ def converted(tmp_path_factory):
     work.mkdir()
     req = ExportRequest(precision=Precision.INT8, io=IOType.INT8, calib=calib, out_path=str(d / "model.int8.tflite"),
                         workdir=str(work))
-    # No network: any socket connection attempt during the conversion fails the test.
-    real_connect = socket.socket.connect
-    attempts = []
-
-    def no_connect(self, address):
-        attempts.append(address)
-        raise OSError("network disabled in this test")
-
-    socket.socket.connect = no_connect
-    cwd = os.getcwd()
-    os.chdir(d)  # onnx2tf looks for a sample file in the cwd; it must not need one
-    try:
+    # No network: every socket connection attempt in this process during the conversion is
+    # refused and recorded (an audit hook, not a patch); onnx2tf looks for a sample file in the
+    # working directory, so that is an empty folder: it must not need one.
+    with audit_events("socket.connect", refuse=OSError) as attempts, pytest.MonkeyPatch.context() as mp:
+        with pytest.raises(OSError, match="refused in this test"):  # the guard's own control
+            socket.create_connection(("127.0.0.1", 9), timeout=1)
+        assert len(attempts) == 1
+        attempts.clear()
+        mp.chdir(d)
         info = registry.find_exporter("onnx", "tflite")(src, req)
-    finally:
-        os.chdir(cwd)
-        socket.socket.connect = real_connect
+    attempts = list(attempts)
     return {"info": info, "src": src, "onnx": onnx_path, "tflite": d / "model.int8.tflite", "xe": xe, "ye": ye,
             "attempts": attempts, "dir": d}
 
