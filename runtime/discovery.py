@@ -1,4 +1,5 @@
-"""What this machine can run: interpreters, delegates, ONNX Runtime providers, CPU features, LiteRT GPU/NPU.
+"""What this machine can run: interpreters, delegates, ONNX Runtime providers, OpenVINO devices, CPU features,
+LiteRT GPU/NPU.
 
 The top floor of the runtime: it asks every lower module (the backend
 registry, the delegates, CompiledModel) and nothing below imports it. Nothing
@@ -190,5 +191,8 @@ def devices(try_load: bool = True, model: str | None = None) -> dict:
            "jetson": os.path.exists("/etc/nv_tegra_release"),
            "dri_render_nodes": sorted(n for n in (os.listdir("/dev/dri") if os.path.isdir("/dev/dri") else ())
                                       if n.startswith("renderD"))}
-    return {"tflite": [b for b in backends if b["name"] != "onnxruntime"], "delegates": delegates,
-            "onnxruntime": ort, "litert_compiled_model": compiled, "gpu": gpu, "cpu": cpu_features()}
+    from .backends.openvino import ov_devices  # noqa: PLC0415 - imports openvino only when installed
+
+    return {"tflite": [b for b in backends if b["name"] not in ("onnxruntime", "openvino")], "delegates": delegates,
+            "onnxruntime": ort, "openvino": ov_devices(), "litert_compiled_model": compiled, "gpu": gpu,
+            "cpu": cpu_features()}

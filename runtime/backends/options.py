@@ -21,8 +21,8 @@ from enum import Enum
 from ...errors import InputError
 from ...vocab import Device, parse
 
-__all__ = ["BackendOptions", "CompiledModelOptions", "DelegateSpec", "GraphOptimization", "OrtOptions",
-           "TFLiteOptions"]
+__all__ = ["BackendOptions", "CompiledModelOptions", "DelegateSpec", "GraphOptimization", "InferencePrecision",
+           "OpenVINOOptions", "OrtOptions", "PerformanceHint", "TFLiteOptions"]
 
 
 def _threads(value, what: str = "threads") -> int | None:
@@ -144,3 +144,54 @@ class OrtOptions(BackendOptions):
             raise InputError(f"device_id must be a GPU ordinal (0, 1 ...), got {self.device_id!r}")
         object.__setattr__(self, "graph_optimization",
                            parse(GraphOptimization, self.graph_optimization, "graph_optimization"))
+
+
+class PerformanceHint(str, Enum):
+    """OpenVINO ``PERFORMANCE_HINT``: one request as fast as possible, or many in parallel."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+
+
+class InferencePrecision(str, Enum):
+    """OpenVINO ``INFERENCE_PRECISION_HINT`` (``DEFAULT``: the device's own, bf16 on AMX CPUs, f16 on GPU/NPU)."""
+
+    DEFAULT = "default"
+    F32 = "f32"
+    BF16 = "bf16"
+    F16 = "f16"
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions(BackendOptions):
+    """OpenVINO: device, performance hint and inference precision.
+
+    ``device`` cpu, gpu or npu picks the OpenVINO device (``CPU``, ``GPU``,
+    ``NPU``); one this machine lacks is a fallback to the CPU (one warning, or a
+    :class:`~edgeship.errors.FallbackError` with ``strict``). ``device=None``: CPU.
+
+    Attributes:
+      performance_hint: ``latency`` (default: batch 1, one stream) or ``throughput``
+        (several streams; for many threads calling at once).
+      inference_precision: ``default`` (the device's choice: bf16 on CPUs with
+        AMX/AVX-512 BF16, f32 elsewhere), ``f32`` (exact FP32), ``bf16``, ``f16``.
+        Applies to float parts of the model; INT8 (QDQ) parts stay INT8.
+      ov_device: An explicit OpenVINO device string (``"GPU.1"``, ``"AUTO"``);
+        overrides ``device``.
+      cache_dir: OpenVINO's compiled-model cache folder (``None``: none).
+    """
+
+    performance_hint: PerformanceHint = PerformanceHint.LATENCY
+    inference_precision: InferencePrecision = InferencePrecision.DEFAULT
+    ov_device: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "performance_hint",
+                           parse(PerformanceHint, self.performance_hint, "performance_hint"))
+        object.__setattr__(self, "inference_precision",
+                           parse(InferencePrecision, self.inference_precision, "inference_precision"))
+        if self.ov_device is not None and (not isinstance(self.ov_device, str) or not self.ov_device.strip()):
+            raise InputError(f"ov_device must be an OpenVINO device name such as 'CPU' or 'GPU.0', "
+                             f"got {self.ov_device!r}")

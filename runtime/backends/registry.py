@@ -106,3 +106,5 @@ register("tflite_runtime", formats=("tflite",), priority=20, loader=_lazy(".tfli
 register("tensorflow.lite", formats=("tflite",), priority=10, loader=_lazy(".tflite", "TensorFlowLiteBackend"))
 register("litert_compiled", formats=("tflite",), priority=5, loader=_lazy(".compiled_model", "CompiledModelBackend"))
 register("onnxruntime", formats=("onnx",), priority=30, loader=_lazy(".onnxruntime", "OnnxRuntimeBackend"))
+# OpenVINO (optional extra) after the others in the static order; `bench --all --save` may measure it first.
+register("openvino", formats=("onnx", "tflite"), priority=8, loader=_lazy(".openvino", "OpenVINOBackend"))

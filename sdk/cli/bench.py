@@ -84,7 +84,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int_at_least(1), help="inference threads (default: the runtime's, min(4, cores))")
     b.add_argument("--batch", type=int_at_least(1), default=1, help="samples per run (default 1)")
     b.add_argument("--artifact", help="artifact file name or format (tflite, onnx); default: the best for this device")
-    b.add_argument("--backend", help="force an engine: litert, tflite_runtime, tensorflow.lite, onnxruntime "
+    b.add_argument("--backend", help="force an engine: litert, tflite_runtime, tensorflow.lite, onnxruntime, openvino "
                                      "(default: the first available)")
     b.add_argument("--all", action="store_true",
                    help="run every artifact on every engine (and --delegate) available here; one table (default: off)")

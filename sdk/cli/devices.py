@@ -1,4 +1,4 @@
-"""``edgeship devices``: what this machine can run (interpreters, delegates, providers, CPU features)."""
+"""``edgeship devices``: what this machine can run (interpreters, delegates, providers, OpenVINO, CPU features)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ def format_devices(r: dict, *, everything: bool = False) -> str:
     else:
         lines.append("  none here")
         missing.append("onnxruntime")
+    v = r.get("openvino") or {}
+    lines.append("OpenVINO")
+    if v.get("available"):
+        for d in v["devices"]:
+            lines.append(f"  yes {d['name']:<16} {d['full_name'] or ''}"
+                         + (f" ({', '.join(d['capabilities'])})" if d["capabilities"] else ""))
+        lines.append(f"      openvino {v['version']}; devices OpenVINO does not list (GPU, NPU) need their driver")
+    elif everything:
+        lines.append(f"  no  openvino ({v.get('reason')})")
+    else:
+        lines.append("  none here")
+        missing.append("openvino")
     c = r["litert_compiled_model"]
     lines.append("LiteRT CompiledModel")
     if c["available"] or everything:
