@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from edgeship.bundle import BundleWriter
 from edgeship.preprocess import PreprocessSpec
-from edgeship.vocab import CalibMethod, Format, IOType, Precision, Target, values
+from edgeship.vocab import CalibMethod, Format, IOType, Precision, Target, Task, values
 
 from . import report as _report
 from . import stages
@@ -73,7 +73,7 @@ def convert(
     calib_method: CalibMethod | str = "minmax",
     exclude: Sequence[str] = (),
     target: Target | str | Sequence[Target | str] = "cpu",
-    task: str | None = None,
+    task: Task | str | None = None,
     name: str | None = None,
     prune: float | PruneOptions | None = None,
     prune_structure: str | None = None,
