@@ -84,6 +84,8 @@ FILE_OPS = frozenset({
 # Only in the functions the saver_def names (TensorFlow's own checkpoint code).
 SAVER_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename", "StringJoin",
                        "StaticRegexFullMatch", "Select", "Pack"})
+# Classes TensorFlow revives from an object's ``registered_name`` (its own, the ones real models hold).
+REGISTERED_CLASSES = frozenset({"tf.StaticHashTable", "tf.TrackableConstant"})
 # Inputs of these saver ops that name files: operand index -> meaning.
 _PATH_OPERANDS = {"SaveV2": (0,), "RestoreV2": (0,), "MergeV2Checkpoints": (0, 1), "ShardedFilename": (0,)}
 
@@ -196,6 +198,12 @@ def check_saved_model(path: str) -> None:
         for name in saver:
             _check_saver_function(functions[name], path)
         _check_assets(mg, path)
+        for i, obj in enumerate(mg.object_graph_def.nodes):
+            if obj.registered_name and obj.registered_name not in REGISTERED_CLASSES:
+                raise UnsafeModelError(
+                    f"refusing to load SavedModel {path}: object {i} names registered class "
+                    f"{obj.registered_name!r}, which is not on the allow-list {sorted(REGISTERED_CLASSES)}; "
+                    f"{UNSAFE_HINT}")
 
 
 def _check_tree(path: str) -> None:

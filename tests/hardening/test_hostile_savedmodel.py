@@ -162,7 +162,11 @@ def _crafted(tmp, plain_builder, secret, log_canary):
         a.filename = str(secret)
         a.tensor_info.name = "asset_path:0"
 
+    def registered_class(mg):
+        mg.object_graph_def.nodes[0].registered_name = "evil.Reviver"
+
     for name, edit, needle in [
+        ("object revived from an unknown registered class", registered_class, "registered class"),
         ("checkpoint path from a constant (RestoreV2 in traced_restore)", const_prefix, "constant"),
         ("PrintV2 added to the checkpoint function", print_in_saver, "PrintV2"),
         ("checkpoint function called from the graph", saver_called_elsewhere, "SaveV2"),
