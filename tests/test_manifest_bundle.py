@@ -21,23 +21,14 @@ keras = pytest.importorskip("keras")
 
 
 @pytest.fixture(scope="module")
-def data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]
-    return x, d.target.astype(np.int64)
+def data(digits):
+    return digits
 
 
 @pytest.fixture(scope="module")
-def model(data):
-    x, y = data
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", padding="same"),
-                          keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
-    m.compile("adam", "sparse_categorical_crossentropy")
-    m.fit(x[:1200], y[:1200], epochs=4, batch_size=64, verbose=0)
-    return m
+def model(digits_cnn):
+    """The session's digits CNN (tests/conftest.py)."""
+    return digits_cnn
 
 
 @pytest.fixture(scope="module")

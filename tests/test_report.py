@@ -16,8 +16,6 @@ import textwrap
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("EDGESHIP_PROGRESS", "0")
 keras = pytest.importorskip("keras")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -30,19 +28,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x, y = (d.images / 16.0).astype(np.float32)[..., None], d.target.astype(np.int64)
-    keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", padding="same"),
-                          keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
-    m.compile("adam", "sparse_categorical_crossentropy")
-    m.fit(x[:1200], y[:1200], epochs=4, batch_size=64, verbose=0)
+def bundle(tmp_path_factory, digits, digits_cnn):
+    """The session's digits CNN (tests/conftest.py) converted once; tests only read it (copy to change it)."""
+    x, y = digits
     out = tmp_path_factory.mktemp("rep") / "digits"
-    return convert(m, out, calib=(x[1200:1400], y[1200:1400]), eval_data=(x[1400:], y[1400:]), calib_count=100,
-                   layer_errors=True)
+    return convert(digits_cnn, out, calib=(x[1200:1400], y[1200:1400]), eval_data=(x[1400:], y[1400:]),
+                   calib_count=100, layer_errors=True)
 
 
 def _read(bundle, name):
@@ -85,28 +76,26 @@ def test_figures_match_the_manifest(bundle):
     assert "top-1 agreement" in md and "KiB" in md and "## Settings" in md
 
 
-def test_build_report_rebuilds_without_tensorflow(bundle):
+def test_build_report_rebuilds_without_tensorflow(bundle, tmp_path, import_blocker):
+    import shutil
+
+    copy = str(tmp_path / "copy")  # the shared bundle stays as it is for the other tests
+    shutil.copytree(bundle.bundle, copy)
     for name in (REPORT_NAME, HTML_NAME):
-        os.remove(os.path.join(bundle.bundle, name))
-    blocked = "tensorflow,tf_keras,tensorflow_model_optimization,onnx,tf2onnx,keras"
-    child = textwrap.dedent("""
+        os.remove(os.path.join(copy, name))
+    blocked = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "onnx", "tf2onnx", "keras")
+    child = import_blocker(blocked) + textwrap.dedent("""
         import json, sys
-        BLOCKED = set(sys.argv[1].split(","))
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ImportError(name + " is blocked in this test")
-        sys.meta_path.insert(0, Block())
         from edgeship.converters.report import build_report
-        md, html = build_report(sys.argv[2])
-        print(json.dumps([md, html, sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)]))
+        md, html = build_report(sys.argv[1])
+        print(json.dumps([md, html, blocked_loaded()]))
     """)
-    res = subprocess.run([sys.executable, "-c", child, blocked, bundle.bundle], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([sys.executable, "-c", child, copy], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     md_path, html_path, loaded = json.loads(res.stdout.strip().splitlines()[-1])
     assert loaded == []
     assert os.path.basename(md_path) == REPORT_NAME and os.path.isfile(html_path)
+    assert os.path.dirname(md_path) == copy
     page = open(html_path, encoding="utf-8").read()
     assert len(_pngs(page)) >= 3 and "model.int8.tflite" in page
     md = open(md_path, encoding="utf-8").read()
@@ -114,7 +103,11 @@ def test_build_report_rebuilds_without_tensorflow(bundle):
 
 
 def test_build_report_in_process_and_errors(bundle, tmp_path):
-    md_path, html_path = build_report(bundle.bundle, latency=False)
+    import shutil
+
+    copy = str(tmp_path / "copy")  # rebuilding rewrites the reports: on a copy, not the shared bundle
+    shutil.copytree(bundle.bundle, copy)
+    md_path, html_path = build_report(copy, latency=False)
     assert "## Latency" not in open(md_path, encoding="utf-8").read()
     assert os.path.getsize(html_path) > 1000
     with pytest.raises(BundleError, match="manifest.json"):
