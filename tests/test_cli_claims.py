@@ -296,9 +296,6 @@ def test_target_edgetpu_with_uint8_io(work, tmp_path, capfd):
     assert _edgetpu(work, tmp_path, capfd, "--io", "uint8")["io"] == "uint8"
 
 
-@pytest.mark.xfail(strict=True, reason="README example `edgeship convert model.keras -o out/tpu --calib images/ "
-                   "--target edgetpu` fails: the CLI passes io=None and the edgetpu target check (converters/convert.py "
-                   "_resolve_targets, moving to converters/targets) refuses io None instead of defaulting to int8")
 def test_target_edgetpu_readme_example_without_io(work, tmp_path, capfd):
     assert _edgetpu(work, tmp_path, capfd)["io"] == "int8"
 

@@ -70,6 +70,8 @@ def parse_targets(target: str | Sequence[str] | None, precision, io, formats) ->
         formats = ((Format.ONNX,) if kinds == {Target.JETSON} else
                    (Format.TFLITE, Format.ONNX) if Target.JETSON in kinds else (Format.TFLITE,))
     if Target.EDGETPU in kinds:
+        if io is None:  # the target's preferred I/O: the compiler accepts int8/uint8 only
+            io = IOType.INT8
         prec = choice(Precision, precision, "precision")
         fmts = parse_formats(formats)
         if prec is not Precision.INT8:
