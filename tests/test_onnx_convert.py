@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 pytest.importorskip("onnx2tf")
 from test_onnx_common import digits_conv_net  # noqa: E402
 

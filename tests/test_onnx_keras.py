@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 keras = pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")

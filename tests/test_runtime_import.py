@@ -16,49 +16,37 @@ import textwrap
 import numpy as np
 import pytest
 
-try:
-    import _tflite_fixtures as F
-except ImportError:  # tests/ imported as a package
-    from tests import _tflite_fixtures as F
+import _tflite_fixtures as F
+from _shared import import_blocker_source
 
 BLOCKED = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "onnx", "tf2onnx", "cv2", "keras")
 
-CHILD = textwrap.dedent(
+CHILD = import_blocker_source(BLOCKED) + textwrap.dedent(
     """
     import json, sys
     import numpy as np
 
-    BLOCKED = set(sys.argv[1].split(","))
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
-
     import edgeship.runtime as rt
     from edgeship.errors import EdgeshipError
 
-    loaded_after_import = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    x = np.load(sys.argv[4])
+    loaded_after_import = blocked_loaded()
+    x = np.load(sys.argv[3])
     out = {"after_import": loaded_after_import}
-    with rt.load(sys.argv[2]) as m:
+    with rt.load(sys.argv[1]) as m:
         out["bare"] = m.run(x)[m.outputs[0].name].tolist()
         out["backend"] = m.info.backend
         out["skipped"] = m.info.skipped
-    with rt.load(sys.argv[3]) as m:
+    with rt.load(sys.argv[2]) as m:
         out["bundle"] = m.run(x)["probs"].tolist()
         # 8x8 gray image, gray model: predict needs no resize and no colour conversion, so no OpenCV.
         img = np.rint(x[0, :, :, 0] * 255).astype(np.uint8)
         out["classes"] = [list(c) for c in m.classify(img, top_k=2)]
     try:
-        rt.load(sys.argv[2], backend="tensorflow.lite", strict=True)
+        rt.load(sys.argv[1], backend="tensorflow.lite", strict=True)
         out["tf_strict"] = "loaded"
     except EdgeshipError as exc:
         out["tf_strict"] = type(exc).__name__
-    out["after_run"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    out["after_run"] = blocked_loaded()
     print(json.dumps(out))
     """
 )
@@ -79,7 +67,7 @@ def files(tmp_path_factory):
 def test_runtime_runs_with_heavy_packages_blocked(files):
     fx, bundle, xpath, x = files
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", CHILD, ",".join(BLOCKED), fx.path("int8"), bundle, xpath],
+    proc = subprocess.run([sys.executable, "-c", CHILD, fx.path("int8"), bundle, xpath],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -9,12 +9,10 @@ which figures must be 0.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from _hutil import ORDER as _ORDER, ROWS as _ROWS, T0 as _T0, record  # noqa: E402
 
 @pytest.fixture()

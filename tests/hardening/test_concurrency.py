@@ -7,8 +7,6 @@ with the single-thread result for the same input.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 
@@ -18,7 +16,6 @@ import pytest
 from _hutil import harden_n, record
 
 pytestmark = pytest.mark.hardening
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import _tflite_fixtures as F  # noqa: E402
 
 import edgeship.runtime as rt  # noqa: E402
