@@ -118,7 +118,8 @@ def build_external_data_model(model_dir, location, *, offset=None, length=None, 
                               payload=None, shape=(4,), file="model.onnx"):
     """An ONNX ``Add(x, w)`` model in ``model_dir/file`` whose ``w`` (4 floats) lives in external data.
 
-    ``location``/``offset``/``length`` go into ``w``'s external-data entries as given;
+    ``location``/``offset``/``length`` go into ``w``'s external-data entries as given (``location``
+    None: ``w`` is stored in the model as usual);
     ``where``: ``initializer``, ``attribute`` (a Constant node's tensor) or ``subgraph``
     (a Constant inside an If branch); ``payload``: a file name in ``model_dir`` to write
     the 16 bytes of ``w`` into; ``shape``: of ``x``, ``w`` and ``y``. Returns the path.
@@ -126,13 +127,14 @@ def build_external_data_model(model_dir, location, *, offset=None, length=None, 
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(shape), "w")
-    w.data_location = TensorProto.EXTERNAL
-    del w.external_data[:]
-    for k, v in (("location", location), ("offset", offset), ("length", length)):
-        if v is not None:
-            e = w.external_data.add()
-            e.key, e.value = k, str(v)
-    w.ClearField("raw_data")
+    if location is not None:  # None: an ordinary model, ``w`` stored inside it
+        w.data_location = TensorProto.EXTERNAL
+        del w.external_data[:]
+        for k, v in (("location", location), ("offset", offset), ("length", length)):
+            if v is not None:
+                e = w.external_data.add()
+                e.key, e.value = k, str(v)
+        w.ClearField("raw_data")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))
     inits = []

@@ -15,28 +15,16 @@ from _hutil import record
 
 pytestmark = pytest.mark.hardening
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import edgeship.runtime as rt  # noqa: E402
+from _shared import build_external_data_model  # noqa: E402
 from edgeship.errors import ModelFormatError, UnsafeModelError  # noqa: E402
 from edgeship.isolate import probe_if_bare, probe_model  # noqa: E402
 
 
 def _model(path, external=None):
-    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 4), "w")
-    if external:
-        w.data_location = TensorProto.EXTERNAL
-        w.ClearField("raw_data")
-        e = w.external_data.add()
-        e.key, e.value = "location", external
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    with open(path, "wb") as fh:
-        fh.write(m.SerializeToString())
-    return str(path)
+    return build_external_data_model(os.path.dirname(str(path)), external, shape=(1, 4),
+                                     file=os.path.basename(str(path)))
 
 
 def test_probe_paths(tmp_path, monkeypatch):
