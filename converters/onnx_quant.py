@@ -38,6 +38,8 @@ import numpy as np
 
 from edgeship.errors import CalibrationError, InputError, ModelFormatError, require
 
+from .detection_head import describe as describe_head
+from .detection_head import head_nodes
 from .registry import CalibMethod
 
 __all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES",
@@ -288,11 +290,14 @@ def quantize_onnx(
     exclude=(),
     input_shape=None,
     workdir: str | None = None,
+    keep_head_float: bool = False,
 ) -> dict:
     """Quantize ``fp32_path`` to an INT8 QDQ model at ``out_path``.
 
     ``calib``: float32 samples ``(N, ...)`` in the model's own input layout.
     ``exclude``: node names or op types kept in float.
+    ``keep_head_float``: keep a detector's decode head (found in the graph by
+    :func:`edgeship.converters.detection_head.head_nodes`) in float.
 
     Returns the exporter dict (format, precision, io, layout-free inputs/outputs,
     notes, extra) with the chosen activation/weight types and the reason.
@@ -342,6 +347,8 @@ def quantize_onnx(
                 f"{ins[0]['name']!r} takes {tuple(want)}"
             )
         nodes_ex, ops_ex = _split_exclude(model, exclude)
+        head = head_nodes(model) if keep_head_float else []
+        nodes_ex = nodes_ex + [n for n in head if n not in nodes_ex]
         present = {n.op_type for n in model.graph.node}
         op_types = None
         if ops_ex:
@@ -398,8 +405,11 @@ def quantize_onnx(
         f"{' per-channel' if per_channel else ' per-tensor'} symmetric; calibration {method.value} "
         f"on {len(calib)} samples; because {reason}"
     )
-    if nodes_ex or ops_ex:
-        notes.append(f"kept in float: nodes {nodes_ex or '-'}, op types {ops_ex or '-'}")
+    if head:
+        notes.append(f"detection head: {describe_head(model, head)}, so boxes and scores keep their own ranges")
+    asked = [n for n in nodes_ex if n not in head]
+    if asked or ops_ex:
+        notes.append(f"kept in float: nodes {asked or '-'}, op types {ops_ex or '-'}")
     settings = {
         "target": resolved,
         "requested_target": str(target),
@@ -414,6 +424,7 @@ def quantize_onnx(
         "calibrate_method": method.value,
         "calibration_samples": int(len(calib)),
         "nodes_to_exclude": list(nodes_ex),
+        "detection_head": {"nodes": list(head), "summary": describe_head(model, head)} if head else {},
         "op_types_excluded": list(ops_ex),
         "opset": default_opset(qmodel),
         "quantize_linear_nodes": n_q,
