@@ -209,9 +209,13 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
       artifact: Bundle only: a file name, a format (``"tflite"``/``"onnx"``) or
         a precision (``"int8"``, ``"fp16"`` ...) to run instead of the default.
       backend: A registered backend name (``"litert"``, ``"tflite_runtime"``,
-        ``"tensorflow.lite"``, ``"litert_compiled"``, ``"onnxruntime"``) to use
-        first. If it cannot run here, the next one for the format is used, with
-        one logged warning and ``info.fallback`` set (an error with ``strict``).
+        ``"tensorflow.lite"``, ``"litert_compiled"``, ``"onnxruntime"``,
+        ``"openvino"``) to use first. If it cannot run here, the next one for
+        the format is used, with one logged warning and ``info.fallback`` set
+        (an error with ``strict``). ``"auto"``: the artifact and engine that
+        ``edgeship bench BUNDLE --all --save`` measured fastest on this machine
+        (:mod:`edgeship.runtime.choices`), else the static order;
+        ``info.chosen`` says which and why.
       device: ``None``/``"cpu"``, ``"gpu"``, ``"npu"``, ``"tensorrt"``,
         ``"edgetpu"`` or ``"edgetpu:usb:0"``... (parsed by
         :meth:`edgeship.vocab.Device.parse`); the backend loads the matching
@@ -259,6 +263,11 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
     if options is not None and not isinstance(options, BackendOptions):
         raise InputError(f"options must be backend options such as OrtOptions or TFLiteOptions, "
                          f"got {type(options).__name__}")
+    chosen = ""
+    if backend == "auto":  # the measured choice of `edgeship bench --all --save`, else the static order
+        from .choices import resolve_auto  # noqa: PLC0415
+
+        backend, artifact, chosen = resolve_auto(path, artifact)
     if backend is not None:
         registry.entry(backend)
     delegates = delegate_specs(delegate)
@@ -275,14 +284,14 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         fmt = sniff_format(path)  # before reading it all: a large file of another kind is refused at once
         source = ModelSource.read(path)
         be = open_backend(source, fmt, device=dev, delegates=delegates, **common)
-        return _wrap(be, source.path, None, None, check_finite)
+        return _wrap(be, source.path, None, None, check_finite, chosen)
     manifest = _manifest.read(path)
     entry = choose_artifact(manifest, artifact, backend=backend, device=dev)
     skipped = ()
     if is_edgetpu(entry) and dev is not None and dev.kind is DeviceKind.EDGETPU and artifact is None:
         opened, why = open_edgetpu(read_artifact(path, entry), entry, device=dev, **common)
         if opened is not None:
-            return _wrap(opened, os.path.join(path, entry["file"]), manifest, entry, check_finite)
+            return _wrap(opened, os.path.join(path, entry["file"]), manifest, entry, check_finite, chosen)
         entry = choose_artifact(without_edgetpu(manifest), None, backend=backend, device=None)
         skipped = (f"{entry['file']}: the Edge TPU delegate is not usable ({why}), ran the CPU artifact instead",)
         dev = None
@@ -290,10 +299,13 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
     be = open_backend(source, entry["format"], device=dev, delegates=delegates, **common)
     if skipped:
         be.info = dataclasses.replace(be.info, skipped=skipped + be.info.skipped, fallback=True)
-    return _wrap(be, source.path, manifest, entry, check_finite)
+    return _wrap(be, source.path, manifest, entry, check_finite, chosen)
 
 
-def _wrap(be: Backend, file: str, manifest: dict | None, entry: dict | None, check_finite: bool) -> Model:
+def _wrap(be: Backend, file: str, manifest: dict | None, entry: dict | None, check_finite: bool,
+          chosen: str = "") -> Model:
+    if chosen:
+        be.info = dataclasses.replace(be.info, chosen=chosen)
     try:
         return Model(be, path=file, manifest=manifest, artifact=entry, check_finite=check_finite)
     except BaseException:

@@ -47,6 +47,7 @@ class ExecutionInfo:
     threads: int | None = None
     skipped: tuple = ()  # ("tflite_runtime: not installed", ...)
     fallback: bool = False  # True when the requested/preferred choice was not used
+    chosen: str = ""  # load(backend="auto"): why this artifact x engine (measured, or the static order)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "providers", tuple(self.providers))

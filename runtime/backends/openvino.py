@@ -134,6 +134,8 @@ class OpenVINOBackend(Backend):
         config = {"PERFORMANCE_HINT": options.performance_hint.value.upper()}
         if options.threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        if options.cpu_pinning is not None and device.startswith("CPU"):
+            config["ENABLE_CPU_PINNING"] = bool(options.cpu_pinning)
         if options.inference_precision is not InferencePrecision.DEFAULT:
             config["INFERENCE_PRECISION_HINT"] = _PRECISION[options.inference_precision]
         self._core, self._model, self._device_name, self._config = core, model, device, config
@@ -247,10 +249,12 @@ class OpenVINOBackend(Backend):
         reqs = getattr(self._local, "requests", None)
         if reqs is None:
             reqs = self._local.requests = {}
-        req = reqs.get(batch)
-        if req is None:
-            req = reqs[batch] = self._compiled_for(batch).create_infer_request()
-        return req
+        hit = reqs.get(batch)
+        if hit is None:  # the request's own tensors, viewed once: invoke copies into and out of them
+            req = self._compiled_for(batch).create_infer_request()
+            hit = reqs[batch] = (req, [req.get_input_tensor(i).data for i in range(len(self.inputs))],
+                                 [req.get_output_tensor(i).data for i in range(len(self.outputs))])
+        return hit
 
     def invoke(self, arrays: list) -> list:
         if self._closed:
@@ -260,26 +264,26 @@ class OpenVINOBackend(Backend):
         feed = []
         for spec, arr in zip(self.inputs, arrays):
             a = np.asarray(arr)
-            if a.dtype != spec.dtype:
-                a = a.astype(spec.dtype)
             if len(a.shape) != len(spec.shape) or any(
                     s is not None and s != d for s, d in zip(spec.shape[1:], a.shape[1:])):
                 raise InputError(f"{self.path}: input {spec.name!r} must be shaped {spec.shape}, got {a.shape}")
-            feed.append(np.ascontiguousarray(a))
+            feed.append(a)
         batch = None
         if self._dynamic:
             batch = int(feed[0].shape[0])
         elif feed and feed[0].shape[0] != self.inputs[0].shape[0]:
             raise InputError(f"{self.path}: this model runs batches of {self.inputs[0].shape[0]}, "
                              f"got {feed[0].shape[0]}")
-        req = self._request(batch)
+        req, ins, outs = self._request(batch)
+        for view, a in zip(ins, feed):  # one copy (and cast) into the request's tensor: ~25 us less than infer(list)
+            view[...] = a
         try:
-            req.infer(feed, share_inputs=True)
+            req.infer()
         except RuntimeError as exc:
             raise InputError(f"{self.path}: openvino rejected the input ({exc})") from None
         if self._closed:
             raise closed_error(self.path)
-        return [np.array(req.get_output_tensor(i).data, copy=True) for i in range(len(self.outputs))]
+        return [o.copy() for o in outs]
 
     def resize_batch(self, batch: int) -> bool:
         return self._dynamic or (bool(self.inputs) and self.inputs[0].shape[:1] == (batch,))

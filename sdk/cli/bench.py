@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..errors import InputError
 from .common import (
     add_accel_arguments,
     emit_json,
@@ -23,6 +24,10 @@ def _bench_all(args) -> int:
     with stdout_to_stderr(args.json) as out:
         res = bench_all(args.path, runs=args.runs, warmup=args.warmup, threads=args.threads, batch=args.batch,
                         delegates=tuple(args.delegate or ()))
+        if args.save:
+            from ..benchchoice import measure_and_save  # noqa: PLC0415
+
+            res["saved"] = measure_and_save(args.path, res)
         if args.json:
             emit_json(out, res)
             return 0
@@ -41,11 +46,18 @@ def _bench_all(args) -> int:
               "each in a fresh process")
         print(table(rows, ["artifact", "engine", "runs on", "init ms", "p50 ms", "p90 ms", "p99 ms",
                            "peak RSS", "ops accelerated"]))
+        if args.save:
+            print(f"saved for load(backend=\"auto\") on this machine: {res['saved']['choice']['reason']}")
+            print(f"  ({res['saved']['path']})")
     return 0
 
 
 def cmd_bench(args) -> int:
     require_path(args.path, "model")
+    if args.save and not args.all:
+        raise InputError("--save records the fastest of --all: pass --all too")
+    if args.save and not os.path.isdir(args.path):
+        raise InputError("--save needs a bundle folder (its manifest and calibration samples), not a model file")
     if args.all:
         return _bench_all(args)
     from ..benchtool import bench_model  # noqa: PLC0415
@@ -88,6 +100,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                      "(default: the first available)")
     b.add_argument("--all", action="store_true",
                    help="run every artifact on every engine (and --delegate) available here; one table (default: off)")
+    b.add_argument("--save", action="store_true",
+                   help="with --all and a bundle: check each combination's outputs on the calibration samples and "
+                        "record the fastest that keeps top-1 agreement >= 0.99 for load(backend=\"auto\") on this "
+                        "machine (default: off)")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout (default: a table)")
     add_accel_arguments(b)
     b.set_defaults(func=cmd_bench)
