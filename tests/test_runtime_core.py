@@ -338,7 +338,6 @@ def test_runtime_core_layering():
         for mod, names in _imports(path):
             parts = mod.lstrip(".").split(".")
             assert "discovery" not in parts or rel == "discovery.py", f"{rel} imports discovery (the top floor)"
-            assert "accel" not in parts, f"{rel} imports the accel compatibility module"
             assert "converters" not in parts, f"{rel} imports the converters"
             assert not any(n.startswith("_") and not n.startswith("__") for n in names), \
                 f"{rel} imports a private name {names} from {mod}"
