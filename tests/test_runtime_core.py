@@ -362,3 +362,20 @@ def test_onnx_npu_without_one_falls_back_with_a_warning(tmp_path, caplog):
         rt.load(str(path), device="npu", strict=True)
     with rt.load(str(path), options=OrtOptions(providers=("cuda",), graph_optimization="basic")) as m:
         assert m.info.fallback and any("CUDAExecutionProvider" in s for s in m.info.skipped)
+
+
+def test_cli_run_device_npu_prints_the_fallback_warning_and_strict_exits_2(fx, tmp_path):
+    import subprocess
+
+    import cv2
+
+    img = tmp_path / "digit.png"
+    cv2.imwrite(str(img), np.rint(F.digits(1)[0][0, :, :, 0] * 255).astype(np.uint8))
+    env = dict(os.environ, EDGESHIP_ISOLATE="0")
+    base = [sys.executable, "-m", "edgeship", "run", fx.path("int8"), str(img), "--device", "npu"]
+    ok = subprocess.run(base, capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "npu" in ok.stderr and "CPU" in ok.stderr  # the warning, on stderr
+    strict = subprocess.run(base + ["--strict"], capture_output=True, text=True, env=env, timeout=300)
+    assert strict.returncode == 2
+    assert "npu" in strict.stderr.strip().splitlines()[-1]
