@@ -6,8 +6,10 @@ scale and zero point (``clip(round(x / scale) + zero_point)``); for each
 output the inverse (dequantize, transpose back). Public tensor names come from
 the manifest (:func:`public_order`), never from the engine's per-export names.
 
-Non-finite inputs: a float array fed to an integer-quantized input is checked
-for NaN/Inf before quantizing (``check_finite``, default on): rounding and
+Non-finite inputs: a float array fed to an integer-quantized input (an int8/
+uint8/int16 engine tensor, or a float input the model quantizes with its first
+op: TFLite ``QUANTIZE``, ONNX ``QuantizeLinear``, as in INT8 QDQ ONNX files) is
+checked for NaN/Inf before it runs (``check_finite``, default on): rounding and
 clipping would otherwise turn NaN into an arbitrary integer and return a
 plausible-looking but meaningless result. The check is one vectorised pass,
 ``np.isfinite(x).all()`` (about 14 us for a 224x224x3 float32 image, 2 us for a
@@ -89,7 +91,9 @@ class InputPlan:
         self.has_dynamic = any(d is None for d in self.sample_shape)
         self.quant = QuantParams(raw, quant_axis_shape) if raw.scale and self.dtype.kind in "iu" else None
         self.spec = TensorSpec(name, shape, self.dtype, quantization_of(raw))
-        self.check_finite = bool(check_finite)
+        # NaN/Inf would be quantized to arbitrary integers: by us (integer input) or by the model's
+        # first op (a float input it quantizes itself); float models show NaN in their outputs.
+        self.check_finite = bool(check_finite) and (self.quant is not None or raw.quantized_inside)
 
     def expected(self) -> str:
         dims = ", ".join("N" if i == 0 else ("?" if d is None else str(d))
@@ -113,15 +117,15 @@ class InputPlan:
                              f"(N: any batch size), got {shape}{hint}")
         if shape[0] == 0:
             raise InputError(f"input {self.name!r} got an empty batch (shape {shape})")
+        if self.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InputError(f"input {self.name!r} contains NaN or Inf; this model is integer-quantized, so they "
+                             "would be quantized to arbitrary values and give a meaningless result "
+                             "(pass check_finite=False to load() to skip this check)")
         if a.dtype != self.dtype:
             if a.dtype.kind not in "fiu":
                 raise InputError(f"input {self.name!r} takes numbers (float32), got dtype {a.dtype}")
             if self.quant is None:
                 a = a.astype(self.dtype)
-            elif self.check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise InputError(f"input {self.name!r} contains NaN or Inf; this model is integer-quantized, so they "
-                                 "would be quantized to arbitrary values and give a meaningless result "
-                                 "(pass check_finite=False to load() to skip this check)")
             elif self.to_engine is not None:
                 return self.quant.quantize(a.transpose(self.to_engine))
             else:

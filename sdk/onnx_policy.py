@@ -56,6 +56,7 @@ class WireScan:
 
     refs: list = field(default_factory=list)  # [ExternalRef]
     op_types: set = field(default_factory=set)
+    quantized: set = field(default_factory=set)  # tensor names fed to QuantizeLinear / DynamicQuantizeLinear
     has_graph: bool = False
 
 
@@ -152,13 +153,19 @@ class _Walker:
             elif f == 15:
                 self.sparse(*v)
 
-    # NodeProto: op_type=4, attribute=5
+    # NodeProto: input=1, op_type=4, attribute=5
     def node(self, s: int, e: int, depth: int) -> None:
+        op, first = "", None
         for f, wt, v in _fields(self.buf, s, e):
             if wt == 2 and f == 4:
-                self.out.op_types.add(_text(self.buf, v))
+                op = _text(self.buf, v)
+                self.out.op_types.add(op)
+            elif wt == 2 and f == 1 and first is None:
+                first = _text(self.buf, v)
             elif wt == 2 and f == 5:
                 self.attribute(*v, depth)
+        if op in ("QuantizeLinear", "DynamicQuantizeLinear") and first:
+            self.out.quantized.add(first)
 
     # AttributeProto: t=5, g=6, tensors=10, graphs=11, sparse_tensor=22, sparse_tensors=23
     def attribute(self, s: int, e: int, depth: int) -> None:

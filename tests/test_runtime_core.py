@@ -379,3 +379,50 @@ def test_cli_run_device_npu_prints_the_fallback_warning_and_strict_exits_2(fx, t
     strict = subprocess.run(base + ["--strict"], capture_output=True, text=True, env=env, timeout=300)
     assert strict.returncode == 2
     assert "npu" in strict.stderr.strip().splitlines()[-1]
+
+
+def test_nan_into_a_qdq_onnx_model_is_an_input_error(tmp_path):
+    """INT8 QDQ ONNX files take float inputs and quantize them with their first QuantizeLinear."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "qdq.onnx"
+    onnx.save(m, str(path))
+    x = np.array([[0.1, np.nan, 0.3, np.inf]], np.float32)
+    with rt.load(str(path)) as model:
+        assert model.inputs[0].dtype == np.float32
+        with pytest.raises(InputError, match="'x' contains NaN or Inf"):
+            model.run(x)
+        np.testing.assert_allclose(model.run(np.array([[0.1, 0.2, 0.3, 0.4]], np.float32))["y"],
+                                   [[0.1, 0.2, 0.3, 0.4]], atol=0.03)
+    with rt.load(str(path), check_finite=False) as model:
+        assert np.isfinite(model.run(x)["y"]).all()  # what the check prevents: NaN became a number
+
+
+def test_nan_into_an_int8_tflite_with_float_io_is_an_input_error(fx, x8, tmp_path):
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(fx.keras["cnn"])
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x8[i:i + 1]] for i in range(len(x8)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # float I/O, INT8 inside
+    path = tmp_path / "int8_float_io.tflite"
+    path.write_bytes(conv.convert())
+    x = x8.copy()
+    x[0, 0, 0, 0] = np.nan
+    with rt.load(str(path)) as m:
+        assert m.inputs[0].dtype == np.float32
+        with pytest.raises(InputError, match="contains NaN or Inf"):
+            m.run(x)
+        assert m.run(x8)[m.outputs[0].name].shape == (4, 10)
+    with rt.load(fx.path("fp32")) as m:  # a float model has no QUANTIZE op: no check, NaN stays visible
+        assert np.isnan(m.run(x)[m.outputs[0].name][0]).all()

@@ -31,6 +31,7 @@ class RawTensor:
     scale: tuple = ()  # quantization scales ((): not quantized)
     zero_point: tuple = ()
     axis: int = 0
+    quantized_inside: bool = False  # a float input the model itself quantizes (TFLite QUANTIZE, ONNX QuantizeLinear)
 
 
 @dataclass(frozen=True)

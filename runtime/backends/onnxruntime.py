@@ -257,7 +257,7 @@ class OnnxRuntimeBackend(Backend):
             skipped=skipped,
             fallback=fallback,
         )
-        self.inputs = [_raw(t) for t in self._session.get_inputs()]
+        self.inputs = [_raw(t, t.name in scan.quantized) for t in self._session.get_inputs()]
         self.outputs = [_raw(t) for t in self._session.get_outputs()]
         self._output_names = [t.name for t in self.outputs]
 
@@ -337,9 +337,10 @@ def _external_bytes(source: ModelSource, refs: list) -> dict:
     return data
 
 
-def _raw(t) -> RawTensor:
+def _raw(t, quantized_inside: bool = False) -> RawTensor:
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in t.shape)
     dtype = _ORT_DTYPES.get(t.type)
     if dtype is None:
         raise ModelFormatError(f"tensor {t.name!r} has type {t.type}, which edgeship does not handle")
-    return RawTensor(name=t.name, shape=shape, dtype=np.dtype(dtype))
+    dtype = np.dtype(dtype)
+    return RawTensor(name=t.name, shape=shape, dtype=dtype, quantized_inside=quantized_inside and dtype.kind == "f")

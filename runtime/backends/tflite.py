@@ -29,6 +29,7 @@ with ``load_delegate``:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -178,7 +179,8 @@ class _TFLiteBackend(Backend):
         out_details = interp.get_output_details()
         self._in_idx = tuple(int(d["index"]) for d in in_details)
         self._out_idx = tuple(int(d["index"]) for d in out_details)
-        self.inputs = [raw_tensor(d) for d in in_details]
+        quantized = _quantized_by_model(interp)
+        self.inputs = [_mark(raw_tensor(d), int(d["index"]) in quantized) for d in in_details]
         self.outputs = [raw_tensor(d) for d in out_details]
         self._batch = int(in_details[0]["shape"][0]) if in_details and len(in_details[0]["shape"]) else None
         self._full_shapes = [tuple(int(v) for v in d["shape"]) for d in in_details]
@@ -249,6 +251,21 @@ class _TFLiteBackend(Backend):
 
     def close(self) -> None:
         self._interp = None
+
+
+def _quantized_by_model(interp) -> set:
+    """Tensor indices the model feeds to a QUANTIZE op (a float input of a full-INT8 model with float I/O)."""
+    try:
+        ops = interp._get_ops_details()  # LiteRT's op table; older builds may lack it
+    except Exception:  # noqa: BLE001 - then no input counts as quantized inside
+        return set()
+    return {int(t) for op in ops if op.get("op_name") == "QUANTIZE" for t in op.get("inputs", ())}
+
+
+def _mark(raw: RawTensor, quantized: bool) -> RawTensor:
+    if quantized and raw.dtype.kind == "f":
+        return dataclasses.replace(raw, quantized_inside=True)
+    return raw
 
 
 def _tflite_options(options) -> TFLiteOptions:
