@@ -90,3 +90,12 @@ def model_labels(model) -> Sequence[str] | None:
         return list(labels)
     labels = _manifest(model).get("labels")
     return list(labels) if labels else None
+
+
+def model_decoder(model) -> Mapping | None:
+    """The detection decoder spec the conversion recorded (manifest ``decoder``), or ``None``."""
+    dec = getattr(model, "decoder", None)
+    if isinstance(dec, Mapping):
+        return dec
+    dec = _manifest(model).get("decoder")
+    return dec if isinstance(dec, Mapping) else None

@@ -14,8 +14,17 @@ Two families of output layouts are decoded, chosen from the output shapes
   class scores ``[1,A,C]`` decoded against ``anchors`` (``[A,4]``: ycenter,
   xcenter, height, width).
 - YOLO style: one output of ``[1,N,5+C]`` (cx, cy, w, h, objectness, class
-  scores: YOLOv5 and the repo's demo detector) or ``[1,4+C,N]`` (YOLOv8, no
+  scores: YOLOv5 and the repo's demo detector) or ``[1,4+C,N]`` (YOLOv8/11, no
   objectness); coordinates normalised or in input pixels.
+- End-to-end exports with NMS inside: ``[1,K,6]`` (x1, y1, x2, y2, score, class).
+- BlazeFace-style raw anchors with keypoints: regressors ``[1,A,4+2K]`` and score
+  logits ``[1,A,1]`` against MediaPipe's SSD anchors (:func:`blazeface_anchors`);
+  each :class:`Detection` carries its ``keypoints``.
+
+A bundle's manifest records the layout at convert time (``decoder``: format, box
+form, units, classes); :func:`detect` reads it and guesses from shapes only for a
+bare file without one. Candidates are capped (``max_candidates``, best scores
+first) before the numpy NMS, so a noisy frame cannot make it quadratic.
 
 Boxes come back in pixels of the image that was passed in (letterbox and
 centre-crop preprocessing are undone). numpy only; OpenCV is used through the
@@ -30,7 +39,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...preprocess import PreprocessSpec, ResizeMode
-from .common import model_labels, prepare_input, preprocess_spec
+from .common import model_decoder, model_labels, prepare_input, preprocess_spec
 
 __all__ = [
     "BBox",
@@ -39,6 +48,9 @@ __all__ = [
     "decode_ssd",
     "decode_ssd_raw",
     "decode_yolo",
+    "decode_end2end",
+    "decode_blazeface",
+    "blazeface_anchors",
     "detect",
     "nms",
     "postprocess",
@@ -47,7 +59,8 @@ __all__ = [
     "to_image_boxes",
 ]
 
-FORMATS = ("auto", "ssd", "ssd_raw", "yolo", "yolov5", "yolov8")
+FORMATS = ("auto", "ssd", "ssd_raw", "yolo", "yolov5", "yolov8", "end2end", "blazeface")
+MAX_CANDIDATES = 1000  # boxes kept (best scores) before NMS
 
 
 class BBox(NamedTuple):
@@ -72,12 +85,14 @@ class BBox(NamedTuple):
 
 
 class Detection(NamedTuple):
-    """One detected object: its box, class index, score and label (or None)."""
+    """One detected object: its box, class index, score, label (or None) and, for
+    keypoint models (BlazeFace), ``keypoints``: ``((x, y), ...)`` in image pixels."""
 
     bbox: BBox
     id: int
     score: float
     label: str | None = None
+    keypoints: tuple | None = None
 
 
 # ------------------------------------------------------------------------------ NMS
@@ -178,11 +193,11 @@ def decode_ssd_raw(box_encodings: np.ndarray, class_scores: np.ndarray, anchors:
 
 
 def decode_yolo(pred: np.ndarray, *, input_size: tuple[int, int] | None = None, objectness: bool | None = None,
-                num_classes: int | None = None):
+                num_classes: int | None = None, units: str = "auto"):
     """One YOLO output: ``[N,5+C]`` (with objectness) or ``[4+C,N]`` (YOLOv8).
 
-    Coordinates are ``cx, cy, w, h``; when larger than ~1 they are taken as
-    pixels of ``input_size`` (height, width) and normalised.
+    Coordinates are ``cx, cy, w, h`` in ``units``: ``pixels`` of ``input_size``
+    (height, width), ``normalized``, or ``auto`` (pixels when larger than ~1.5).
     """
     p = _squeeze_batch(pred).astype(np.float32)
     if p.ndim != 2:
@@ -210,7 +225,8 @@ def decode_yolo(pred: np.ndarray, *, input_size: tuple[int, int] | None = None, 
         cls = p[:, 4:]
         ids = np.argmax(cls, axis=1)
         scores = cls[np.arange(len(ids)), ids]
-    if input_size is not None and len(xywh) and float(np.max(np.abs(xywh))) > 1.5:
+    pixels = units == "pixels" or (units == "auto" and len(xywh) and float(np.max(np.abs(xywh))) > 1.5)
+    if input_size is not None and pixels:
         h, w = input_size
         xywh = xywh / np.asarray([w, h, w, h], np.float32)
     cx, cy, bw, bh = xywh.T
@@ -218,11 +234,65 @@ def decode_yolo(pred: np.ndarray, *, input_size: tuple[int, int] | None = None, 
     return boxes, scores.astype(np.float32), ids.astype(np.int64)
 
 
+def decode_end2end(pred: np.ndarray, *, input_size: tuple[int, int] | None = None, units: str = "auto"):
+    """``[1,K,6]`` rows of x1, y1, x2, y2, score, class (exports with NMS inside)."""
+    p = _squeeze_batch(pred).astype(np.float32).reshape(-1, 6)
+    boxes = p[:, :4].copy()
+    pixels = units == "pixels" or (units == "auto" and len(boxes) and float(np.max(np.abs(boxes))) > 1.5)
+    if input_size is not None and pixels:
+        h, w = input_size
+        boxes /= np.asarray([w, h, w, h], np.float32)
+    return boxes, p[:, 4], np.rint(p[:, 5]).astype(np.int64)
+
+
+def blazeface_anchors(size: int = 128, strides: Sequence[int] = (8, 16, 16, 16)) -> np.ndarray:
+    """MediaPipe's SSD anchors for BlazeFace (short range: 128 px, strides 8,16,16,16 -> 896).
+
+    Returns ``[A,2]`` anchor centres (x, y) normalised; anchor sizes are fixed to 1
+    (``fixed_anchor_size``), as in MediaPipe's face detection graph.
+    """
+    out = []
+    i = 0
+    while i < len(strides):
+        same = [s for s in strides[i:] if s == strides[i]]
+        n = 2 * len(same)  # two aspect-ratio-1 anchors per layer sharing this stride
+        cells = int(np.ceil(size / strides[i]))
+        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells, indexing="ij")
+        centres = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        out.append(np.repeat(centres, n, axis=0))
+        i += len(same)
+    return np.concatenate(out).astype(np.float32)
+
+
+def decode_blazeface(regressors: np.ndarray, scores: np.ndarray, *, anchors: np.ndarray | None = None,
+                     input_size: tuple[int, int] = (128, 128), keypoints: int = 6):
+    """BlazeFace: ``[1,A,4+2K]`` (dx, dy, w, h, then K keypoint offsets, in input pixels
+    relative to the anchor centre) and ``[1,A,1]`` score logits.
+
+    Returns (boxes xyxy normalised, scores, ids, keypoints ``[A,K,2]`` normalised).
+    """
+    reg = _squeeze_batch(regressors).astype(np.float32).reshape(-1, 4 + 2 * keypoints)
+    logit = np.clip(_squeeze_batch(scores).astype(np.float32).reshape(-1), -50.0, 50.0)
+    anc = blazeface_anchors(input_size[0]) if anchors is None else np.asarray(anchors, np.float32)[:, :2]
+    if anc.shape[0] != reg.shape[0]:
+        raise InputError(f"BlazeFace decoding: {reg.shape[0]} regressors but {anc.shape[0]} anchors")
+    h, w = input_size
+    scale = np.asarray([w, h], np.float32)
+    centre = reg[:, :2] / scale + anc
+    half = reg[:, 2:4] / scale / 2
+    boxes = np.concatenate([centre - half, centre + half], axis=1)
+    kps = reg[:, 4:].reshape(-1, keypoints, 2) / scale + anc[:, None, :]
+    return boxes, 1.0 / (1.0 + np.exp(-logit)), np.zeros(len(reg), np.int64), kps
+
+
 def _guess_format(outputs: Sequence[np.ndarray]) -> str:
     shapes = [np.shape(o) for o in outputs]
     if len(outputs) >= 3:
         return "ssd"
     if len(outputs) == 2:
+        reg = max(outputs, key=lambda o: np.shape(o)[-1])
+        if np.shape(reg)[-1] > 4 and (np.shape(reg)[-1] - 4) % 2 == 0:
+            return "blazeface"
         return "ssd_raw"
     if len(outputs) == 1 and len(shapes[0]) in (2, 3):
         return "yolo"
@@ -250,9 +320,25 @@ def _ssd_order(outputs: Sequence[np.ndarray]):
 
 def decode(outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, format: str = "auto",
            input_size: tuple[int, int] | None = None, anchors: np.ndarray | None = None,
-           num_classes: int | None = None):
-    """Decode raw outputs of one sample into (boxes xyxy normalised, scores, class ids), unfiltered."""
+           num_classes: int | None = None, decoder: Mapping | None = None, with_keypoints: bool = False):
+    """Decode raw outputs of one sample into (boxes xyxy normalised, scores, class ids), unfiltered.
+
+    ``decoder``: the manifest's spec (format, units, num_classes); used when
+    ``format`` is ``auto``. ``with_keypoints``: also return keypoints (or None).
+    """
     outs = list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
+    units = "auto"
+    if decoder and format == "auto":
+        format = str(decoder.get("format") or "auto")
+        units = str(decoder.get("units") or "auto")
+        num_classes = decoder.get("num_classes") or num_classes
+    res = _decode(outs, format, input_size, anchors, num_classes, units)
+    if with_keypoints:
+        return res if len(res) == 4 else (*res, None)
+    return res[:3]
+
+
+def _decode(outs, format, input_size, anchors, num_classes, units):
     fmt = format.lower()
     if fmt not in FORMATS:
         raise InputError(f"detection format {format!r} is unknown; expected one of {', '.join(FORMATS)}")
@@ -266,8 +352,15 @@ def decode(outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, format: 
         enc = next(o for o in outs if np.shape(o)[-1] == 4)
         sc = next(o for o in outs if o is not enc)
         return decode_ssd_raw(enc, sc, anchors)
+    if fmt == "end2end":
+        return decode_end2end(outs[0], input_size=input_size, units=units)
+    if fmt == "blazeface":
+        reg = max(outs, key=lambda o: np.shape(o)[-1])
+        sc = next(o for o in outs if o is not reg)
+        k = (np.shape(reg)[-1] - 4) // 2
+        return decode_blazeface(reg, sc, anchors=anchors, input_size=tuple(input_size or (128, 128)), keypoints=k)
     objectness = {"yolov5": True, "yolov8": False}.get(fmt)
-    return decode_yolo(outs[0], input_size=input_size, objectness=objectness, num_classes=num_classes)
+    return decode_yolo(outs[0], input_size=input_size, objectness=objectness, num_classes=num_classes, units=units)
 
 
 # ------------------------------------------------------------------------------ geometry
@@ -300,22 +393,36 @@ def to_image_boxes(boxes: np.ndarray, image_size: tuple[int, int], spec: Preproc
 
 def postprocess(outputs, image_size: tuple[int, int], *, spec: PreprocessSpec | None = None, threshold: float = 0.5,
                 iou: float = 0.45, max_detections: int = 100, format: str = "auto", anchors=None,
-                labels: Sequence[str] | None = None, class_agnostic: bool = False) -> tuple[Detection, ...]:
-    """Raw outputs of one sample -> detections in pixels of an image of ``image_size`` (width, height)."""
+                labels: Sequence[str] | None = None, class_agnostic: bool = False, decoder: Mapping | None = None,
+                max_candidates: int = MAX_CANDIDATES) -> tuple[Detection, ...]:
+    """Raw outputs of one sample -> detections in pixels of an image of ``image_size`` (width, height).
+
+    ``decoder``: the manifest's decoder spec (see :func:`decode`); ``max_candidates``: at
+    most this many boxes above ``threshold`` (best scores) enter the NMS.
+    """
     input_size = tuple(spec.size) if spec is not None else None
-    boxes, scores, ids = decode(outputs, format=format, input_size=input_size, anchors=anchors,
-                                num_classes=len(labels) if labels else None)
-    keep = scores >= threshold
+    boxes, scores, ids, kps = decode(outputs, format=format, input_size=input_size, anchors=anchors,
+                                     num_classes=len(labels) if labels else None, decoder=decoder,
+                                     with_keypoints=True)
+    keep = np.flatnonzero(scores >= threshold)
+    if len(keep) > max_candidates:
+        keep = keep[np.argsort(-scores[keep], kind="stable")[:max_candidates]]
     boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
+    kps = kps[keep] if kps is not None else None
     if len(scores) == 0:
         return ()
     sel = nms(boxes, scores, iou, classes=None if class_agnostic else ids, max_detections=max_detections)
     px = to_image_boxes(boxes[sel], image_size, spec)
+    kpx = None
+    if kps is not None:
+        pts = kps[sel].reshape(-1, 2)
+        kpx = to_image_boxes(np.concatenate([pts, pts], axis=1), image_size, spec)[:, :2].reshape(len(sel), -1, 2)
     out = []
-    for b, s, c in zip(px, scores[sel], ids[sel]):
+    for n, (b, s, c) in enumerate(zip(px, scores[sel], ids[sel])):
         c = int(c)
         label = labels[c] if labels is not None and 0 <= c < len(labels) else None
-        out.append(Detection(BBox(*(float(v) for v in b)), c, float(s), label))
+        points = tuple((float(x), float(y)) for x, y in kpx[n]) if kpx is not None else None
+        out.append(Detection(BBox(*(float(v) for v in b)), c, float(s), label, points))
     return tuple(out)
 
 
@@ -332,8 +439,8 @@ def detect(model, image: np.ndarray, threshold: float = 0.5, *, iou: float = 0.4
         image: the image; boxes come back in its pixels.
         threshold: minimum score.
         iou: NMS overlap above which the lower-scoring box of a class is dropped.
-        format: ``auto`` (from the output shapes), ``ssd``, ``ssd_raw``, ``yolo``,
-            ``yolov5`` or ``yolov8``.
+        format: ``auto`` (the manifest's decoder spec, else from the output shapes),
+            ``ssd``, ``ssd_raw``, ``yolo``, ``yolov5``, ``yolov8``, ``end2end`` or ``blazeface``.
         anchors: ``[A,4]`` anchors for ``ssd_raw``.
 
     Returns:
@@ -351,4 +458,5 @@ def detect(model, image: np.ndarray, threshold: float = 0.5, *, iou: float = 0.4
         outputs,
         (img.shape[1], img.shape[0]), spec=spec, threshold=threshold, iou=iou, max_detections=max_detections,
         format=format, anchors=anchors, labels=model_labels(model), class_agnostic=class_agnostic,
+        decoder=model_decoder(model),
     )

@@ -1,0 +1,115 @@
+"""The task of a model and, for a detector, its decoder spec: read from the graph at
+convert time (never guessed from output values at run time).
+
+:func:`infer_task` answers only where the structure is unambiguous and says why:
+
+- an ONNX graph with ``NonMaxSuppression``, or a decode head (:mod:`.detection_head`)
+  feeding one output shaped like a YOLO prediction (``[1,4+C,N]`` / ``[1,N,5+C]`` with
+  ``N`` >= 100 candidates): detection;
+- one output ``[1,C]`` with ``C`` > 1: classification;
+- one 4-D output whose spatial size is the input's: a dense map; segmentation when it has
+  more than one class channel, else "other" (a probability/depth map: compared by
+  cosine/SQNR, never by a per-sample argmax);
+- anything else: other.
+
+:func:`decoder_spec` records how a detector's output is laid out (YOLOv5 ``[1,N,5+C]``
+with objectness, YOLOv8/11 ``[1,4+C,N]``, end-to-end ``[1,K,6]``, SSD post-process), its
+box form and units, in the manifest, where :func:`edgeship.runtime.tasks.detect.detect`
+reads it.
+"""
+
+from __future__ import annotations
+
+from edgeship.vocab import Task
+
+__all__ = ["infer_task", "decoder_spec", "MIN_CANDIDATES"]
+
+MIN_CANDIDATES = 100  # a YOLO output has hundreds to thousands of candidate boxes
+
+
+def _shape(t) -> tuple:
+    return tuple(t.get("shape") or ()) if isinstance(t, dict) else tuple(t)
+
+
+def _onnx_graph(source):
+    if getattr(source, "kind", None) != "onnx" or not isinstance(getattr(source, "handle", None), str):
+        return None
+    try:
+        import onnx  # noqa: PLC0415
+
+        return onnx.load(source.handle, load_external_data=False)
+    except Exception:  # noqa: BLE001 - the loader already checked the file; no graph, no inference
+        return None
+
+
+def _yolo_like(shape: tuple) -> bool:
+    if len(shape) != 3 or shape[0] not in (1, None):
+        return False
+    a, b = shape[1], shape[2]
+    if not isinstance(a, int) or not isinstance(b, int):
+        return False
+    return (b >= MIN_CANDIDATES and 5 <= a < b) or (a >= MIN_CANDIDATES and 5 <= b < a)
+
+
+def infer_task(source) -> tuple[Task, str]:
+    """(task, why) from the source's graph and tensor shapes."""
+    ins = [_shape(t) for t in source.inputs]
+    outs = [_shape(t) for t in source.outputs]
+    graph = _onnx_graph(source)
+    if graph is not None:
+        ops = {n.op_type for n in graph.graph.node}
+        if "NonMaxSuppression" in ops:
+            return Task.DETECTION, "the graph has a NonMaxSuppression node"
+        if len(outs) == 1 and _yolo_like(outs[0]):
+            from .detection_head import head_nodes  # noqa: PLC0415
+
+            if head_nodes(graph):
+                return Task.DETECTION, (f"one output {outs[0]} of boxes + class scores per candidate, "
+                                        "produced by a decode head (concat/sigmoid after the last convolutions)")
+    if len(outs) == 1 and len(outs[0]) == 2 and isinstance(outs[0][-1], int) and outs[0][-1] > 1:
+        return Task.CLASSIFICATION, f"one output {outs[0]}: a score per class"
+    if len(outs) == 1 and len(outs[0]) == 4 and ins and len(ins[0]) == 4:
+        o, i = outs[0], ins[0]
+        layout = getattr(source, "layout", "")
+        osp, isp = (o[2:], i[2:]) if layout == "NCHW" else (o[1:3], i[1:3])
+        ch = o[1] if layout == "NCHW" else o[3]
+        if osp == isp:
+            if isinstance(ch, int) and ch > 1:
+                return Task.SEGMENTATION, f"one output {o} with the input's height and width and {ch} class channels"
+            return Task.OTHER, f"one output {o}: a dense one-channel map at the input's size (compared by cosine/SQNR)"
+    return Task.OTHER, f"outputs {outs} are not a recognised classification, detection or segmentation layout"
+
+
+def decoder_spec(outputs, input_size: tuple | None, labels=None, units: str = "auto") -> dict | None:
+    """How to decode a detector's outputs (the manifest's ``decoder``), or None if unknown.
+
+    ``outputs``: the output tensor dicts or shapes; ``input_size``: (height, width);
+    ``units``: box units, ``pixels`` (of the input), ``normalized`` or ``auto`` (pixels when
+    the values exceed 1.5: for sources that do not say).
+    """
+    shapes = [_shape(t) for t in outputs]
+    n_labels = len(labels) if labels else None
+    if len(shapes) >= 3:
+        return {"format": "ssd", "boxes": "yxyx", "units": "normalized", "postprocess": "in-model"}
+    if len(shapes) != 1 or len(shapes[0]) != 3:
+        return None
+    _, a, b = shapes[0]
+    if not isinstance(a, int) or not isinstance(b, int):
+        return None
+    if b == 6 and a <= 1000:
+        # end-to-end exports (NMS inside): [1, K, 6] = x1, y1, x2, y2, score, class
+        return {"format": "end2end", "boxes": "xyxy", "units": units, "input_size": list(input_size or ()),
+                "postprocess": "in-model"}
+    if a < b:  # [1, 4+C, N]: YOLOv8/11
+        classes = a - 4
+        if n_labels is not None and n_labels == a - 5:
+            return {"format": "yolov5", "transposed": True, "boxes": "cxcywh", "units": units,
+                    "objectness": True, "num_classes": a - 5, "input_size": list(input_size or ())}
+        return {"format": "yolov8", "boxes": "cxcywh", "units": units, "objectness": False,
+                "num_classes": classes, "candidates": b, "input_size": list(input_size or ())}
+    classes = b - 5
+    if n_labels is not None and n_labels == b - 4:
+        return {"format": "yolov8", "transposed": True, "boxes": "cxcywh", "units": units, "objectness": False,
+                "num_classes": b - 4, "input_size": list(input_size or ())}
+    return {"format": "yolov5", "boxes": "cxcywh", "units": units, "objectness": True, "num_classes": classes,
+            "candidates": a, "input_size": list(input_size or ())}
