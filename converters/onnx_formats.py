@@ -162,6 +162,14 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
         prep = prepare_fp32(fp32_path, request.out_path, input_shape=input_shape_of(source),
                             calib=request.calib, per_channel=False)
         return _fp32_onnx_info(request.out_path, notes + prep["notes"])
+    if precision is Precision.INT8 and str(request.target) == "intel":  # NNCF when installed (targets/openvino.py)
+        from .targets.openvino import quantize as quantize_for_openvino  # noqa: PLC0415
+
+        info = quantize_for_openvino(fp32_path, request.out_path, request.calib, input_shape=input_shape_of(source),
+                                     workdir=request.workdir, calib_method=request.calib_method,
+                                     per_channel=request.per_channel, exclude=request.exclude)
+        info["notes"] = notes + info["notes"]
+        return info
     if precision is Precision.INT8:
         calib = request.calib
         info = quantize_onnx(

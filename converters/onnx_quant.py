@@ -69,6 +69,11 @@ TARGET_SCHEMES = {
         "ARM64 CPU: ONNX Runtime's QDQ kernels run S8S8 (dot-product instructions) as fast as U8U8; "
         "int8/int8 is the recommended default there",
     ),
+    "openvino": QuantScheme(
+        "int8", "int8", True, True,
+        "Intel CPU/GPU/NPU through OpenVINO (target intel without NNCF): symmetric int8 activations and weights "
+        "(zero point 0), as NNCF's performance preset chooses, so OpenVINO's kernels need no zero-point compensation",
+    ),
     "tensorrt": QuantScheme(
         "int8", "int8", True, True,
         "TensorRT (Jetson/GPU): explicit-quantization QDQ must be int8 and symmetric "
@@ -81,6 +86,7 @@ _TARGET_ALIASES = {
     "edgetpu": None,  # the ONNX artifact of an Edge TPU bundle runs on the host CPU
     "x86": "x86", "x86_64": "x86", "amd64": "x86",
     "arm": "arm", "arm64": "arm", "aarch64": "arm", "rpi": "arm", "raspberrypi": "arm",
+    "intel": "openvino", "openvino": "openvino",
     "tensorrt": "tensorrt", "trt": "tensorrt", "jetson": "tensorrt", "gpu": "tensorrt", "cuda": "tensorrt",
 }
 

@@ -53,6 +53,7 @@ class Target(str, Enum):
     EDGETPU = "edgetpu"
     GPU = "gpu"
     JETSON = "jetson"
+    INTEL = "intel"
 
 
 class Task(str, Enum):

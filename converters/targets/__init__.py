@@ -6,6 +6,8 @@ for and :func:`artifact_targets` which targets an artifact is meant for; after
 validation, :func:`run_steps` runs the step of each target that has one, from the
 :data:`STEPS` table (``edgetpu``: compile with ``edgetpu_compiler``; ``jetson``:
 the TensorRT INT8 calibration table of an FP32 ONNX artifact, with :mod:`.tensorrt`).
+``intel`` has no step: its INT8 ONNX artifact is quantized by :mod:`.openvino` (NNCF when
+installed) in the export stage, so it is validated like every artifact.
 
 A step is ``step(ctx: TargetContext) -> dict | None``: it may add artifacts to
 ``ctx.artifacts`` and warnings to ``ctx.warnings``; what it returns is stored in
@@ -67,7 +69,7 @@ def parse_targets(target: str | Sequence[str] | None, precision, io, formats) ->
     if precision is None:
         precision = Precision.FP16 if kinds == {Target.GPU} else Precision.INT8
     if formats is None:
-        formats = ((Format.ONNX,) if kinds == {Target.JETSON} else
+        formats = ((Format.ONNX,) if kinds in ({Target.JETSON}, {Target.INTEL}) else
                    (Format.TFLITE, Format.ONNX) if Target.JETSON in kinds else (Format.TFLITE,))
     if Target.EDGETPU in kinds:
         if io is None:  # the target's preferred I/O: the compiler accepts int8/uint8 only
@@ -83,6 +85,9 @@ def parse_targets(target: str | Sequence[str] | None, precision, io, formats) ->
         if Format.TFLITE not in fmts:
             raise InputError("target edgetpu needs the tflite format (the Edge TPU compiler takes .tflite files); "
                              f"formats={[f.value for f in fmts]}")
+    if Target.INTEL in kinds and Format.ONNX not in parse_formats(formats):
+        raise InputError("target intel needs the onnx format (its INT8 artifact is a QDQ .onnx for OpenVINO); "
+                         "add 'onnx' to formats")
     if Target.JETSON in kinds and Format.ONNX not in parse_formats(formats):
         raise InputError("target jetson needs the onnx format (TensorRT through ONNX Runtime runs INT8 QDQ ONNX); "
                          "add 'onnx' to formats")
@@ -100,6 +105,8 @@ def export_target(tgts: tuple, fmt: Format) -> str:
     if fmt is Format.ONNX:
         if Target.JETSON in tgts:
             return Target.JETSON.value
+        if Target.INTEL in tgts:
+            return Target.INTEL.value
         return next((t.value for t in tgts if t is not Target.EDGETPU), Target.CPU.value)
     return Target.EDGETPU.value if Target.EDGETPU in tgts else tgts[0].value
 
