@@ -12,9 +12,11 @@ op: TFLite ``QUANTIZE``, ONNX ``QuantizeLinear``, as in INT8 QDQ ONNX files) is
 checked for NaN/Inf before it runs (``check_finite``, default on): rounding and
 clipping would otherwise turn NaN into an arbitrary integer and return a
 plausible-looking but meaningless result. The check is one vectorised pass,
-``np.isfinite(x).all()`` (about 14 us for a 224x224x3 float32 image, 2 us for a
-tiny input: under 1% of ``Model.run`` on MobileNetV2), only for float arrays
-fed to integer inputs, and names the input in an :class:`~edgeship.errors.InputError`.
+``np.isfinite(x).all()`` (about 14 us alone for a 224x224x3 float32 image, 2 us
+for a tiny input; in ``Model.run`` of MobileNetV2-224 INT8 at 2 threads, p50 1.015x
+and min 1.010x of the same run with ``check_finite=False``: about 20 us of 2 ms),
+only for float arrays fed to quantized inputs, and names the input in an
+:class:`~edgeship.errors.InputError`.
 Float models need no check: NaN propagates to their outputs where it is visible.
 """
 
