@@ -39,6 +39,13 @@ def convert(*args, **kwargs):
     return _convert(*args, **kwargs)
 
 
+def sweep(spec, **kwargs):
+    """Run a sweep spec (TOML path, SweepSpec or dict) as Ray tasks; see :func:`edgeship.converters.sweep.sweep`."""
+    from edgeship.converters.sweep import sweep as _sweep  # noqa: PLC0415
+
+    return _sweep(spec, **kwargs)
+
+
 def __getattr__(name):  # lazy sub-packages
     if name in ("runtime", "converters"):
         import importlib

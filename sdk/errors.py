@@ -112,3 +112,11 @@ class SourceError(EdgeshipError, IOError):
 
 class WebViewError(EdgeshipError, OSError):
     """The stream's web view cannot listen on the requested host and port."""
+
+
+class SweepSpecError(InputError):
+    """A sweep spec (TOML) is malformed: ``key`` names the offending key (``axes.precision``)."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key

@@ -8,11 +8,11 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import EdgeshipError, UsageError
-from . import bench, convert, demo, devices, inspect, report, run, stream
+from . import bench, convert, demo, devices, inspect, report, run, stream, sweep
 from . import eval as eval_cmd
 from .common import Parser, cli_warnings, emit_error, emit_json, flags_of
 
-COMMANDS = (convert, inspect, run, eval_cmd, bench, report, demo, stream, devices)
+COMMANDS = (convert, inspect, run, eval_cmd, bench, report, demo, stream, devices, sweep)
 
 
 def build_parser() -> Parser:
