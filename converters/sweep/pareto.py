@@ -98,7 +98,7 @@ def summarize(records, spec) -> dict:
     for (target, node), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         rec = recommend(members, max_drop=cs.max_drop, max_latency_ms=cs.max_latency_ms, objective=cs.objective)
         out_groups.append({"target": target, "node": node, "hostname": members[0]["hostname"],
-                           "name": target if len(nodes) == 1 else f"{target}@{members[0]['hostname']}",
+                           "name": target if len(nodes) == 1 else f"{target}@{members[0]['hostname']}-{str(node)[:8]}",
                            "front": front(members), "recommended": rec["key"], "reason": rec["reason"],
                            "candidate": rec["candidate"]})
     for target in spec.axes.target:  # a target with nothing timed still gets its line
