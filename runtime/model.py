@@ -97,6 +97,7 @@ class Model:
         self._labels = tuple((manifest or {}).get("labels") or ()) or None
         self._spec = None  # preprocessing spec, built on first predict()
         self._default_spec = False
+        self._fast = None  # predict(): the fused uint8 -> integer-input path (runtime/fastimage.py), built once
 
     # -- properties ----------------------------------------------------------------------
 
@@ -239,7 +240,10 @@ class Model:
         (read from the shape for a bare file: ``(None, 3, H, W)`` is NCHW):
         stretch to its height and width, gray for 1 channel or RGB for 3,
         ``value = pixel / 255``. The image becomes the input through
-        :meth:`PreprocessSpec.to_input`, the one rule.
+        :meth:`PreprocessSpec.to_input`, the one rule. For an integer-quantized
+        input and a BGR uint8 frame, the rule and the quantization run as one
+        lookup table per channel after the resize (:mod:`.fastimage`; equal to
+        the reference bit for bit).
 
         Raises:
           InputError: the image cannot be read or is not an image, or the
@@ -259,7 +263,12 @@ class Model:
             raise InputError(f"predict() takes an image array (HxWxC, BGR uint8) or a path, got {type(image).__name__}")
         if len(self._in_plans) != 1:
             raise InputError(f"predict() needs a single-input model; this one has {len(self._in_plans)} inputs: use run()")
-        return self.run(_tasks.prepare_input(self, spec, image))
+        if self._fast is None:
+            from . import fastimage  # noqa: PLC0415
+
+            self._fast = fastimage.build(self, spec) or False
+        x = self._fast(image) if self._fast else None  # integer input: one LUT pass, no float image
+        return self.run(x if x is not None else _tasks.prepare_input(self, spec, image))
 
     def _preprocess_spec(self):
         self._spec = _tasks.preprocess_spec(self)  # the manifest's, else the default for the input's shape and layout
