@@ -79,9 +79,10 @@ def _options_for(cls: type, *, threads, device, strict, delegates, options) -> B
     """The frozen options ``cls`` takes, from load()'s arguments (and a user's ``options``)."""
     kind = getattr(cls, "options_type", BackendOptions)
     if options is not None and isinstance(options, kind):
+        extra = {"delegates": tuple(options.delegates) + tuple(delegates)} if hasattr(options, "delegates") else {}
         return dataclasses.replace(options, threads=options.threads if options.threads is not None else threads,
                                    device=options.device if options.device is not None else device,
-                                   strict=options.strict or strict)
+                                   strict=options.strict or strict, **extra)
     if kind in (TFLiteOptions, CompiledModelOptions):
         return kind(threads=threads, device=device, strict=strict, delegates=delegates)
     return kind(threads=threads, device=device, strict=strict)
