@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from edgeship.bundle import BundleWriter
+from edgeship.errors import ValidationFailedError
 from edgeship.preprocess import PreprocessSpec
 from edgeship.vocab import CalibMethod, Format, IOType, Precision, Target, Task, values
 
@@ -27,8 +29,10 @@ from .plan import AdvancedOptions, PruneOptions, advanced_options, bind, prune_o
 from .prune.stage import fp32_cost, prune_source
 from .refine.stage import refine_and_validate
 from .targets import TargetContext, run_steps
+from .compress.options import CompressOptions, compression_options
+from .compress.stage import compress_source, int8_row, qat_rescue, qat_source
 
-__all__ = ["convert", "ConversionResult", "PruneOptions", "AdvancedOptions", "content_hash", "TARGETS"]
+__all__ = ["convert", "ConversionResult", "PruneOptions", "AdvancedOptions", "CompressOptions", "content_hash", "TARGETS"]
 
 TARGETS = values(Target)  # the accepted ``target`` values (the CLI's --target choices)
 
@@ -83,6 +87,7 @@ def convert(
     layer_errors: bool = False,
     calib_max_bytes: int | None = None,
     advanced: AdvancedOptions | None = None,
+    compress: CompressOptions | None = None,
 ) -> ConversionResult:
     """Convert a Keras or ONNX model into a calibrated, validated bundle folder.
 
@@ -153,6 +158,12 @@ def convert(
             (instead of the keywords; giving one both ways with different values
             is an :class:`InputError`).
 
+        compress: distillation, low-rank factorization and quantization-aware training in
+            one :class:`~edgeship.converters.compress.CompressOptions` (``train_data`` fills
+            its training data); stages run distill -> low-rank -> prune -> QAT/PTQ INT8. With
+            ``max_drop`` and ``train_data``, an INT8 TFLite artifact that misses ``max_drop``
+            after post-training quantization (and ``auto_fallback``) is retried with QAT.
+
     ``prune`` may also be a :class:`PruneOptions` (sparsity, structure, epochs,
     train_data) instead of ``prune``/``prune_structure``/``prune_epochs``/``train_data``.
 
@@ -172,10 +183,12 @@ def convert(
     adv = advanced_options(advanced, calib_count=calib_count, seed=seed, calib_method=calib_method, exclude=exclude,
                            input_shape=input_shape, allow_legacy_h5=allow_legacy_h5, allow_unsafe=allow_unsafe,
                            auto_fallback=auto_fallback, layer_errors=layer_errors, calib_max_bytes=calib_max_bytes)
+    cmp, prune_train = compression_options(compress, train_data, max_drop=max_drop,
+                                           pruning=prune is not None or prune_structure is not None)
     plan = resolve(model=model, output=output, calib=calib, precision=precision, io=io, formats=formats,
                    preprocess=preprocess, labels=labels, eval_data=eval_data, max_drop=max_drop, target=target,
                    task=task, name=name, force=force, advanced=adv,
-                   prune=prune_options(prune, prune_structure, prune_epochs, train_data))
+                   prune=prune_options(prune, prune_structure, prune_epochs, prune_train), compress=cmp)
     warnings: list = list(plan.warnings)
     writer = BundleWriter(plan.output, force=plan.force)
     writer.check_target()  # before any work
@@ -183,6 +196,7 @@ def convert(
     loader_name, source = stages.load_source(plan)
     exporters = stages.find_exporters(plan, source.kind)
     mplan = bind(plan, source)  # preprocessing, labels, task, output names: refused before any data is read
+    plan = dataclasses.replace(plan, task=mplan.task)  # the task every later stage uses (given or inferred)
     warnings.extend(mplan.warnings)
     data = stages.load_data(plan, mplan, warnings)
     calib_x = data.calib.x if data.calib is not None else None
@@ -191,11 +205,19 @@ def convert(
         # scratch space inside the bundle's temp folder: removed below, and with it on any crash
         workdir = tempfile.mkdtemp(prefix=".work-", dir=w.dir)
         try:
-            export_source, pruning = source, None
+            export_source, pruning, compression = source, None, None
+            if plan.compress is not None and plan.compress.active:  # distill -> low-rank
+                export_source, compression = compress_source(source, plan.compress, spec=mplan.preprocess,
+                                                             seed=adv.seed, workdir=workdir, val_set=data.val,
+                                                             adv=adv, warnings=warnings)
             if plan.prune is not None:
-                export_source, pruning = prune_source(source, plan.prune, spec=mplan.preprocess, seed=adv.seed,
+                export_source, pruning = prune_source(export_source, plan.prune, spec=mplan.preprocess, seed=adv.seed,
                                                       workdir=workdir, val_set=data.val, max_drop=plan.max_drop,
                                                       warnings=warnings)
+            if plan.compress is not None and plan.compress.qat:  # QAT last, before the INT8 export
+                export_source, compression = qat_source(export_source, plan.compress, spec=mplan.preprocess,
+                                                        seed=adv.seed, val_set=data.val, block=compression,
+                                                        pruned=plan.prune is not None)
             exported = stages.export_all(plan, export_source, exporters, calib_x, w, workdir, warnings)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -204,14 +226,22 @@ def convert(
         reference = source.predict(data.val.x)  # validation always compares with the dense source
         if pruning is not None and source.kind == "keras":
             pruning["fp32_cost"] = fp32_cost(reference, export_source, data.val)
-        measured = refine_and_validate(plan, exported, w, source, export_source, reference, data, warnings)
+        try:
+            measured = refine_and_validate(plan, exported, w, source, export_source, reference, data, warnings)
+        except ValidationFailedError as exc:  # QAT when PTQ (and auto_fallback) cannot meet max_drop
+            exported, measured, export_source, compression = qat_rescue(
+                exc, plan=plan, source=source, export_source=export_source, exporters=exporters, calib_x=calib_x,
+                w=w, reference=reference, data=data, spec=mplan.preprocess, warnings=warnings, block=compression,
+                validate=refine_and_validate)
+        if compression is not None:
+            int8_row(compression, exported.artifacts, measured.validation)
         # after validation: a compiled Edge TPU file runs only with its delegate
         extras = {**exported.extras, **measured.extras,
                   **run_steps(TargetContext(w, exported.artifacts, warnings, plan, source, calib_x), plan.targets)}
 
         results = Results(loader=loader_name, source=source, artifacts=exported.artifacts, data=data,
                           calibration_file=calib_file, pruning=pruning, validation=measured.validation,
-                          layer_errors=measured.layer_errors, extras=extras)
+                          layer_errors=measured.layer_errors, extras=extras, compression=compression)
         manifest = build_manifest(plan, mplan, results, bundle_name=os.path.basename(writer.target.rstrip(os.sep)))
         _report.write_reports(w.dir, manifest, source_bytes=stages.source_bytes(source),
                               warnings=tuple(dict.fromkeys(warnings)))

@@ -85,6 +85,7 @@ class Results:
     validation: dict  # file -> metrics
     layer_errors: dict = field(default_factory=dict)  # file -> top-10 entries
     extras: dict = field(default_factory=dict)  # exporter and target-step records for settings
+    compression: dict | None = None  # compress.stage: distill / low-rank / QAT records and the stage table
 
 
 def _source_section(source, mplan: ModelPlan) -> dict:
@@ -137,6 +138,8 @@ def build_manifest(plan: ConversionPlan, mplan: ModelPlan, res: Results, *, bund
         "name": plan.name or bundle_name or "model",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": mplan.task.value,
+        "task_reason": mplan.task_reason or None,
+        "decoder": mplan.decoder,
         "source": _source_section(res.source, mplan),
         "artifacts": res.artifacts,
         "preprocessing": mplan.preprocess.to_dict() if mplan.preprocess is not None else None,
@@ -149,5 +152,7 @@ def build_manifest(plan: ConversionPlan, mplan: ModelPlan, res: Results, *, bund
     }
     if res.layer_errors:
         manifest["validation"]["layer_errors"] = res.layer_errors
+    if res.compression:
+        manifest["compression"] = res.compression
     manifest["content_hash"] = content_hash(manifest)
     return manifest

@@ -29,6 +29,7 @@ from edgeship.preprocess import ColorOrder, PreprocessSpec, image_layout
 from edgeship.vocab import CalibMethod, Format, IOType, Precision, Task
 
 from .choices import choice
+from .task_infer import decoder_spec, infer_task
 
 from . import targets as _targets
 
@@ -157,6 +158,7 @@ class ConversionPlan:
     prune: PruneOptions | None
     advanced: AdvancedOptions
     warnings: tuple = ()
+    compress: Any = None  # compress.CompressOptions (distill, low-rank, QAT), checked; None: none asked
 
     @property
     def target_label(self) -> str:
@@ -261,7 +263,8 @@ def _check_advanced(adv: AdvancedOptions) -> AdvancedOptions:
 
 def resolve(*, model, output, calib=None, precision=None, io="int8", formats=None, preprocess=None, labels=None,
             eval_data=None, max_drop=None, target="cpu", task=None, name=None, force=False,
-            prune: PruneOptions | None = None, advanced: AdvancedOptions | None = None) -> ConversionPlan:
+            prune: PruneOptions | None = None, advanced: AdvancedOptions | None = None,
+            compress=None) -> ConversionPlan:
     """Check and normalise the options of one conversion (see ``convert()`` for their meaning).
 
     Raises:
@@ -281,6 +284,10 @@ def resolve(*, model, output, calib=None, precision=None, io="int8", formats=Non
     adv = _check_advanced(advanced if advanced is not None else AdvancedOptions())
     if prune is not None:
         _check_prune(prune)
+    if compress is not None:
+        from .compress.options import check as _check_compress  # noqa: PLC0415
+
+        compress = _check_compress(compress)
     if adv.auto_fallback and max_drop is None:
         raise InputError("auto_fallback needs max_drop (the accuracy drop, in points, to stay within)")
     if name is not None and not isinstance(name, str):
@@ -295,7 +302,7 @@ def resolve(*, model, output, calib=None, precision=None, io="int8", formats=Non
         model=model, output=os.fspath(output), calib=calib, eval_data=eval_data, precision=prec, io=io_t,
         io_value=io_value, formats=fmts, targets=tgts, preprocess=preprocess, labels=_labels(labels),
         max_drop=max_drop, task=task_t, name=name, force=bool(force), prune=prune, advanced=adv,
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), compress=compress,
     )
 
 
@@ -313,6 +320,8 @@ class ModelPlan:
     inputs: tuple  # the source's input tensor dicts, with stable names
     outputs: tuple  # the source's output tensor dicts, with stable names
     warnings: tuple = ()
+    task_reason: str = ""  # "given" or why the graph says so (converters.task_infer)
+    decoder: dict | None = None  # a detector's output layout (converters.task_infer.decoder_spec)
 
 
 def _is_folder(spec) -> bool:
@@ -416,11 +425,35 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
                 f"{spec.size[0]}x{spec.size[1]}, pixels scaled by 1/255; pass preprocess= if the model expects otherwise"
             )
     classes = _classes(source.outputs)
-    task = plan.task or (Task.CLASSIFICATION if (classes or 1) > 1 and len(source.outputs) == 1 else Task.OTHER)
+    if plan.task is not None:
+        task, task_reason = plan.task, "given"
+    else:
+        task, why = infer_task(source)
+        task_reason = f"inferred from the graph: {why}"
+        if task is not Task.OTHER:
+            warnings.append(f"task {task.value} {task_reason}; pass task= (--task) to say otherwise")
     if plan.labels is not None and task is Task.CLASSIFICATION and classes and len(plan.labels) != classes:
         raise InputError(f"labels has {len(plan.labels)} names but the model has {classes} classes "
                          f"(output shape {tuple(source.outputs[0]['shape'])}); give one label per class")
     inputs = tuple({**t, "name": n} for t, n in zip(source.inputs, stable_names(source, "inputs")))
     outputs = tuple({**t, "name": n} for t, n in zip(source.outputs, stable_names(source, "outputs")))
+    decoder = None
+    if task is Task.DETECTION:
+        size = tuple(spec.size) if spec is not None else None
+        decoder = decoder_spec(source.outputs, size, plan.labels,
+                               units="pixels" if _ultralytics(source) else "auto")
     return ModelPlan(sample_shape=sample, preprocess=spec, labels=plan.labels, task=task, inputs=inputs,
-                     outputs=outputs, warnings=tuple(warnings))
+                     outputs=outputs, warnings=tuple(warnings), task_reason=task_reason, decoder=decoder)
+
+
+def _ultralytics(source) -> bool:
+    """An Ultralytics export (its ONNX metadata says so): YOLO boxes in input pixels."""
+    if source.kind != "onnx" or not isinstance(source.handle, str):
+        return False
+    try:
+        import onnx  # noqa: PLC0415
+
+        meta = {p.key: p.value for p in onnx.load(source.handle, load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 - no metadata, no claim
+        return False
+    return "ultralytics" in meta.get("author", "").lower() or "ultralytics" in meta.get("docs", "").lower()

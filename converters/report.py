@@ -287,6 +287,10 @@ def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = (), la
     ]
     if manifest.get("pruning"):
         lines += ["", "## Pruning", "", *_pruning_lines(manifest["pruning"])]
+    if manifest.get("compression"):
+        from .compress.report import compression_lines  # noqa: PLC0415
+
+        lines += ["", "## Compression", "", *compression_lines(manifest["compression"])]
     aa = (manifest.get("settings") or {}).get("accuracy_aware")
     if aa:
         lines += ["", "## Accuracy-aware quantization", "", *_accuracy_aware_lines(aa)]

@@ -9,7 +9,7 @@ import sys
 
 from ..errors import InputError, UsageError
 from ..safeio import byte_size
-from ..vocab import CalibMethod, Format, IOType, Precision, Target, parse, values
+from ..vocab import CalibMethod, Format, IOType, Precision, Target, Task, parse, values
 from .common import cli_message, emit_json, int_at_least, quiet_tf_env, require_path, stdout_to_stderr
 
 NEEDS_CALIBRATION = (Precision.INT8.value, Precision.INT16X8.value)
@@ -105,11 +105,26 @@ def check_calibration(args) -> None:
         require_path(args.calib, "--calib")
 
 
+def compress_options(args):
+    """The ``CompressOptions`` of ``--low-rank``/``--distill``/``--qat`` and their settings; None when none is given."""
+    if args.low_rank is None and not args.distill and not args.qat:
+        return None
+    from edgeship.converters.compress import CompressOptions  # noqa: PLC0415
+
+    low_rank = args.low_rank
+    if low_rank is not None and low_rank.strip().isdigit():
+        low_rank = int(low_rank)
+    return CompressOptions(low_rank=low_rank, low_rank_energy=args.low_rank_energy,
+                           low_rank_epochs=args.low_rank_epochs, distill=args.distill, student=args.student,
+                           student_width=args.student_width, distill_epochs=args.distill_epochs,
+                           temperature=args.temperature, qat=args.qat, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr)
+
+
 def cmd_convert(args) -> int:
     quiet_tf_env()
     require_path(args.model, "model")
     check_calibration(args)
-    for flag, value in (("--eval", args.eval), ("--train-data", args.train_data)):
+    for flag, value in (("--eval", args.eval), ("--train-data", args.train_data), ("--student", args.student)):
         require_path(value, flag)
     formats = parse_formats(args.formats)
     labels = parse_labels(args.labels)
@@ -131,7 +146,8 @@ def cmd_convert(args) -> int:
             allow_legacy_h5=args.allow_legacy_h5, allow_unsafe=args.allow_unsafe, calib_method=args.calib_method,
             exclude=tuple(e for e in (args.exclude or "").split(",") if e), target=args.target, prune=args.prune,
             prune_structure=args.prune_structure, prune_epochs=args.prune_epochs, train_data=args.train_data,
-            auto_fallback=args.auto_fallback, layer_errors=args.layer_errors,
+            auto_fallback=args.auto_fallback, layer_errors=args.layer_errors, compress=compress_options(args),
+            task=args.task,
         )
         if args.json:
             emit_json(out, {"bundle": result.bundle, "warnings": list(result.warnings), "manifest": result.manifest})
@@ -165,6 +181,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="devices the bundle is for (several allowed); shapes precision, I/O and formats (default cpu)")
     c.add_argument("--preprocess", help="e.g. size=224x224,resize=letterbox,color=rgb,scale=1/255,mean=0.5,std=0.5 "
                                         "(default: from the model's input: its size, scale=1/255)")
+    c.add_argument("--task", choices=[t for t in values(Task) if t != "regression"], default=None,
+                   help="what the model does: classification, detection (INT8 keeps the decode head in float; "
+                        "validated on detections), segmentation or other (dense maps: cosine/SQNR). "
+                        "Default: inferred from the graph where unambiguous (the report says so), else other")
     c.add_argument("--labels", help="labels file (one per line) or a comma list, one per class (default: none)")
     c.add_argument("--eval", help="held-out data for validation: .npy, or .npz with x and optional y, or image folder "
                                   "(default: a part of --calib)")
@@ -179,8 +199,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                              "convolutions")
     c.add_argument("--prune-epochs", type=int_at_least(0), default=2,
                    help="fine-tuning epochs while pruning (default 2)")
-    c.add_argument("--train-data", help="fine-tuning data for pruning: image folder with class subfolders, or .npz "
-                                        "x/y (default: none, prune without fine-tuning)")
+    c.add_argument("--train-data", help="training data for pruning, --low-rank, --distill and --qat: image folder "
+                                        "with class subfolders, or .npz x/y (default: none, prune without "
+                                        "fine-tuning)")
+    g = c.add_argument_group("compression that trains (order: distill -> low-rank -> prune -> QAT/PTQ INT8; "
+                             "--train-data trains them)")
+    g.add_argument("--low-rank", metavar="RANK|auto",
+                   help="factorize Dense/Conv2D kernels (ONNX: Gemm/MatMul weights) by truncated SVD to this rank, or "
+                        "per layer by an energy budget with 'auto' (default: off)")
+    g.add_argument("--low-rank-energy", type=float, default=0.9,
+                   help="share of the squared singular values 'auto' keeps per layer (default 0.9)")
+    g.add_argument("--low-rank-epochs", type=int_at_least(1), default=2,
+                   help="fine-tuning epochs after factorizing, with --train-data (default 2)")
+    g.add_argument("--distill", action="store_true",
+                   help="train a smaller student on the model's soft outputs (needs --train-data; default: off)")
+    g.add_argument("--student", help="the student model (.keras) for --distill (default: derived, --student-width)")
+    g.add_argument("--student-width", type=float, default=None,
+                   help="derive the student: filters/units times this, 0-1 (default 0.5)")
+    g.add_argument("--distill-epochs", type=int_at_least(1), default=5, help="student training epochs (default 5)")
+    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    g.add_argument("--qat", action="store_true",
+                   help="quantization-aware training before INT8 export (needs --train-data; default: off; used "
+                        "automatically when --max-drop is missed after post-training INT8 and --train-data is given)")
+    g.add_argument("--qat-epochs", type=int_at_least(1), default=2, help="QAT epochs (default 2)")
+    g.add_argument("--qat-lr", type=float, default=1e-4, help="QAT learning rate (default 1e-4)")
     c.add_argument("--auto-fallback", action="store_true",
                    help="with --max-drop: keep the most quantization-sensitive layers in float until the drop fits "
                         "(default: off)")

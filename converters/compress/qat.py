@@ -1,0 +1,70 @@
+"""Quantization-aware training with tensorflow-model-optimization (``quantize_model``).
+
+tfmot quantizes tf_keras models only; Keras 3 models go through the verified tf_keras
+bridge (:mod:`edgeship.converters.keras_bridge`) first. The fake-quantized model is
+fine-tuned on the training data, then exported by the usual TFLite INT8 path (the
+converter takes the ranges the fake-quant nodes learned). A pruned model is quantized
+with tfmot's prune-preserving scheme, so QAT keeps its zeros.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeship.errors import UnsupportedModelError, require
+
+from ..keras_bridge import bridge_to_tf_keras
+from .training import fit
+
+__all__ = ["QatResult", "qat_keras", "tfmot_module"]
+
+
+@dataclass(frozen=True)
+class QatResult:
+    model: Any  # the fake-quantized tf_keras model
+    record: dict
+    history: list = field(default_factory=list)
+
+
+def tfmot_module():
+    """tfmot, with ``TF_USE_LEGACY_KERAS`` left as it was (importing tfmot sets it)."""
+    tf = require("tensorflow", "convert", "for quantization-aware training")
+    require("tf_keras", "convert", "for quantization-aware training")
+    prev = os.environ.get("TF_USE_LEGACY_KERAS")
+    try:
+        getattr(tf.keras, "version", None)
+        return require("tensorflow_model_optimization", "convert", "for quantization-aware training")
+    finally:
+        if prev is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = prev
+
+
+def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_sparsity: bool = False) -> QatResult:
+    """Fake-quantize ``model`` (not modified) and fine-tune it on ``train`` = ``(x, y)``.
+
+    Raises:
+        UnsupportedModelError: the bridge cannot rebuild the model, or tfmot has no
+            quantization for one of its layers (named in the message).
+    """
+    tfmot = tfmot_module()
+    x, y = train
+    bridge = bridge_to_tf_keras(model, samples=x[:16], seed=seed)
+    q = tfmot.quantization.keras
+    try:
+        if preserve_sparsity:
+            scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            qmodel = q.quantize_apply(q.quantize_annotate_model(bridge.model), scheme)
+        else:
+            qmodel = q.quantize_model(bridge.model)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise UnsupportedModelError(f"quantization-aware training: tfmot cannot quantize this model: {exc}") from None
+    history = fit(qmodel, x, y, epochs=epochs, desc="quantization-aware training", lr=lr, seed=seed)
+    record = {"method": "tensorflow-model-optimization quantize_model (8-bit, per-channel weights)"
+                        + (", prune-preserving scheme" if preserve_sparsity else ""),
+              "epochs": int(epochs), "learning_rate": float(lr), "train_count": int(len(x)),
+              "bridged": bool(bridge.bridged), "bridge_max_abs_diff": float(bridge.max_abs_diff)}
+    return QatResult(model=qmodel, record=record, history=history)

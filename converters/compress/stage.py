@@ -1,0 +1,211 @@
+"""The compression stages of ``convert()``, in their documented order.
+
+distill -> low-rank -> (prune: :mod:`..prune.stage`) -> QAT / post-training INT8.
+
+:func:`compress_source` runs distillation and low-rank factorization on the loaded
+source and returns the source the next stages work on; :func:`qat_source` runs QAT
+(asked for, after pruning); :func:`qat_rescue` retries a conversion whose post-training
+INT8 artifact (after ``auto_fallback``) missed ``max_drop`` with QAT, when training data
+is at hand. Each stage adds a row (params, MACs, FP32 weight bytes, accuracy on the
+validation samples) to the manifest's ``compression`` block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+from edgeship.errors import UnsupportedModelError, ValidationFailedError
+from edgeship.progress import step
+from edgeship.vocab import Format, Precision
+
+from .macs import count_macs, count_params
+from .options import CompressOptions, rank_value
+from .training import accuracy, is_tf_keras
+
+__all__ = ["ORDER", "compress_source", "qat_source", "qat_rescue", "stage_row", "keras_source_of", "int8_row"]
+
+ORDER = ("distill", "low_rank", "prune", "qat")
+
+
+def _predict(model):
+    from .training import predict  # noqa: PLC0415
+
+    return lambda x, batch=32: [predict(model, x, batch)]
+
+
+def keras_source_of(source, model):
+    """``source`` with ``model`` as the handle the exporters convert."""
+    fmt = "tf_keras" if is_tf_keras(model) else source.format
+    versions = dict(source.framework_versions)
+    if is_tf_keras(model):
+        import tf_keras  # noqa: PLC0415
+
+        versions.pop("keras", None)
+        versions["tf_keras"] = tf_keras.__version__
+    return dataclasses.replace(source, format=fmt, handle=model, predict=_predict(model),
+                               framework_versions=versions, notes=list(source.notes))
+
+
+def stage_row(stage: str, model, val_set, **extra) -> dict:
+    """One row of the compression table for a Keras model."""
+    params = count_params(model)
+    y = getattr(val_set, "y", None)
+    return {"stage": stage, "params": params, "macs": count_macs(model), "fp32_bytes": 4 * params,
+            "accuracy": accuracy(model, val_set.x, y) if y is not None else None, **extra}
+
+
+def _train(opts: CompressOptions, spec, source):
+    from ..prune.data import load_train_data  # noqa: PLC0415
+
+    if opts.train_data is None:
+        return None
+    d = load_train_data(opts.train_data, preprocess=spec, input_shape=tuple(source.inputs[0]["shape"]))
+    return d.x, d.y
+
+
+def _keras_model(source, what: str):
+    if source.kind != "keras" or not hasattr(source.handle, "layers"):
+        raise UnsupportedModelError(f"{what} needs a Keras model (.keras file or in-memory); "
+                                    f"{source.format} sources cannot be {what.split()[0]}ed here")
+    return source.handle
+
+
+def _student(opts: CompressOptions, teacher, seed: int, adv):
+    from .distill import derive_student  # noqa: PLC0415
+
+    if opts.student is None:
+        return derive_student(teacher, opts.student_width or 0.5, seed=seed), f"derived, width {opts.student_width or 0.5}"
+    if isinstance(opts.student, (str, os.PathLike)):
+        from ..sources.keras import load  # noqa: PLC0415 - the same safety checks as the source
+
+        src = load(os.fspath(opts.student), input_shape=adv.input_shape, allow_legacy_h5=adv.allow_legacy_h5,
+                   allow_unsafe=adv.allow_unsafe)
+        if not hasattr(src.handle, "layers"):
+            raise UnsupportedModelError("the student must be a Keras model (.keras), not a SavedModel")
+        return src.handle, os.path.basename(os.fspath(opts.student))
+    return opts.student, "in-memory model"
+
+
+def compress_source(source, opts: CompressOptions, *, spec, seed: int, workdir: str, val_set, adv,
+                    warnings: list):
+    """``(source for the next stage, compression block)``: distillation, then low-rank factorization.
+
+    Raises:
+        UnsupportedModelError: the stage does not apply to this model (named).
+        InputError, CalibrationError: the student or the training data.
+    """
+    if source.kind == "onnx":
+        return _compress_onnx(source, opts, workdir=workdir, val_set=val_set, warnings=warnings)
+    model = _keras_model(source, "compression")
+    train = _train(opts, spec, source)
+    rows = [stage_row("source", model, val_set)]
+    block: dict = {"order": list(ORDER), "stages": rows}
+    if opts.distill:
+        from .distill import distill  # noqa: PLC0415
+
+        student, how = _student(opts, model, seed, adv)
+        with step(f"distilling into the student ({how})"):
+            res = distill(model, student, train, val=(val_set.x, val_set.y), epochs=opts.distill_epochs,
+                          temperature=opts.temperature, alpha=opts.alpha, seed=seed)
+        block["distill"] = {"student": how, **res.record, "history": res.history}
+        model = res.model
+        rows.append(stage_row("distill", model, val_set, labels_only_accuracy=res.record.get("labels_only_accuracy")))
+    if opts.low_rank is not None:
+        from .lowrank import factorize_keras  # noqa: PLC0415
+
+        rank = rank_value(opts.low_rank)
+        with step(f"low-rank factorization (rank {rank})"):
+            res = factorize_keras(model, rank=rank, energy=opts.low_rank_energy, train_data=train,
+                                  epochs=opts.low_rank_epochs, seed=seed)
+        if train is None:
+            warnings.append("low-rank: no train_data, the factorized model is not fine-tuned (its accuracy cost is "
+                            "in the report)")
+        block["low_rank"] = {"rank": rank, "energy": opts.low_rank_energy if rank == "auto" else None,
+                             "fine_tuned": train is not None, "epochs": opts.low_rank_epochs if train else 0,
+                             **res.to_manifest(), "history": res.history}
+        model = res.model
+        rows.append(stage_row("low_rank", model, val_set))
+    return (keras_source_of(source, model) if model is not source.handle else source), block
+
+
+def _compress_onnx(source, opts: CompressOptions, *, workdir: str, val_set, warnings: list):
+    if opts.distill or opts.qat:
+        raise UnsupportedModelError("distillation and QAT train Keras models; an ONNX source supports --low-rank only")
+    from ..onnx_formats import load_onnx  # noqa: PLC0415
+    from ..prune_onnx import onnx_accuracy_cost  # noqa: PLC0415
+    from .lowrank_onnx import factorize_onnx  # noqa: PLC0415
+
+    dst = os.path.join(workdir, "lowrank.fp32.onnx")
+    rank = rank_value(opts.low_rank)
+    with step(f"low-rank factorization of the ONNX weights (rank {rank})"):
+        section = factorize_onnx(source.handle, dst, rank=rank, energy=opts.low_rank_energy)
+    out = load_onnx(dst, input_shape=source.inputs[0]["shape"])
+    cost = onnx_accuracy_cost(source.handle, dst, val_set.x, val_set.y, input_name=source.inputs[0]["name"])
+    section.update(rank=rank, energy=opts.low_rank_energy if rank == "auto" else None, accuracy_cost=cost)
+    warnings.append(f"low-rank: ONNX factorization (no fine-tuning) changes top-1 agreement to "
+                    f"{cost.get('top1_agreement')} on {cost.get('count')} samples")
+    rows = [{"stage": "source", "params": None, "macs": None, "fp32_bytes": os.path.getsize(source.handle),
+             "accuracy": cost.get("source_accuracy")},
+            {"stage": "low_rank", "params": None, "macs": None, "fp32_bytes": os.path.getsize(dst),
+             "accuracy": cost.get("accuracy")}]
+    return out, {"order": list(ORDER), "stages": rows, "low_rank": section}
+
+
+def qat_source(source, opts: CompressOptions, *, spec, seed: int, val_set, pruned: bool, block: dict | None,
+               reason: str = "asked for (qat)"):
+    """``(QAT source, compression block)``: fake-quantized and fine-tuned (tfmot, through the bridge)."""
+    from .qat import qat_keras  # noqa: PLC0415
+
+    model = _keras_model(source, "quantization-aware training")
+    train = _train(opts, spec, source)
+    if train is None:
+        raise UnsupportedModelError("quantization-aware training needs train_data (--train-data)")
+    block = dict(block) if block else {"order": list(ORDER), "stages": [stage_row("source", model, val_set)]}
+    with step(f"quantization-aware training ({opts.qat_epochs} epochs)"):
+        res = qat_keras(model, train, epochs=opts.qat_epochs, lr=opts.qat_lr, seed=seed, preserve_sparsity=pruned)
+    block["qat"] = {**res.record, "reason": reason, "history": res.history}
+    block["stages"] = [*block["stages"], stage_row("qat", res.model, val_set)]
+    return keras_source_of(source, res.model), block
+
+
+def qat_rescue(exc: ValidationFailedError, *, plan, source, export_source, exporters, calib_x, w, reference, data,
+               spec, warnings: list, block: dict | None, validate):
+    """Retry a missed ``max_drop`` with QAT; ``(exported, measured, export source, block)`` or raise ``exc``.
+
+    Applies when QAT was not already used, ``plan.compress.qat_fallback`` is on, training data
+    is given, the source is a Keras model and every artifact is an INT8 TFLite file.
+    """
+    from .. import stages  # noqa: PLC0415
+
+    opts = plan.compress
+    if opts is None or opts.qat or not opts.qat_fallback or opts.train_data is None or plan.max_drop is None or \
+            export_source.kind != "keras" or not hasattr(export_source.handle, "layers") or \
+            plan.precision is not Precision.INT8 or any(f is not Format.TFLITE for f in plan.formats):
+        raise exc
+    what = "post-training INT8" + (" and auto_fallback" if plan.advanced.auto_fallback else "")
+    warnings.append(f"{what} missed max_drop={plan.max_drop} ({exc}); retried with quantization-aware training")
+    qsrc, block = qat_source(export_source, opts, spec=spec, seed=plan.advanced.seed, val_set=data.val,
+                             pruned=plan.prune is not None, block=block,
+                             reason=f"{what} missed max_drop={plan.max_drop}")
+    workdir = tempfile.mkdtemp(prefix=".qat-", dir=w.dir)
+    try:
+        exported = stages.export_all(plan, qsrc, exporters, calib_x, w, workdir, warnings)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    no_fallback = dataclasses.replace(plan, advanced=dataclasses.replace(plan.advanced, auto_fallback=False))
+    measured = validate(no_fallback, exported, w, source, qsrc, reference, data, warnings)
+    block["qat"]["ptq_error"] = str(exc)
+    return exported, measured, qsrc, block
+
+
+def int8_row(block: dict, artifacts: list, validation: dict) -> None:
+    """Add the exported artifacts' rows (bytes, accuracy) to the block's stage table."""
+    for a in artifacts:
+        m = validation.get(a["file"]) or {}
+        block["stages"].append({"stage": f"export {a['file']}", "params": None, "macs": None,
+                                "bytes": a.get("bytes"), "gzip_bytes": a.get("gzip_bytes"),
+                                "accuracy": m.get("accuracy"), "top1_agreement": m.get("top1_agreement")})
+
