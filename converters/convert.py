@@ -241,7 +241,8 @@ def convert(
 
         results = Results(loader=loader_name, source=source, artifacts=exported.artifacts, data=data,
                           calibration_file=calib_file, pruning=pruning, validation=measured.validation,
-                          layer_errors=measured.layer_errors, extras=extras, compression=compression)
+                          layer_errors=measured.layer_errors, extras=extras, compression=compression,
+                          calibration_sha256=w.file_info(calib_file)["sha256"] if calib_file else None)
         manifest = build_manifest(plan, mplan, results, bundle_name=os.path.basename(writer.target.rstrip(os.sep)))
         _report.write_reports(w.dir, manifest, source_bytes=stages.source_bytes(source),
                               warnings=tuple(dict.fromkeys(warnings)))

@@ -86,6 +86,7 @@ class Results:
     layer_errors: dict = field(default_factory=dict)  # file -> top-10 entries
     extras: dict = field(default_factory=dict)  # exporter and target-step records for settings
     compression: dict | None = None  # compress.stage: distill / low-rank / QAT records and the stage table
+    calibration_sha256: str | None = None  # of the calibration file written into the bundle
 
 
 def _source_section(source, mplan: ModelPlan) -> dict:
@@ -113,6 +114,7 @@ def _calibration_section(plan: ConversionPlan, res: Results) -> dict | None:
         "method": "minmax" if all(a["format"] == "tflite" for a in res.artifacts) else plan.advanced.calib_method.value,
         "seed": plan.advanced.seed,
         "file": res.calibration_file,
+        "file_sha256": res.calibration_sha256,
     }
 
 

@@ -53,9 +53,18 @@ def validation_table(manifest: dict) -> str:
             acc = f"{_pct(v['accuracy'])} ({_pct(v.get('source_accuracy'))})"
         rows.append(
             f"| {a['file']} | {a['precision']} | {a.get('io', '-')} | {_kb(a['bytes'])} | {_kb(a['gzip_bytes'])} | "
-            f"{_pct(v.get('top1_agreement'))} | {acc} | {_num(v.get('cosine'))} | {_num(v.get('sqnr_db'), '{:.1f}')} |"
+            f"{_agreement(v)} | {acc} | {_num(v.get('cosine'))} | {_num(v.get('sqnr_db'), '{:.1f}')} |"
         )
+    if manifest.get("task_reason") and manifest["task_reason"] != "given":
+        rows.append(f"\nTask {manifest.get('task')}: {manifest['task_reason']}.")
     return "\n".join(rows)
+
+
+def _agreement(v: dict) -> str:
+    """Top-1 agreement, or for a detector its detections' F1 against the source's."""
+    if v.get("top1_agreement") is None and v.get("detection_f1") is not None:
+        return f"detections F1 {v['detection_f1']:.3f}"
+    return _pct(v.get("top1_agreement"))
 
 
 # -- measurements made when the report is built ----------------------------------------
@@ -131,11 +140,13 @@ def _calibration_path(folder: str, manifest: dict) -> str | None:
     Raises:
         BundleError: the manifest names a file outside the bundle, a link or a special file.
     """
-    from edgeship.bundle import member_path  # noqa: PLC0415
+    from edgeship.bundle import member_path, verify_calibration  # noqa: PLC0415
 
     name = (manifest.get("calibration") or {}).get("file") or "calibration.npz"
     if not os.path.lexists(os.path.join(folder, os.path.basename(name))) and os.path.basename(name) == name:
         return None
+    if (manifest.get("calibration") or {}).get("file"):
+        return verify_calibration(folder, manifest)  # its sha256 too
     return member_path(folder, name, what="calibration file")
 
 

@@ -408,6 +408,28 @@ def read_verified(bundle_dir: str, artifact: dict, *, keep: bool = True) -> byte
     return b"".join(parts) if parts is not None else None
 
 
+def verify_calibration(bundle_dir: str, manifest: dict) -> str | None:
+    """Path of the bundle's calibration file after checking its sha256 (``calibration.file_sha256``).
+
+    ``None`` when the manifest names no calibration file. Bundles written before the
+    hash was recorded are checked for location only.
+
+    Raises:
+        IntegrityError: the file differs from its recorded sha256.
+        BundleError: the manifest names a file outside the bundle, a link or a special file.
+    """
+    cal = manifest.get("calibration") or {}
+    name = cal.get("file")
+    if not name:
+        return None
+    path = member_path(bundle_dir, name, what="calibration file")
+    want = cal.get("file_sha256")
+    if want and sha256_file(path) != want:
+        raise IntegrityError(f"{path} does not match its sha256 in the manifest: the calibration samples were "
+                             "modified; re-copy the bundle or re-convert")
+    return path
+
+
 def sha256_tree(folder: str, *, error: type = BundleError, what: str = "folder") -> str:
     """One sha256 over a folder tree: every regular file's relative path and hash, sorted.
 

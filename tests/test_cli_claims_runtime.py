@@ -288,8 +288,6 @@ def test_tampered_other_artifact_is_detected(work, tmp_path, capfd):
     assert rc == 2 and any("model.int8.onnx" in p for p in json.loads(out)["integrity_errors"])
 
 
-@pytest.mark.xfail(strict=True, reason="calibration.npz has no hash of its own in the manifest (calibration.sha256 is "
-                   "the hash of the source data), so neither inspect nor load can see it modified")
 def test_tampered_calibration_file_is_detected(work, tmp_path, capfd):
     b = _copy(work, tmp_path)
     _flip(b / "calibration.npz", at=200)

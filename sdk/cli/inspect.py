@@ -48,6 +48,10 @@ def cmd_inspect(args) -> int:
                     _bundle.verify_file(path, art)
                 except EdgeshipError as exc:
                     problems.append(str(exc))
+            try:
+                _bundle.verify_calibration(path, man)
+            except EdgeshipError as exc:
+                problems.append(str(exc))
             if args.json:
                 emit_json(out, {"path": os.path.abspath(path), "kind": "bundle", "manifest": man,
                                 "integrity_errors": problems})
