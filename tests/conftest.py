@@ -3,7 +3,8 @@
 Session fixtures (built once per run, used read-only):
     ``digits``      sklearn digits as (x float32 (N, 8, 8, 1) in [0, 1], y int64);
     ``digits_cnn``  one small Keras 3 CNN trained on ``digits[:1200]`` (10 epochs);
-    ``digits16``, ``pruning_cnn_file``  digits at 16x16 and the CNN the pruning tests prune.
+    ``digits16``, ``pruning_cnn_file``  digits at 16x16 and the CNN the pruning tests prune;
+    ``demo_detector``  the repo's demo detector, trained and converted to INT8 once.
 Builders (fixtures that return a function):
     ``external_data_model``  an ONNX Add(x, w) model whose ``w`` lives in external data;
     ``import_blocker``       Python source that makes imports of the named packages fail

@@ -25,14 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = tf.image.resize((d.images / 16.0).astype(np.float32)[..., None], (16, 16)).numpy()
-    y = d.target.astype(np.int64)
-    idx = np.random.default_rng(0).permutation(len(x))
-    return x[idx], y[idx]
+def data(digits16):  # the session's digits at 16x16, shuffled with seed 0 (tests/conftest.py)
+    return digits16["x"], digits16["y"]
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,9 @@ SPEC = PreprocessSpec(size=(8, 8), color=ColorOrder.GRAY)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]
-    return x[:120], d.target[:120]
+def digits(digits):  # the session's digits (tests/conftest.py), first 120
+    x, y = digits
+    return x[:120], y[:120]
 
 
 @pytest.fixture(scope="module")
