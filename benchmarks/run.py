@@ -581,8 +581,27 @@ def bench_targets(ctx: Context) -> list:
         out.append(row("targets", f"{key}_peak_rss_mb", f"{name}: peak RSS", c["peak_rss_bytes"] / 1e6, "MB"))
     return out
 
+def bench_engines(ctx: Context) -> list:
+    """MobileNetV2 and ResNet50: every engine (OpenVINO too) and the peers (NNCF, quantize_static) in one run."""
+    mod = _module("bench_engines")
+    rs = mod.rows(quick=ctx.quick, threads=ctx.threads, say=ctx.say)
+    ctx.details["engines"] = [r.get("raw") for r in rs if "raw" in r]
+    out = []
+    for r in rs:
+        key = _slug(r["name"])
+        if "p50_ms" in r:
+            out.append(row("engines", f"{key}_p50_ms", f"{r['name']}: p50", r["p50_ms"], "ms", plot="engines"))
+            if r.get("top1_agreement") is not None:
+                out.append(row("engines", f"{key}_top1", f"{r['name']}: top-1 agreement with FP32",
+                               r["top1_agreement"]))
+        elif "ratio" in r:
+            out.append(row("engines", f"{key}_ratio", f"{r['name']} {r.get('detail', '')}".strip(), r["ratio"], "x",
+                           target=r["target"], passed=r["pass"]))
+    return out
+
+
 BENCHMARKS: list = [bench_runtime_vs_bare, bench_int8_vs_fp32, bench_cold_start, bench_onnx, bench_prune,
-                    bench_stream, bench_targets]
+                    bench_stream, bench_targets, bench_engines]
 
 
 # ---------------------------------------------------------------------------- output
