@@ -134,7 +134,7 @@ class OpenVINOBackend(Backend):
         config = {"PERFORMANCE_HINT": options.performance_hint.value.upper()}
         if options.threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(options.threads)
-        if options.cpu_pinning is not None and device.startswith("CPU"):
+        if device.startswith("CPU"):  # off unless asked: see OpenVINOOptions.cpu_pinning
             config["ENABLE_CPU_PINNING"] = bool(options.cpu_pinning)
         if options.inference_precision is not InferencePrecision.DEFAULT:
             config["INFERENCE_PRECISION_HINT"] = _PRECISION[options.inference_precision]
