@@ -185,7 +185,7 @@ def _choices(text: str, flag: str) -> list[str]:
 @pytest.mark.parametrize("flag, expected", [
     ("--precision", {"fp32", "fp16", "dynamic", "int8", "int16x8"}),
     ("--io", {"int8", "uint8", "float"}),
-    ("--target", {"cpu", "edgetpu", "gpu", "jetson"}),
+    ("--target", {"cpu", "edgetpu", "gpu", "jetson", "intel"}),
 ])
 def test_every_choice_the_readme_lists_is_accepted(flag, expected):
     values = _choices(_readme(), flag)
