@@ -180,6 +180,7 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
             exclude=request.exclude,
             input_shape=input_shape_of(source),
             workdir=request.workdir,
+            keep_head_float=request.keep_head_float,
         )
         info["notes"] = notes + info["notes"]
         return info

@@ -430,8 +430,8 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
     else:
         task, why = infer_task(source)
         task_reason = f"inferred from the graph: {why}"
-        if task is not Task.OTHER:
-            warnings.append(f"task {task.value} {task_reason}; pass task= (--task) to say otherwise")
+        if task in (Task.DETECTION, Task.SEGMENTATION):  # classification stays the quiet default
+            warnings.append(f"task= {task.value} {task_reason}; pass task= to say otherwise")
     if plan.labels is not None and task is Task.CLASSIFICATION and classes and len(plan.labels) != classes:
         raise InputError(f"labels has {len(plan.labels)} names but the model has {classes} classes "
                          f"(output shape {tuple(source.outputs[0]['shape'])}); give one label per class")

@@ -66,6 +66,7 @@ class ExportRequest:
     exclude: tuple = ()
     per_channel: bool = True
     seed: int = 0
+    keep_head_float: bool = False  # a detector's decode head stays float in INT8 (converters.detection_head)
 
 
 _LOADERS: list = []  # (priority, name, matches(model)->bool, loader)

@@ -18,6 +18,7 @@ from edgeship import metrics as _metrics
 from edgeship.calibration import RANDOM, CalibrationSet, load_samples
 from edgeship.errors import CalibrationError, UnsupportedModelError, ValidationFailedError
 from edgeship.progress import step
+from edgeship.vocab import Task
 
 from . import registry
 from .plan import ConversionPlan, ModelPlan
@@ -31,7 +32,7 @@ MAX_VALIDATION = 200
 MIN_VALIDATION = 8
 # Artifact notes starting with these are also returned in ConversionResult.warnings.
 WARNING_NOTE_PREFIXES = ("warning:", "slow on x86:")
-METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db")
+METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db", "detection_f1")
 
 
 # -- load source ---------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def export_all(plan: ConversionPlan, source, exporters: dict, calib_x, w, workdi
         fname = f"model.{plan.precision.value}.{f.value}"
         req = ExportRequest(precision=plan.precision, io=plan.io, calib=calib_x, out_path=w.path(fname),
                             workdir=workdir, target=plan.export_target(f), calib_method=adv.calib_method,
-                            exclude=adv.exclude, seed=adv.seed)
+                            exclude=adv.exclude, seed=adv.seed, keep_head_float=plan.task is Task.DETECTION)
         with step(f"writing {fname}"):
             part = dict(fn(source, req))
         out.extras.update(part.pop("extra", {}) or {})
@@ -203,13 +204,14 @@ def export_all(plan: ConversionPlan, source, exporters: dict, calib_x, w, workdi
 # -- validate ------------------------------------------------------------------------------
 
 
-def evaluator(entry: dict, reference: list, data: Data, source_layout: str):
+def evaluator(entry: dict, reference: list, data: Data, source_layout: str, task: Task | None = None):
     """``evaluate(path) -> metrics`` of an artifact file against the source's ``reference``."""
     from .validate import validate_artifact  # noqa: PLC0415
 
     def evaluate(path: str) -> dict:
         return validate_artifact(path, reference, data.val.x, data.val.y, name=entry["file"],
-                                 source_layout=source_layout, artifact_layout=entry.get("layout"))
+                                 source_layout=source_layout, artifact_layout=entry.get("layout"),
+                                 task=task)
 
     return evaluate
 
@@ -221,7 +223,7 @@ def validate(plan: ConversionPlan, entry: dict, w, reference: list, data: Data, 
     Raises:
         ValidationFailedError: the artifact collapsed, or dropped more than ``max_drop``.
     """
-    res = evaluator(entry, reference, data, source_layout)(w.path(entry["file"]))
+    res = evaluator(entry, reference, data, source_layout, plan.task)(w.path(entry["file"]))
     metrics = {k: res.get(k) for k in METRIC_KEYS}
     if res.get("mixed_ranges"):  # outputs mixing very different ranges (boxes beside scores)
         metrics["mixed_ranges"] = res["mixed_ranges"]

@@ -64,10 +64,10 @@ def infer_task(source) -> tuple[Task, str]:
             from .detection_head import head_nodes  # noqa: PLC0415
 
             if head_nodes(graph):
-                return Task.DETECTION, (f"one output {outs[0]} of boxes + class scores per candidate, "
-                                        "produced by a decode head (concat/sigmoid after the last convolutions)")
+                return Task.DETECTION, (f"a single {list(outs[0])} tensor of boxes + class scores per candidate, "
+                                        "made by a decode head (concat/sigmoid after the last convolutions)")
     if len(outs) == 1 and len(outs[0]) == 2 and isinstance(outs[0][-1], int) and outs[0][-1] > 1:
-        return Task.CLASSIFICATION, f"one output {outs[0]}: a score per class"
+        return Task.CLASSIFICATION, f"a single {list(outs[0])} tensor: a score per class"
     if len(outs) == 1 and len(outs[0]) == 4 and ins and len(ins[0]) == 4:
         o, i = outs[0], ins[0]
         layout = getattr(source, "layout", "")
@@ -75,9 +75,9 @@ def infer_task(source) -> tuple[Task, str]:
         ch = o[1] if layout == "NCHW" else o[3]
         if osp == isp:
             if isinstance(ch, int) and ch > 1:
-                return Task.SEGMENTATION, f"one output {o} with the input's height and width and {ch} class channels"
-            return Task.OTHER, f"one output {o}: a dense one-channel map at the input's size (compared by cosine/SQNR)"
-    return Task.OTHER, f"outputs {outs} are not a recognised classification, detection or segmentation layout"
+                return Task.SEGMENTATION, f"a single {list(o)} tensor with the input's height and width and {ch} class channels"
+            return Task.OTHER, f"a single {list(o)} tensor: a dense one-channel map at the input's size (compared by cosine/SQNR)"
+    return Task.OTHER, f"tensors {[list(o) for o in outs]} are not a recognised classification, detection or segmentation layout"
 
 
 def decoder_spec(outputs, input_size: tuple | None, labels=None, units: str = "auto") -> dict | None:
@@ -96,6 +96,8 @@ def decoder_spec(outputs, input_size: tuple | None, labels=None, units: str = "a
     _, a, b = shapes[0]
     if not isinstance(a, int) or not isinstance(b, int):
         return None
+    if max(a, b) < MIN_CANDIDATES and not (b == 6 and a >= 10):
+        return None  # too few rows for a YOLO prediction, too few for an end-to-end export: unknown
     if b == 6 and a <= 1000:
         # end-to-end exports (NMS inside): [1, K, 6] = x1, y1, x2, y2, score, class
         return {"format": "end2end", "boxes": "xyxy", "units": units, "input_size": list(input_size or ()),

@@ -13,6 +13,8 @@ from edgeship import metrics
 from edgeship.errors import ValidationFailedError
 from edgeship.progress import progress
 
+from . import task_metrics
+
 BATCH = 32
 
 
@@ -82,8 +84,14 @@ def _to_layout(a: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
 
 
 def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *, name: str,
-                      source_layout: str | None = None, artifact_layout: str | None = None) -> dict:
+                      source_layout: str | None = None, artifact_layout: str | None = None, task=None,
+                      decoder: dict | None = None) -> dict:
     """Metrics of the artifact at ``path`` against the ``reference`` outputs on ``x``.
+
+    ``task`` (a :class:`edgeship.vocab.Task`): for anything but classification the outputs
+    are not read as one class per sample (no top-1, no top-1 collapse check); a detector
+    is also measured on its decoded detections (``detection_f1``, agreement with the
+    source) and refused when it has lost them.
 
     ``x`` and ``reference`` are in ``source_layout``; a bare artifact file is fed and
     read in ``artifact_layout`` (4-D tensors are transposed between the two).
@@ -105,11 +113,26 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
     for i, (r, c) in enumerate(zip(reference, cand)):
         if r.reshape(r.shape[0], -1).shape != c.reshape(c.shape[0], -1).shape:
             raise ValidationFailedError(f"{name} output {i} is shaped {c.shape} but the source gives {r.shape}")
-        res = metrics.compare(r, c, labels if i == 0 else None)
+        res = metrics.compare(r, c, labels if i == 0 and not task_metrics.is_dense(task) else None)
+        if task_metrics.is_dense(task):
+            res["top1_agreement"] = None
         check_collapse(r, c, res, name)
         results.append(res)
     out = dict(results[0])
     out["outputs"] = len(results)
+    task_metrics.check_dense(reference, results, task, name)
+    if task is not None and task.value == "detection":
+        agree = task_metrics.detection_agreement(reference, [c.reshape(np.shape(r)) for r, c in zip(reference, cand)],
+                                                 task_metrics.input_size_of(x, source_layout), decoder)
+        if agree is not None:
+            out["detection_f1"] = agree["f1"]
+            if agree["reference"] and agree["f1"] < task_metrics.COLLAPSED_F1:
+                raise ValidationFailedError(
+                    f"{name} has lost its detections: F1 {agree['f1']:.2f} against the source's "
+                    f"{agree['reference']} boxes (IoU 0.5, same class, score >= {agree['threshold']}) on {len(x)} "
+                    "validation samples, although its raw outputs may look close (cosine); "
+                    "the decode head must stay in float (see the report), or use a float precision"
+                )
     if len(results) > 1:
         out["cosine"] = float(min(r["cosine"] for r in results))
         out["max_abs_error"] = float(max(r["max_abs_error"] for r in results))

@@ -59,4 +59,6 @@ def drop_points(metrics: dict) -> float:
         return 100.0 * (metrics["source_accuracy"] - metrics["accuracy"])
     if metrics.get("top1_agreement") is not None:
         return 100.0 * (1.0 - metrics["top1_agreement"])
+    if metrics.get("detection_f1") is not None:  # detectors: agreement of detections with the source
+        return 100.0 * (1.0 - metrics["detection_f1"])
     return 0.0

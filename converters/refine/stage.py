@@ -183,7 +183,7 @@ def refine_and_validate(plan, exported, w, source, export_source, reference, dat
     for entry in exported.artifacts:
         fname, request = entry["file"], exported.requests[entry["file"]]
         if plan.advanced.auto_fallback:
-            evaluate = stages.evaluator(entry, reference, data, source.layout)
+            evaluate = stages.evaluator(entry, reference, data, source.layout, plan.task)
             record = refine_artifact(entry, w, export_source, request, evaluate, plan.max_drop, warnings)
             if record is not None:
                 accuracy_aware[fname] = record

@@ -1,0 +1,90 @@
+"""Validation metrics that can see a task's failure (issue 12).
+
+Cosine similarity of raw outputs cannot see a YOLO head whose INT8 scores all rounded
+to zero (0.9997 with every box lost): a detector is validated on its *detections*, an
+agreement F1 with the source's (IoU 0.5, same class), decoded with the conversion's
+decoder spec. Dense maps (segmentation, probability maps) are never read as one class
+per sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeship.vocab import Task
+
+__all__ = ["input_size_of", "detection_agreement", "COLLAPSED_F1", "SCORE_THRESHOLD"]
+
+SCORE_THRESHOLD = 0.25  # the usual YOLO confidence threshold
+COLLAPSED_F1 = 0.5  # an artifact that agrees on fewer detections than this has lost them
+
+
+def input_size_of(x: np.ndarray, layout: str | None) -> tuple | None:
+    """(height, width) of a 4-D image batch in ``layout``, else None."""
+    if x.ndim != 4:
+        return None
+    return tuple(x.shape[2:4]) if layout == "NCHW" else tuple(x.shape[1:3])
+
+
+def detection_agreement(reference: list, candidate: list, input_size: tuple | None, decoder: dict | None = None,
+                        threshold: float = SCORE_THRESHOLD) -> dict | None:
+    """Match F1 of the candidate's decoded detections against the reference's, over the
+    batch; None when the outputs are not a decodable detection layout."""
+    from edgeship.metrics_detection import match_f1  # noqa: PLC0415
+    from edgeship.runtime.tasks.detect import nms  # noqa: PLC0415
+    from edgeship.runtime.tasks.detect import decode  # noqa: PLC0415
+
+    from .task_infer import decoder_spec  # noqa: PLC0415
+
+    dec = decoder or decoder_spec([np.shape(r) for r in reference], input_size)
+    if dec is None:
+        return None
+    n = len(reference[0])
+
+    def dets(outs, i):
+        boxes, scores, ids = decode([o[i:i + 1] for o in outs], input_size=input_size, decoder=dec)
+        keep = np.flatnonzero(scores >= threshold)
+        keep = keep[np.argsort(-scores[keep], kind="stable")[:1000]]
+        boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
+        sel = nms(boxes, scores, 0.45, classes=ids, max_detections=300)
+        return [(boxes[j], int(ids[j]), float(scores[j])) for j in sel]
+
+    try:
+        ref = [dets(reference, i) for i in range(n)]
+        cand = [dets(candidate, i) for i in range(n)]
+    except Exception:  # noqa: BLE001 - not decodable with this spec: no detection metric
+        return None
+    out = match_f1(ref, cand)
+    out["decoder"] = dec.get("format")
+    out["threshold"] = threshold
+    return out
+
+
+def is_dense(task: Task | None) -> bool:
+    """Tasks whose outputs must not be read as one class per sample."""
+    return task is not None and task is not Task.CLASSIFICATION
+
+
+DENSE_MIN_COSINE = 0.5  # a dense map less similar than this to the source's no longer shows the same things
+
+
+def check_dense(reference: list, results: list, task: Task | None, name: str) -> None:
+    """Refuse a dense map (segmentation, probability/heat map: 4-D, at least 8x8) whose
+    cosine similarity to the source's has fallen below :data:`DENSE_MIN_COSINE`.
+
+    Raises:
+        ValidationFailedError: naming the output and the cosine.
+    """
+    from edgeship.errors import ValidationFailedError  # noqa: PLC0415
+
+    if not is_dense(task) or task is Task.DETECTION:
+        return
+    for i, (r, res) in enumerate(zip(reference, results)):
+        shape = np.shape(r)
+        cos = res.get("cosine")
+        if len(shape) == 4 and sorted(shape[1:])[1] >= 8 and cos is not None and cos < DENSE_MIN_COSINE:
+            raise ValidationFailedError(
+                f"{name}: its dense map (output {i}, {list(shape[1:])} per sample) no longer resembles the "
+                f"source's (cosine {cos:.2f} < {DENSE_MIN_COSINE}); try --exclude for the last layers, more "
+                "representative calibration data, or a float precision"
+            )
