@@ -141,3 +141,15 @@ def test_importing_the_runtime_does_not_import_openvino(bundles):
             "b = 'openvino' in sys.modules; print(json.dumps([a, b, m.info.backend]))")
     out = subprocess.run([sys.executable, "-c", code, bundles["int8"]], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False, "litert"]
+
+
+def test_devices_lists_openvino_and_its_devices():
+    from edgeship.cli.devices import format_devices
+    from edgeship.runtime.discovery import devices
+
+    report = devices(try_load=False)
+    ov = report["openvino"]
+    assert ov["available"] and "CPU" in [d["name"] for d in ov["devices"]]
+    assert "openvino" not in [b["name"] for b in report["tflite"]]
+    text = format_devices(report)
+    assert "OpenVINO\n  yes CPU" in text and f"openvino {ov['version']}" in text
