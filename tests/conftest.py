@@ -67,10 +67,16 @@ def _uses_slow_fixture(item) -> bool:
     return False
 
 
+_HARDENING_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hardening") + os.sep
+
+
 def pytest_collection_modifyitems(config, items):
     for it in items:
         if it.get_closest_marker("slow") is None and _uses_slow_fixture(it):
             it.add_marker(pytest.mark.slow)
+        # everything under tests/hardening/ is the hardening suite (make harden), marked or not
+        if it.get_closest_marker("hardening") is None and str(it.path).startswith(_HARDENING_DIR):
+            it.add_marker(pytest.mark.hardening)
     seed = config.getoption("--shuffle-seed")
     if seed is None:
         return
