@@ -97,3 +97,37 @@ def wait_no_ray_processes(timeout=30.0) -> list:
         time.sleep(0.5)
         left = ray_processes()
     return left
+
+
+AXES = {"precision": ["fp32", "int8"], "calib_count": [16, 32]}
+
+
+def shared_inputs(base, digits, model_file) -> dict:
+    """One folder of inputs (model, data) for every sweep test of the session: the same bytes, the same trial ids.
+
+    ``base`` is pytest's base temp folder; the folder is built by the first caller.
+    """
+    import shutil
+
+    root = base / "sweep-inputs"
+    if not (root / "ready").exists():
+        root.mkdir(exist_ok=True)
+        shutil.copy(model_file, root / "digits.keras")
+        write_data(root / "data", digits)
+        (root / "ready").write_text("ok")
+    return {"root": root, "models": [("digits", "digits.keras")],
+            "data": {"calib": "data/calib.npz", "eval": "data/eval.npz"}}
+
+
+def serial_records(inputs) -> list:
+    """The records of the ``AXES`` trials run one by one (``edgeship sweep --serial``) in a fresh process.
+
+    Run once per session: a second call finds every trial recorded and converts nothing.
+    """
+    spec = write_spec(inputs["root"] / "serial.toml", models=inputs["models"], data=inputs["data"], axes=AXES,
+                      sweep={"output": "serial-out"})
+    p = run_cli(["sweep", spec, "--serial", "--json"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    folder = json.loads(p.stdout)["folder"]
+    tdir = os.path.join(folder, "trials")
+    return [json.load(open(os.path.join(tdir, f))) for f in sorted(os.listdir(tdir)) if f.endswith(".json")]

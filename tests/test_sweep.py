@@ -12,13 +12,12 @@ import shutil
 
 import pytest
 
-from _sweep_shared import CRASH_IN_WORKER, SLEEP_IN_WORKER, comparable, run_cli, wait_no_ray_processes, write_data, \
-    write_spec
+from _sweep_shared import AXES, CRASH_IN_WORKER, SLEEP_IN_WORKER, comparable, serial_records, shared_inputs, \
+    wait_no_ray_processes, write_spec
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
-AXES = {"precision": ["fp32", "int8"], "calib_count": [16, 32]}
 CONSTRAINTS = {"max_drop": 2.0, "max_latency_ms": 50.0}
 
 
@@ -34,15 +33,11 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, digits, digits_cnn_file):
-    root = tmp_path_factory.mktemp("sweep")
-    shutil.copy(digits_cnn_file, root / "digits.keras")
-    data = write_data(root / "data", digits)
-    return {"root": root, "data": {"calib": os.path.relpath(data["calib"], root),
-                                   "eval": os.path.relpath(data["eval"], root)}}
+    return shared_inputs(tmp_path_factory.getbasetemp(), digits, digits_cnn_file)
 
 
 def _spec(work, name, **kw):
-    args = {"models": [("digits", "digits.keras")], "data": work["data"], "axes": AXES,
+    args = {"models": work["models"], "data": work["data"], "axes": AXES,
             "sweep": {"output": f"{name}-out"}, "constraints": CONSTRAINTS}
     args.update(kw)
     return write_spec(work["root"] / f"{name}.toml", **args)
@@ -100,15 +95,8 @@ def test_rerun_performs_no_conversion(swept):
 
 
 def test_records_equal_the_serial_loop(swept, work):
-    spec_path, res = swept
-    serial_spec = _spec(work, "serial")
-    p = run_cli(["sweep", serial_spec, "--serial", "--json"])
-    assert p.returncode == 0, p.stderr[-2000:]
-    out = json.loads(p.stdout)
-    assert out["counts"]["converted"] == 4
-    serial = [json.load(open(os.path.join(out["folder"], "trials", f)))
-              for f in sorted(os.listdir(os.path.join(out["folder"], "trials")))]
-    assert comparable(serial) == comparable(res.records)
+    _spec_path, res = swept
+    assert comparable(serial_records(work)) == comparable(res.records)
 
 
 def test_constraints_none_can_meet_say_so(swept, work):
@@ -183,7 +171,7 @@ def test_a_trial_that_crashes_its_worker_is_recorded(local_ray, work):
     from edgeship import sweep
 
     _lambda_model(work["root"] / "crasher.keras", CRASH_IN_WORKER)
-    spec = _spec(work, "crash", models=[("digits", "digits.keras"), ("crasher", "crasher.keras", True)],
+    spec = _spec(work, "crash", models=[*work["models"], ("crasher", "crasher.keras", True)],
                  axes={"precision": ["fp32"]})
     res = sweep(spec)
     by_model = {r["model"]: r for r in res.records}

@@ -149,6 +149,12 @@ class _Ray:
             self.started = True
         self.spec = spec
         cpus = ray.cluster_resources().get("CPU", 1)
+        biggest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if spec.cpus_per_trial > biggest:
+            if self.started:
+                ray.shutdown()
+            raise InputError(f"[sweep] cpus_per_trial {spec.cpus_per_trial} is more than any node of this Ray "
+                             f"cluster has (at most {biggest:g} CPUs): no trial could ever start")
         self.capacity = max(1, int(cpus // spec.cpus_per_trial))
         self.convert_fn = ray.remote(convert_task).options(num_cpus=spec.cpus_per_trial, max_retries=0)
         self.timing_node = self._timing_node(spec.timing.node)

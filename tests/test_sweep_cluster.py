@@ -1,0 +1,49 @@
+"""``edgeship sweep`` on a two-node Ray cluster simulated on this machine (``ray.cluster_utils.Cluster``).
+
+Conversions spread over both nodes (one CPU each); every timing runs on one node; the
+records equal those of the same trials on one machine (the serial loop).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from _sweep_shared import AXES, comparable, serial_records, shared_inputs, wait_no_ray_processes, write_spec
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+    assert wait_no_ray_processes() == [], "Ray left processes behind"
+
+
+def test_two_node_sweep_spreads_conversions_and_times_on_one_node(cluster, tmp_path_factory, digits,
+                                                                    digits_cnn_file):
+    from edgeship import sweep
+
+    inputs = shared_inputs(tmp_path_factory.getbasetemp(), digits, digits_cnn_file)
+    res = sweep(write_spec(inputs["root"] / "cluster.toml", models=inputs["models"], data=inputs["data"], axes=AXES,
+                           sweep={"output": "cluster-out"}))
+    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2
+    assert res.counts["converted"] == 4 and res.counts["failed"] == 0
+    conv_nodes = {r["conversion"]["node"] for r in res.records}
+    assert conv_nodes == nodes  # two trials in flight at a time, one CPU per node: both nodes convert
+    timing_nodes = {r["timing"]["node"] for r in res.records}
+    assert timing_nodes == {ray.get_runtime_context().get_node_id()}  # one node, the driver's by default
+    assert len(res.summary["groups"]) == 1  # one target, one timing node: one comparison
+    # the same records as the trials run one by one in a loop
+    assert comparable(serial_records(inputs)) == comparable(res.records)
