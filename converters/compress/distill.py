@@ -115,7 +115,11 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
         raise InputError(f"the student's output {s_out.shape[1:]} differs from the teacher's {t_out.shape[1:]}")
     labels = integer_labels(y)
     labelled = labels is not None
-    initial = [np.array(w) for w in student.get_weights()]
+    plain = None
+    if baseline and labelled:  # the same student, same initial weights, for the labels-only run
+        plain = km.models.clone_model(student)
+        plain.build(tuple(student.inputs[0].shape))
+        plain.set_weights(student.get_weights())
     target = np.concatenate([as_logits(t_out), (labels if labelled else np.zeros(len(x)))[:, None]], 1)
     loss = distill_loss(n, temperature, alpha, labelled, outputs_probabilities(s_out))
     history = fit(student, x, target.astype(np.float32), epochs=epochs, desc="distill", lr=lr, loss=loss, seed=seed)
@@ -126,10 +130,7 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
     if val is not None and val[1] is not None:
         record["teacher_accuracy"] = accuracy(teacher, *val)
         record["student_accuracy"] = accuracy(student, *val)
-    if baseline and labelled:
-        plain = km.models.clone_model(student)
-        plain.build(tuple(student.inputs[0].shape))
-        plain.set_weights(initial)
+    if plain is not None:
         hist_plain = fit(plain, x, labels, epochs=epochs, desc="student on labels alone", lr=lr, seed=seed)
         record["labels_only_history"] = hist_plain
         if val is not None and val[1] is not None:

@@ -43,6 +43,37 @@ def tfmot_module():
             os.environ["TF_USE_LEGACY_KERAS"] = prev
 
 
+def _calibrate_ranges(qmodel, float_model, x) -> None:
+    """Start the activation fake-quant ranges at the float model's observed min/max on ``x``.
+
+    tfmot's moving-average ranges start at [-6, 6] and move with decay 0.999: a short
+    fine-tuning never reaches an activation range of hundreds, which clips it (measured:
+    a Dense unit scaled 300x collapses a digits MLP to 10% after QAT without this).
+    """
+    import numpy as np  # noqa: PLC0415
+    import tf_keras  # noqa: PLC0415
+
+    wanted = {}
+    for layer in qmodel.layers:
+        names = {w.name.split("/")[-1].split(":")[0]: w for w in layer.non_trainable_weights}
+        if "post_activation_min" in names and getattr(layer, "layer", None) is not None:
+            wanted[layer.layer.name] = (names["post_activation_min"], names["post_activation_max"])
+        elif "quantize_layer_min" in names:
+            lo, hi = float(np.min(x)), float(np.max(x))
+            names["quantize_layer_min"].assign(min(lo, 0.0))
+            names["quantize_layer_max"].assign(max(hi, 0.0))
+    have = [n for n in wanted if n in {layer.name for layer in float_model.layers}]
+    if not have:
+        return
+    probe = tf_keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in have])
+    outs = probe.predict(np.asarray(x, np.float32), verbose=0, batch_size=256)
+    outs = outs if isinstance(outs, list) else [outs]
+    for n, out in zip(have, outs):
+        lo_v, hi_v = wanted[n]
+        lo_v.assign(min(float(np.min(out)), 0.0))
+        hi_v.assign(max(float(np.max(out)), 0.0))
+
+
 def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_sparsity: bool = False) -> QatResult:
     """Fake-quantize ``model`` (not modified) and fine-tune it on ``train`` = ``(x, y)``.
 
@@ -62,8 +93,10 @@ def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_s
             qmodel = q.quantize_model(bridge.model)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise UnsupportedModelError(f"quantization-aware training: tfmot cannot quantize this model: {exc}") from None
+    _calibrate_ranges(qmodel, bridge.model, x[:512])
     history = fit(qmodel, x, y, epochs=epochs, desc="quantization-aware training", lr=lr, seed=seed)
-    record = {"method": "tensorflow-model-optimization quantize_model (8-bit, per-channel weights)"
+    record = {"method": "tensorflow-model-optimization quantize_model (8-bit, per-channel weights; activation "
+                        "ranges started at the float model's min/max)"
                         + (", prune-preserving scheme" if preserve_sparsity else ""),
               "epochs": int(epochs), "learning_rate": float(lr), "train_count": int(len(x)),
               "bridged": bool(bridge.bridged), "bridge_max_abs_diff": float(bridge.max_abs_diff)}

@@ -196,7 +196,11 @@ def qat_rescue(exc: ValidationFailedError, *, plan, source, export_source, expor
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     no_fallback = dataclasses.replace(plan, advanced=dataclasses.replace(plan.advanced, auto_fallback=False))
-    measured = validate(no_fallback, exported, w, source, qsrc, reference, data, warnings)
+    try:
+        measured = validate(no_fallback, exported, w, source, qsrc, reference, data, warnings)
+    except ValidationFailedError as again:
+        raise ValidationFailedError(f"{what} missed max_drop={plan.max_drop} ({exc}); quantization-aware training "
+                                    f"({opts.qat_epochs} epochs) did not meet it either: {again}") from None
     block["qat"]["ptq_error"] = str(exc)
     return exported, measured, qsrc, block
 

@@ -1,0 +1,108 @@
+"""Knowledge distillation (``--distill``): derived or given students, soft targets, the labels-only baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edgeship.converters import convert  # noqa: E402
+from edgeship.converters.compress import CompressOptions, count_macs, count_params  # noqa: E402
+from edgeship.converters.compress.distill import derive_student, distill, distill_loss  # noqa: E402
+from edgeship.errors import InputError  # noqa: E402
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_derived_student_scales_filters_and_units_but_keeps_the_classes(flavor):
+    km = pytest.importorskip(flavor)
+    i = km.Input((16, 16, 1))
+    x = km.layers.Conv2D(16, 3, activation="relu", name="c1")(i)
+    x = km.layers.MaxPooling2D()(x)
+    x = km.layers.Conv2D(32, 3, activation="relu", name="c2")(x)
+    x = km.layers.Flatten()(x)
+    x = km.layers.Dense(64, activation="relu", name="fc")(x)
+    teacher = km.Model(i, km.layers.Dense(10, activation="softmax", name="out")(x))
+    student = derive_student(teacher, 0.5, seed=0)
+    assert student.get_layer("c1").filters == 8 and student.get_layer("c2").filters == 16
+    assert student.get_layer("fc").units == 32 and student.get_layer("out").units == 10
+    assert count_macs(student) < 0.3 * count_macs(teacher) and count_params(student) < count_params(teacher)
+    again = derive_student(teacher, 0.5, seed=0)
+    for a, b in zip(student.get_weights(), again.get_weights()):  # seeded: the same student twice
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_loss_is_the_temperature_scaled_kl_plus_the_label_term():
+    import tensorflow as tf
+
+    t = np.array([[2.0, 0.0, -1.0]], np.float32)
+    s = np.array([[0.5, 0.2, 0.1]], np.float32)
+    y_true = np.concatenate([t, [[0.0]]], 1)
+    T = 2.0
+    pt = np.exp(t / T) / np.exp(t / T).sum()
+    ls = s / T - np.log(np.exp(s / T).sum())
+    kl = float(np.sum(pt * (np.log(pt) - ls))) * T * T
+    ce = float(-(s[0, 0] - np.log(np.exp(s).sum())))
+    soft_only = distill_loss(3, T, 0.3, labelled=False, student_probs=False)(tf.constant(y_true), tf.constant(s))
+    both = distill_loss(3, T, 0.3, labelled=True, student_probs=False)(tf.constant(y_true), tf.constant(s))
+    assert float(soft_only[0]) == pytest.approx(kl, rel=1e-5)
+    assert float(both[0]) == pytest.approx(0.3 * ce + 0.7 * kl, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_unlabelled_data_trains_on_soft_targets_alone(pruning_cnn_file, digits16):
+    import keras
+
+    teacher = keras.saving.load_model(pruning_cnn_file)
+    xtr, _ = digits16["train"]
+    xev, yev = digits16["eval"]
+    student = derive_student(teacher, 0.5)
+    before = float(np.mean(np.argmax(student.predict(xev, verbose=0), -1) == np.argmax(teacher.predict(xev, verbose=0), -1)))
+    res = distill(teacher, student, (xtr, None), val=(xev, yev), epochs=3, temperature=4.0, alpha=0.3)
+    rec = res.record
+    assert rec["labelled"] is False and rec["alpha"] == 0.0 and "labels_only_accuracy" not in rec
+    assert len(res.history) == 3 and res.history[-1]["loss"] < res.history[0]["loss"]
+    after = float(np.mean(np.argmax(student.predict(xev, verbose=0), -1) == np.argmax(teacher.predict(xev, verbose=0), -1)))
+    assert after > max(0.6, before)  # the student learnt the teacher's answers without any label
+
+
+@pytest.mark.slow
+def test_convert_distills_a_derived_student_and_reports_the_labels_only_baseline(pruning_cnn_file, digits16,
+                                                                                  tmp_path):
+    xtr, ytr = digits16["train"]
+    xev, yev = digits16["eval"]
+    res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev), train_data=(xtr, ytr),
+                  compress=CompressOptions(distill=True, student_width=0.5, distill_epochs=4))
+    comp = res.manifest["compression"]
+    d = comp["distill"]
+    assert d["labelled"] and d["student"] == "derived, width 0.5" and len(d["history"]) == 4
+    assert d["student_macs"] < 0.5 * d["teacher_macs"]
+    for k in ("teacher_accuracy", "student_accuracy", "labels_only_accuracy"):
+        assert 0.5 < d[k] <= 1.0
+    rows = {r["stage"]: r for r in comp["stages"]}
+    assert rows["distill"]["macs"] == d["student_macs"] and rows["distill"]["accuracy"] == d["student_accuracy"]
+    v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
+    assert v["accuracy"] >= d["student_accuracy"] - 0.05  # INT8 of the student, against the labels
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "same student on labels alone" in report
+
+
+@pytest.mark.slow
+def test_a_given_student_file_is_loaded_with_the_safety_checks(pruning_cnn_file, digits16, tmp_path):
+    import keras
+
+    xtr, ytr = digits16["train"]
+    keras.utils.set_random_seed(1)
+    small = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(10)])
+    path = tmp_path / "student.keras"
+    small.save(path)
+    res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:100], train_data=(xtr, ytr),
+                  compress=CompressOptions(distill=True, student=str(path), distill_epochs=5), precision="fp32")
+    assert res.manifest["compression"]["distill"]["student"] == "student.keras"
+    wrong = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    wrong.save(tmp_path / "wrong.keras")
+    with pytest.raises(InputError, match="differs from the teacher"):
+        convert(pruning_cnn_file, tmp_path / "c", calib=xtr[:100], train_data=(xtr[:300], ytr[:300]), precision="fp32",
+                compress=CompressOptions(distill=True, student=str(tmp_path / "wrong.keras"), distill_epochs=1))
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,83 @@
+"""Quantization-aware training (``--qat``, and as the ``--max-drop`` fallback after post-training INT8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_model_optimization")
+
+from edgeship.converters import convert  # noqa: E402
+from edgeship.converters.compress import CompressOptions  # noqa: E402
+from edgeship.errors import ValidationFailedError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits_split(digits):
+    x, y = digits
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx], y[idx]
+    return (x[:1300], y[:1300]), (x[1300:], y[1300:])
+
+
+def _mlp(digits_split, scale: float):
+    """A digits MLP; hidden unit 0 scaled ``scale`` times (and the next layer divided: the same function),
+    so its activation range swamps the others under per-tensor INT8."""
+    keras = pytest.importorskip("keras")
+    (xtr, ytr), _ = digits_split
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                          keras.layers.Dense(64, activation="relu", name="h"), keras.layers.Dense(10, name="o")])
+    m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.fit(xtr, ytr, epochs=15, verbose=0)
+    h, o = m.get_layer("h"), m.get_layer("o")
+    k, b = h.get_weights()
+    k[:, 0] *= scale
+    b[0] *= scale
+    h.set_weights([k, b])
+    k2, b2 = o.get_weights()
+    k2[0, :] /= scale
+    o.set_weights([k2, b2])
+    return m
+
+
+@pytest.mark.slow
+def test_qat_exports_int8_from_the_fake_quantized_model(digits_split, tmp_path):
+    (xtr, ytr), (xev, yev) = digits_split
+    res = convert(_mlp(digits_split, 1.0), tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev),
+                  train_data=(xtr, ytr), compress=CompressOptions(qat=True, qat_epochs=2, qat_lr=1e-4))
+    q = res.manifest["compression"]["qat"]
+    assert q["bridged"] is True and q["epochs"] == 2 and q["reason"] == "asked for (qat)" and len(q["history"]) == 2
+    rows = {r["stage"]: r for r in res.manifest["compression"]["stages"]}
+    assert set(rows) == {"source", "qat", "export model.int8.tflite"}
+    v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
+    assert v["accuracy"] >= v["source_accuracy"] - 0.02 and v["top1_agreement"] >= 0.95
+    assert "Quantization-aware training" in (tmp_path / "b" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_max_drop_missed_by_ptq_is_retried_with_qat_and_the_failure_names_both(digits_split, tmp_path):
+    (xtr, ytr), (xev, yev) = digits_split
+    model = _mlp(digits_split, 1000.0)  # PTQ collapses (measured: 8% accuracy); 2 QAT epochs do not save it
+    with pytest.raises(ValidationFailedError, match=r"post-training INT8 missed max_drop=1.*quantization-aware "
+                                                    r"training \(1 epochs\) did not meet it either"):
+        convert(model, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev), max_drop=1, train_data=(xtr, ytr),
+                compress=CompressOptions(qat_epochs=1))
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValidationFailedError) as plain:  # without training data: no retry, the PTQ message alone
+        convert(model, tmp_path / "c", calib=xtr[:200], eval_data=(xev, yev), max_drop=1)
+    assert "quantization-aware" not in str(plain.value)
+
+
+@pytest.mark.slow
+def test_max_drop_met_by_qat_after_ptq_missed_it_is_said_in_the_report(digits_split, tmp_path):
+    (xtr, ytr), (xev, yev) = digits_split
+    model = _mlp(digits_split, 100.0)
+    res = convert(model, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev), max_drop=0.9, train_data=(xtr, ytr),
+                  compress=CompressOptions(qat_epochs=3, qat_lr=1e-3))
+    q = res.manifest["compression"]["qat"]
+    assert q["reason"] == "post-training INT8 missed max_drop=0.9" and "dropped" in q["ptq_error"]
+    assert any("retried with quantization-aware training" in w for w in res.warnings)
+    v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
+    assert 100 * (v["source_accuracy"] - v["accuracy"]) <= 0.9
+    assert "why: post-training INT8 missed max_drop=0.9" in (tmp_path / "b" / "report.md").read_text()
