@@ -155,3 +155,30 @@ def test_onnx_source_low_rank_through_convert(tmp_path):
     comp = res.manifest["compression"]
     assert comp["low_rank"]["accuracy_cost"]["count"] == len(xte)
     assert res.manifest["validation"]["artifacts"]["model.fp32.onnx"]["top1_agreement"] >= 0.9
+
+
+def test_cli_compression_flags_in_cli_words(capfd, digits_cnn_file, digits, tmp_path):
+    from edgeship.cli import main
+
+    x, y = digits
+    np.savez(tmp_path / "d.npz", x=x[:300], y=y[:300])
+    data = str(tmp_path / "d.npz")
+    assert main(["convert", digits_cnn_file, "-o", str(tmp_path / "o"), "--calib", data, "--distill"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--train-data" in err[0]
+    assert main(["convert", digits_cnn_file, "-o", str(tmp_path / "o"), "--calib", data, "--low-rank", "0"]) == 2
+    assert "--low-rank 0 must be a positive integer rank or 'auto'" in capfd.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_cli_low_rank_auto_writes_the_compression_block(capfd, pruning_cnn_file, digits16, tmp_path):
+    from edgeship.cli import main
+
+    xtr, ytr = digits16["train"]
+    np.savez(tmp_path / "t.npz", x=xtr, y=ytr)
+    out = tmp_path / "o"
+    assert main(["convert", pruning_cnn_file, "-o", str(out), "--calib", str(tmp_path / "t.npz"), "--low-rank", "auto",
+                 "--low-rank-energy", "0.8", "--low-rank-epochs", "1", "--train-data", str(tmp_path / "t.npz")]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["compression"]["low_rank"]["energy"] == 0.8 and m["compression"]["low_rank"]["epochs"] == 1
