@@ -50,6 +50,7 @@ class SweepResult:
         html: path of ``sweep.html``.
         shipped: ``{target: bundle folder}`` written by ``ship``.
         wall_s: seconds this run took.
+        phases: seconds of this run's phases (``ray_start``, ``convert``, ``timing``, ``ray_stop``, ``report``).
     """
 
     folder: str
@@ -59,6 +60,7 @@ class SweepResult:
     html: str
     shipped: dict
     wall_s: float
+    phases: dict = None
 
     def table(self) -> str:
         return report.table(self.summary)
@@ -341,27 +343,42 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, ship: str | None =
               "failed": 0}
     live = Live(len(conv) + len(timing), desc=f"sweep {spec.name}")
     run = _Run(spec, store, live, counts)
+    phases: dict = {}
+    clock = time.perf_counter
     try:
         if conv or timing:
             payloads = {m.name: _payload(spec, m) for m in spec.models if any(t.model == m.name for t in conv)}
             if serial:
+                t0 = clock()
                 _serial(run, conv, payloads, timing)
+                phases["serial"] = clock() - t0
             else:
+                t0 = clock()
                 r = _Ray(address, spec)
+                phases["ray_start"] = clock() - t0
                 try:
                     live.line(f"sweep {spec.name}: {len(conv)} conversion(s), {len(timing)} timing(s) to do, "
                               f"{counts['skipped']} recorded before; Ray: {r.capacity} trial(s) at a time")
+                    t0 = clock()
                     _convert_ray(r, run, conv, payloads)
+                    phases["convert"] = clock() - t0
+                    t0 = clock()
                     _time_ray(r, run, timing + [t for t in conv if (store.load(t.id) or {}).get("status")
                                                 == "converted"])
+                    phases["timing"] = clock() - t0
                 finally:
+                    t0 = clock()
                     r.close()
+                    phases["ray_stop"] = clock() - t0
     finally:
         live.close()
+    t0 = clock()
     records = tuple(store.load(t.id) for t in trials)
     summary = pareto.summarize([r for r in records if r], spec)
     summary["counts"] = counts
     html = report.write(store, summary, spec)
     shipped = report.ship(store, summary, ship) if ship else {}
+    phases["report"] = clock() - t0
     return SweepResult(folder=store.root, records=records, counts=counts, summary=summary, html=html,
-                       shipped=shipped, wall_s=time.perf_counter() - t_start)
+                       shipped=shipped, wall_s=time.perf_counter() - t_start,
+                       phases={k: round(v, 3) for k, v in phases.items()})

@@ -20,7 +20,7 @@ def cmd_sweep(args) -> int:
                         serial=args.serial)
         if args.json:
             emit_json(out, {"folder": res.folder, "html": res.html, "counts": res.counts, "shipped": res.shipped,
-                            "wall_s": res.wall_s, **res.summary})
+                            "wall_s": res.wall_s, "phases": res.phases, **res.summary})
             return 0
         c = res.counts
         print(f"sweep {spec.name}: {c['trials']} trials ({c['skipped']} recorded before; this run converted "
