@@ -19,7 +19,7 @@ import pytest
 from test_cli_claims_common import cli, cli_capture
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-COMMANDS = ("convert", "inspect", "run", "eval", "bench", "demo", "devices", "report", "stream")
+COMMANDS = ("convert", "inspect", "run", "eval", "bench", "demo", "devices", "report", "stream", "sweep")
 
 
 def _readme() -> str:
@@ -167,7 +167,7 @@ def _options_of_every_command(capfd) -> set:
 
 def test_every_flag_the_readme_names_exists(capfd):
     """Any ``--flag`` anywhere in the README (prose, tables, examples) is an option of some command."""
-    text = re.sub(r"`(python|make) [^`]*`", "", _readme())  # flags of benchmark scripts are not edgeship's
+    text = re.sub(r"`(python|make|ray) [^`]*`", "", _readme())  # flags of benchmark scripts, Ray's CLI
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
     assert {"--max-drop", "--auto-fallback", "--prune-structure", "--allow-legacy-h5", "--delegate"} <= named
     known = _options_of_every_command(capfd)
