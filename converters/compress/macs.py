@@ -32,11 +32,12 @@ def _spatial(shape) -> int:
 
 def layer_macs(layer) -> int:
     """MACs of one layer at batch 1 (0 for the layers not counted)."""
-    cls = type(layer).__name__
     out = _shape(layer, "output")
     inp = _shape(layer, "input")
     if out is None or inp is None:
         return 0
+    layer = getattr(layer, "layer", None) or layer  # tfmot's QuantizeWrapper / PruneLowMagnitude: the wrapped layer
+    cls = type(layer).__name__
     if cls in ("Conv2D", "Conv1D"):
         k = [int(v) for v in layer.kernel.shape]  # (kh, kw, cin/groups, cout) or (k, cin/groups, cout)
         return _spatial(out) * int(math.prod(k))

@@ -1,0 +1,177 @@
+"""Compression that trains, measured end to end through ``convert()`` and ``edgeship.runtime``.
+
+Rows (issue 13, "Done when"): the dense teacher CNN (FP32, post-training INT8); QAT on a
+model built so that post-training INT8 loses points (the teacher with one ``fc1`` unit
+scaled ``--outlier`` times and the next layer divided by as much: the same function, a
+per-tensor activation range swamped by one unit); a distilled student (``--width``) beside
+the same student trained on labels alone; low-rank ``auto`` (``--energy``).
+
+Epoch budget, the same for every row: a model trained from scratch (teacher, student,
+labels-only student) gets ``--epochs``; a fine-tuning stage (low-rank, QAT) gets
+``--finetune-epochs``.
+
+Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``)
+when installed, else scikit-learn's digits upsampled to 28x28 (the output says which).
+
+    python benchmarks/bench_compress.py [--dataset auto|fashion|digits] [--epochs N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_prune import build_cnn, load_dataset  # noqa: E402
+
+
+def latency_ms(bundles: dict, x: np.ndarray, runs: int = 400) -> dict:
+    """p50 latency (ms) of one sample through ``edgeship.runtime`` per bundle, interleaved."""
+    import edgeship.runtime as rt  # noqa: PLC0415
+    from _timing import interleaved  # noqa: PLC0415
+
+    models = {k: rt.load(v) for k, v in bundles.items()}
+    sample = x[:1]
+    try:
+        res = interleaved({k: (lambda m=m: m.run(sample)) for k, m in models.items()}, runs=runs)
+    finally:
+        for m in models.values():
+            m.close()
+    return {k: round(v["p50"], 4) for k, v in res.items()}
+
+
+def outlier_copy(keras, model, scale: float):
+    """``model`` with fc1 unit 0 scaled ``scale`` times and logits' row 0 divided: the same function."""
+    m = keras.models.clone_model(model)
+    m.set_weights(model.get_weights())
+    fc1, logits = m.get_layer("fc1"), m.get_layer("logits")
+    k, b = fc1.get_weights()
+    k[:, 0] *= scale
+    b[0] *= scale
+    fc1.set_weights([k, b])
+    k2, b2 = logits.get_weights()
+    k2[0, :] /= scale
+    logits.set_weights([k2, b2])
+    return m
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="auto", choices=("auto", "fashion", "digits"))
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of every model trained from scratch")
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="epochs of every fine-tuning stage")
+    ap.add_argument("--width", type=float, default=0.5, help="student width multiplier (default 0.5)")
+    ap.add_argument("--energy", type=float, default=0.8, help="low-rank auto energy budget (default 0.8)")
+    ap.add_argument("--outlier", type=float, default=100.0, help="fc1 unit-0 scale of the QAT row (default 100)")
+    ap.add_argument("--train-limit", type=int, default=None, help="use at most this many training samples")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+
+    import keras  # noqa: PLC0415
+
+    from edgeship.converters import convert  # noqa: PLC0415
+    from edgeship.converters.compress import CompressOptions, count_macs, count_params  # noqa: PLC0415
+
+    name, xtr, ytr, xte, yte = load_dataset(args.dataset)
+    if args.train_limit:
+        xtr, ytr = xtr[: args.train_limit], ytr[: args.train_limit]
+    xte, yte = xte[:1000], yte[:1000]
+    epochs = args.epochs or (3 if name == "fashion-mnist" else 12)
+    ft = args.finetune_epochs or (1 if name == "fashion-mnist" else 3)
+    print(f"dataset: {name} ({len(xtr)} train, {len(xte)} test); epochs {epochs} (from scratch), {ft} (fine-tuning)",
+          file=sys.stderr)
+    keras.utils.set_random_seed(0)
+    teacher = build_cnn(keras)
+    teacher.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    teacher.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0)
+    work = tempfile.mkdtemp(prefix="bench-compress-")
+    calib = xtr[:200]
+    common = dict(calib=calib, eval_data=(xte, yte), calib_count=200)
+    rows, bundles = {}, {}
+
+    def run(label, model, **kw):
+        out = os.path.join(work, label.replace(" ", "_"))
+        res = convert(model, out, **common, **kw)
+        art = res.manifest["artifacts"][0]
+        v = res.manifest["validation"]["artifacts"][art["file"]]
+        bundles[label] = res.bundle
+        comp = res.manifest.get("compression") or {}
+        last = [r for r in comp.get("stages", []) if r.get("params") is not None]
+        final_model = last[-1] if last else None
+        rows[label] = {"params": final_model["params"] if final_model else count_params(model),
+                       "macs": final_model["macs"] if final_model else count_macs(model),
+                       "bytes": art["bytes"], "gzip_bytes": art["gzip_bytes"],
+                       "int8_accuracy": v["accuracy"], "source_accuracy": v["source_accuracy"]}
+        return res
+
+    run("dense INT8 (PTQ)", teacher)
+    fp32_acc = rows["dense INT8 (PTQ)"]["source_accuracy"]
+    # QAT: a model post-training INT8 hurts
+    bad = outlier_copy(keras, teacher, args.outlier)
+    run("outlier INT8 (PTQ)", bad)
+    run("outlier INT8 (QAT)", bad, train_data=(xtr, ytr),
+        compress=CompressOptions(qat=True, qat_epochs=ft, qat_lr=1e-4))
+    # distillation
+    res = run("student INT8 (distilled)", teacher, train_data=(xtr, ytr),
+              compress=CompressOptions(distill=True, student_width=args.width, distill_epochs=epochs))
+    d = res.manifest["compression"]["distill"]
+    # low-rank
+    res_lr = run("low-rank auto INT8", teacher, train_data=(xtr, ytr),
+                 compress=CompressOptions(low_rank="auto", low_rank_energy=args.energy, low_rank_epochs=ft))
+    lr_rows = {r["stage"]: r for r in res_lr.manifest["compression"]["stages"]}
+    lat = latency_ms(bundles, xte)
+    for k, v in lat.items():
+        rows[k]["latency_ms_p50"] = v
+
+    dense = rows["dense INT8 (PTQ)"]
+    stu = rows["student INT8 (distilled)"]
+    lowr = rows["low-rank auto INT8"]
+    out = {
+        "dataset": name, "epochs": epochs, "finetune_epochs": ft, "width": args.width, "energy": args.energy,
+        "outlier_scale": args.outlier, "teacher_fp32_accuracy": fp32_acc, "rows": rows,
+        "distill": {k: d.get(k) for k in ("teacher_accuracy", "student_accuracy", "labels_only_accuracy",
+                                          "teacher_macs", "student_macs", "temperature", "alpha")},
+        "low_rank_fp32_accuracy": lr_rows["low_rank"]["accuracy"],
+        "low_rank_ranks": {r["name"]: [r["rank"], r["full_rank"]]
+                           for r in res_lr.manifest["compression"]["low_rank"]["layers"]},
+    }
+    out["checks"] = {
+        "qat: PTQ loses > 2 points": 100 * (fp32_acc - rows["outlier INT8 (PTQ)"]["int8_accuracy"]) > 2,
+        "qat: within 0.5 points of FP32": 100 * (fp32_acc - rows["outlier INT8 (QAT)"]["int8_accuracy"]) <= 0.5,
+        "distill: <= 0.3x MACs": stu["macs"] <= 0.3 * dense["macs"],
+        "distill: within 1.5 points of the teacher INT8": 100 * (dense["int8_accuracy"] - stu["int8_accuracy"]) <= 1.5,
+        "distill: >= 0.5 points above labels alone": 100 * (d["student_accuracy"] - d["labels_only_accuracy"]) >= 0.5,
+        "distill: INT8 latency <= 0.5x the teacher's": stu["latency_ms_p50"] <= 0.5 * dense["latency_ms_p50"],
+        "low-rank: <= 0.5x params": lowr["params"] <= 0.5 * dense["params"],
+        "low-rank: within 1 point": 100 * (dense["int8_accuracy"] - lowr["int8_accuracy"]) <= 1.0,
+        "low-rank: INT8 smaller": lowr["bytes"] < dense["bytes"],
+        "low-rank: INT8 no slower": lowr["latency_ms_p50"] <= dense["latency_ms_p50"] * 1.05,
+    }
+    print(f"\n{name}: teacher FP32 accuracy {100 * fp32_acc:.2f}%\n")
+    print("| row | params | MACs | INT8 bytes | gzip | latency p50 ms | INT8 accuracy |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for k, r in rows.items():
+        print(f"| {k} | {r['params']:,} | {r['macs']:,} | {r['bytes']:,} | {r['gzip_bytes']:,} | "
+              f"{r.get('latency_ms_p50', float('nan')):.3f} | {100 * r['int8_accuracy']:.2f}% |")
+    print(f"\ndistillation (FP32): teacher {100 * d['teacher_accuracy']:.2f}%, student {100 * d['student_accuracy']:.2f}%,"
+          f" same student on labels alone {100 * d['labels_only_accuracy']:.2f}%")
+    print(f"low-rank ranks (rank/full): {out['low_rank_ranks']}; FP32 after fine-tuning "
+          f"{100 * out['low_rank_fp32_accuracy']:.2f}%")
+    for k, v in out["checks"].items():
+        print(f"  [{'x' if v else ' '}] {k}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
