@@ -47,7 +47,7 @@ def test_exact_low_rank_kernels_are_factorized_without_changing_outputs(flavor):
     for model in _models(km):
         _low_rank_kernels(model, 6)
         res = factorize_keras(model, rank="auto", energy=0.99999)
-        assert {r["name"]: r["rank"] for r in res.layers} == {"c2": 6, "fc": 6}  # c1, logits: < 1024 weights
+        assert {r["name"]: r["rank"] for r in res.layers} == {"c2": 6, "fc": 6}  # c1: < 1024 weights; logits: output
         assert {s["name"] for s in res.skipped} == {"c1", "logits"}
         np.testing.assert_allclose(np.asarray(res.model(x)), np.asarray(model(x)), atol=2e-5)
         names = [layer.name for layer in res.model.layers]

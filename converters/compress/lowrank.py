@@ -8,7 +8,8 @@ bias) then a 1 x 1 convolution to cout (``name``: the original bias and activati
 ``W = U S V^T``, the first factor is ``U_r sqrt(S_r)``, the second ``sqrt(S_r) V_r^T``:
 the product is the best rank-r approximation of ``W`` (Eckart-Young).
 
-A layer is factorized only where it saves weights: ``r (m + n) < m n`` for an m x n
+The layers producing the model's outputs stay dense (the class scores; small, and
+sensitive). A layer is factorized only where it saves weights: ``r (m + n) < m n`` for an m x n
 matrix. ``rank="auto"`` picks, per layer, the smallest r whose singular values keep
 ``energy`` of the sum of squared singular values (the relative Frobenius error of the
 factorized kernel is then at most ``sqrt(1 - energy)``).
@@ -93,6 +94,14 @@ def _link(entry: dict, new_name: str, shape: list, tf_keras_cfg: bool) -> None:
             "shape": shape, "dtype": "float32", "keras_history": [new_name, 0, 0]}}], "kwargs": {}}]
 
 
+def _output_names(cfg: dict) -> set:
+    """Names of the layers that produce a functional config's outputs."""
+    outs = cfg.get("output_layers") or []
+    if isinstance(outs, list) and outs and isinstance(outs[0], str):  # a single [name, node, tensor]
+        outs = [outs]
+    return {o[0] for o in outs if isinstance(o, (list, tuple)) and o}
+
+
 def _plan_layer(layer, rank, energy: float):
     """``(factors, first config, second config, row)`` for one layer, or ``(None, reason)``."""
     cls = type(layer).__name__
@@ -160,9 +169,14 @@ def factorize_keras(model, *, rank, energy: float = 0.9, train_data=None, epochs
     tfk = is_tf_keras(model)
     plans, skipped = {}, []
     shared = {_entry_name(e) for e in _entries(cfg) if len(e.get("inbound_nodes") or []) > 1}
+    outputs = {model.layers[-1].name} if sequential else {_entry_name(e) for e in _entries(cfg)
+                                                          if _entry_name(e) in _output_names(cfg)}
     for layer in model.layers:
         if layer.name in shared:
             skipped.append({"name": layer.name, "reason": "shared layer (called more than once)"})
+            continue
+        if layer.name in outputs and type(layer).__name__ in ("Dense", "Conv2D"):
+            skipped.append({"name": layer.name, "reason": "output layer (kept dense: the class scores)"})
             continue
         got, reason = _plan_layer(layer, rank, energy)
         if got is not None:
