@@ -328,6 +328,22 @@ class Model:
         return _tasks.detect.detect(self, image, threshold, iou=iou, max_detections=max_detections, format=format,
                                     anchors=anchors)
 
+    def segment(self, image, *, probabilities: bool = False):
+        """Segment one image: ``Segmentation(mask, classes, probabilities)`` with the mask at the
+        image's size (letterbox/crop undone); a one-channel map is thresholded (0.5, or 0 for logits).
+
+        A thin wrapper over :func:`edgeship.runtime.tasks.segment.segment`.
+
+        Raises:
+          InputError: the image is not an image or the output is not a per-pixel map.
+          ModelClosedError: the model was closed.
+        """
+        if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+            from edgeship.preprocess import read_image  # noqa: PLC0415
+
+            image = read_image(str(image))
+        return _tasks.segment.segment(self, image, probabilities=probabilities)
+
     # -- life cycle --------------------------------------------------------------------
 
     def close(self) -> None:

@@ -124,3 +124,13 @@ def test_int8_yolov8_keeps_its_boxes_only_with_the_head_in_float(tmp_path):
     f1_head = match_f1(ref, _yolo_detections(str(tmp_path / "head.onnx"), held_out))["f1"]
     assert f1_head >= 0.9, f1_head
     assert f1_all < 0.5, f1_all
+
+
+def test_dynamic_size_model_runs_at_two_sizes_through_the_runtime():
+    from edgeship import runtime
+
+    with runtime.load(real_file("ppocrv4_det.onnx")) as model:
+        assert model.inputs[0].shape[2] is None and model.inputs[0].shape[3] is None
+        for h, w in ((320, 480), (640, 352)):
+            (y,) = model.run(np.zeros((1, 3, h, w), np.float32)).values()
+            assert y.shape == (1, 1, h, w)
