@@ -150,16 +150,26 @@ class _Ray:
             ray.init(address=addr, **kw)
             self.started = True
         self.spec = spec
+        try:
+            self._check()
+        except BaseException:
+            self.close()  # a Ray started here does not outlive a refused sweep
+            raise
+
+    def _check(self) -> None:
+        ray, spec = self.ray, self.spec
         cpus = ray.cluster_resources().get("CPU", 1)
         biggest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
         if spec.cpus_per_trial > biggest:
-            if self.started:
-                ray.shutdown()
             raise InputError(f"[sweep] cpus_per_trial {spec.cpus_per_trial} is more than any node of this Ray "
                              f"cluster has (at most {biggest:g} CPUs): no trial could ever start")
         self.capacity = max(1, int(cpus // spec.cpus_per_trial))
         self.convert_fn = ray.remote(convert_task).options(num_cpus=spec.cpus_per_trial, max_retries=0)
         self.timing_node = self._timing_node(spec.timing.node)
+        node_cpus = self.timing_node.get("Resources", {}).get("CPU", 0)
+        if spec.timing.threads > node_cpus:
+            raise InputError(f"[timing] threads {spec.timing.threads} is more than the timing node has "
+                             f"({node_cpus:g} CPUs): lower it or choose another [timing] node")
 
     def _timing_node(self, wanted: str) -> dict:
         alive = [n for n in self.ray.nodes() if n.get("Alive")]
@@ -293,16 +303,24 @@ def _serial(run: _Run, conv: list, payloads: dict, timing_todo: list) -> None:
     spec = run.spec
     for t in conv:
         run.live.set_running(1)
-        out = work.convert_trial(payloads[t.model][0], payloads[t.model][1], _trial_dict(spec, t),
-                                 spec.cpus_per_trial)
+        try:
+            out = work.convert_trial(payloads[t.model][0], payloads[t.model][1], _trial_dict(spec, t),
+                                     spec.cpus_per_trial)
+        except Exception as exc:  # noqa: BLE001 - a bug in one trial is that trial's result, as on Ray
+            run.failed(t, "convert", {"kind": "internal", "type": type(exc).__name__, "reason": str(exc)})
+            continue
         run.converted(t, {**out, **_local_where()})
         if out.get("ok"):
             timing_todo.append(t)
     for t in timing_todo:
         rec = run.store.load(t.id)
         t0 = time.perf_counter()
-        out = work.time_bundle(work.pack({"bundle": run.store.bundle_path(t.id)}), _timing_dict(spec),
-                               timeout=spec.timeout_s)
+        try:
+            out = work.time_bundle(work.pack({"bundle": run.store.bundle_path(t.id)}), _timing_dict(spec),
+                                   timeout=spec.timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            run.failed(t, "timing", {"kind": "internal", "type": type(exc).__name__, "reason": str(exc)}, prev=rec)
+            continue
         run.timed(t, rec, {**out, **_local_where(), "seconds": time.perf_counter() - t0})
     run.live.set_running(0)
 
