@@ -95,6 +95,13 @@ def plots(manifest: dict, source_bytes, latency: dict) -> list:
             out.append(("Sparsity per layer", _png(fig)))
             plt.close(fig)
 
+        from .compress.report import stage_plot  # noqa: PLC0415
+
+        fig = stage_plot(plt, manifest.get("compression"))
+        if fig is not None:
+            out.append(("Compression stages: accuracy vs MACs, bubble = bytes", _png(fig)))
+            plt.close(fig)
+
         errs = manifest.get("validation", {}).get("layer_errors") or {}
         for fname, rows_e in errs.items():
             rows_e = [r for r in rows_e if r.get("sqnr_db") is not None]

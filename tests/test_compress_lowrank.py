@@ -86,7 +86,7 @@ def test_options_are_refused_before_the_model_is_loaded(tmp_path):
 def test_convert_low_rank_auto_fine_tunes_and_records_each_stage(pruning_cnn_file, digits16, tmp_path):
     xtr, ytr = digits16["train"]
     xev, yev = digits16["eval"]
-    res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev) if False else None,
+    res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev),
                   compress=CompressOptions(low_rank="auto", low_rank_epochs=2), train_data=(xtr, ytr))
     comp = res.manifest["compression"]
     assert comp["order"] == ["distill", "low_rank", "prune", "qat"]
@@ -100,6 +100,8 @@ def test_convert_low_rank_auto_fine_tunes_and_records_each_stage(pruning_cnn_fil
     assert val["top1_agreement"] >= 0.85  # against the dense source
     report = (tmp_path / "b" / "report.md").read_text()
     assert "## Compression" in report and "low_rank" in report
+    html = (tmp_path / "b" / "report.html").read_text()
+    assert "Compression stages: accuracy vs MACs" in html
     on_disk = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert on_disk["compression"]["stages"] == comp["stages"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["compression_lines"]
+__all__ = ["compression_lines", "stage_plot"]
 
 
 def _n(v) -> str:
@@ -51,3 +51,29 @@ def compression_lines(block: dict) -> list:
         lines += ["", f"- Quantization-aware training: {q.get('method')}, {q.get('epochs')} epochs at lr "
                       f"{q.get('learning_rate')}; why: {q.get('reason')}."]
     return lines
+
+
+def stage_plot(plt, block: dict | None):
+    """Accuracy vs MACs over the stages applied, bubble area = bytes (FP32 weights; the artifacts' file
+    bytes at the last stage's MACs); None when there is nothing to plot."""
+    if not block:
+        return None
+    pts, last_macs = [], None
+    for r in block.get("stages") or []:
+        macs = r.get("macs") if r.get("macs") else last_macs
+        size = r.get("bytes") if r.get("bytes") is not None else r.get("fp32_bytes")
+        if r.get("macs"):
+            last_macs = r["macs"]
+        if macs and r.get("accuracy") is not None and size:
+            pts.append((r["stage"], macs, 100.0 * r["accuracy"], size))
+    if len(pts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    biggest = max(p[3] for p in pts)
+    for name, macs, acc, size in pts:
+        ax.scatter([macs], [acc], s=40 + 900 * size / biggest, alpha=0.5)
+        ax.annotate(name, (macs, acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("MACs per inference")
+    ax.set_ylabel("accuracy, %")
+    ax.set_title("Compression stages: accuracy vs MACs (bubble area = bytes)")
+    return fig
