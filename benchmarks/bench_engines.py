@@ -4,8 +4,9 @@
 
 Two networks from ``keras.applications`` with ``weights=None`` at 224x224
 (speed does not depend on the weights): MobileNetV2 (memory-bound) and ResNet50
-(compute-bound). Per network, converted by :func:`edgeship.convert` and cached
-under ``benchmarks/results/cache/``:
+(compute-bound; it keeps its logits, as its random-weight softmax is flat). Per
+network, converted by :func:`edgeship.convert` and cached under
+``benchmarks/results/cache/``:
 
 - ``edgeship``: ``target="cpu,intel"``, INT8 with int8 I/O: ``model.int8.tflite``
   (LiteRT) and ``model.int8.onnx`` quantized by NNCF (the intel target);
@@ -91,7 +92,11 @@ def build(name: str, size: int, classes: int, say=print) -> dict:
 
     os.makedirs(folder, exist_ok=True)
     keras.utils.set_random_seed(0)
-    model = getattr(keras.applications, MODELS[name])(weights=None, input_shape=(size, size, 3), classes=classes)
+    # ResNet50 with random weights ends in a flat softmax (1000 values near 1/1000: INT8 output collapses to one
+    # value); it keeps its logits instead. MobileNetV2's softmax varies enough.
+    act = None if name == "resnet50" else "softmax"
+    model = getattr(keras.applications, MODELS[name])(weights=None, input_shape=(size, size, 3), classes=classes,
+                                                      classifier_activation=act)
     path = os.path.join(folder, "model.keras")
     model.save(path)
     calib = _pre(_crops(size, 32, 0))

@@ -7,7 +7,8 @@ calibration samples, and its outputs are compared with a reference: the
 bundle's FP32 artifact on the default engine when it has one, else the default
 combination (what ``load(path)`` runs). The first candidate whose top-1
 agreement (cosine similarity for outputs that are not class scores) reaches
-``min_agreement`` is chosen; the default combination is always a candidate, so
+``min_agreement``, and whose artifact reached it against the source model at
+conversion (the manifest's validation), is chosen; the default combination is always a candidate, so
 the choice is never slower than the default by construction. The record goes
 to :mod:`edgeship.runtime.choices`; ``load(path, backend="auto")`` uses it.
 """
@@ -91,7 +92,11 @@ def pick(path: str, res: dict, *, samples: int = 64, min_agreement: float = 0.99
             m = _agreement(ref, out)
         except Exception as exc:  # noqa: BLE001 - a combination that fails here is not a candidate
             m = {"top1_agreement": None, "cosine": None, "error": f"{type(exc).__name__}: {exc}"}
-        ok = "error" not in m and _passes(m, min_agreement)
+        src = ((man.get("validation") or {}).get("artifacts") or {}).get(c["artifact"]) or {}
+        if src.get("top1_agreement") is not None:  # the artifact against the source, measured by convert
+            m["source_top1_agreement"] = float(src["top1_agreement"])
+        ok = ("error" not in m and _passes(m, min_agreement)
+              and m.get("source_top1_agreement", 1.0) >= min_agreement)
         candidates.append({"artifact": c["artifact"], "backend": c["backend"], "p50_ms": c["p50_ms"], **m,
                            "passes": ok})
         if ok or c is default_row:
@@ -111,6 +116,8 @@ def pick(path: str, res: dict, *, samples: int = 64, min_agreement: float = 0.99
         reason = (f"{c['artifact']} on {c['backend']}: fastest of {measured} measured, p50 {c['p50_ms']:.3f} ms "
                   f"vs {default_row['p50_ms']:.3f} ms for the default ({default[0]} on {default[1]}); "
                   f"{what} {val:.3f} with {ref_art} on {len(x)} calibration samples")
+    if m.get("source_top1_agreement") is not None:
+        reason += f", {m['source_top1_agreement']:.3f} with the source model at conversion"
     art = arts[c["artifact"]]
     return {
         "choice": {"artifact": c["artifact"], "sha256": art["sha256"], "format": art["format"],

@@ -59,6 +59,7 @@ def test_fastest_combination_that_agrees_is_saved_and_loaded(bundle, cache):
     with rt.load(bundle, backend="auto") as m:
         assert m.info.backend == "onnxruntime" and m.artifact["file"] == "model.int8.onnx"
         assert m.info.chosen.startswith("measured: model.int8.onnx on onnxruntime: fastest of 3 measured")
+        assert "with the source model at conversion" in m.info.chosen
         assert "1.500 ms vs 2.000 ms for the default" in m.info.chosen
         assert m.info.to_dict()["chosen"] == m.info.chosen
     with rt.load(bundle) as m:  # without "auto" nothing changes
