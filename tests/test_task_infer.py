@@ -66,7 +66,7 @@ def test_dense_map_is_compared_not_argmaxed():
 
 
 @pytest.mark.slow
-def test_convert_real_yolov8_infers_detection_keeps_head_and_validates_on_detections(tmp_path):
+def test_convert_real_yolov8_infers_detection_keeps_head_and_validates_on_detections(tmp_path, capfd):
     import cv2
 
     from edgeship.converters import convert
@@ -92,3 +92,19 @@ def test_convert_real_yolov8_infers_detection_keeps_head_and_validates_on_detect
         dets = model.detect(video_frames([205])[0], threshold=0.25)
     assert dets and all(d.label in ("Normal", "Fall") for d in dets)
     assert os.path.getsize(tmp_path / "b" / "model.int8.onnx") < os.path.getsize(real_file("yolov8_fall.onnx")) / 2
+    # and streams a real video with the boxes drawn
+    from edgeship.cli import main
+
+    rec = tmp_path / "out.mp4"
+    capfd.readouterr()  # drop what the conversion printed
+    assert main(["stream", str(tmp_path / "b"), "--source", real_file("vtest.avi"), "--task", "detect",
+                 "--display", "none", "--max-frames", "4", "--threshold", "0.25", "--record", str(rec),
+                 "--json"]) == 0
+    summary = json.loads(capfd.readouterr().out)
+    assert summary["task"] == "detect" and summary["frames"] == 4
+    cap = cv2.VideoCapture(str(rec))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 4
