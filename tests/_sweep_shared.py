@@ -90,12 +90,13 @@ def ray_processes() -> list:
     return out
 
 
-def wait_no_ray_processes(timeout=30.0) -> list:
+def wait_no_ray_processes(before=(), timeout=30.0) -> list:
+    """Ray daemons still running after up to ``timeout`` s, apart from those in ``before`` (running already)."""
     end = time.monotonic() + timeout
-    left = ray_processes()
+    left = sorted(set(ray_processes()) - set(before))
     while left and time.monotonic() < end:
         time.sleep(0.5)
-        left = ray_processes()
+        left = sorted(set(ray_processes()) - set(before))
     return left
 
 

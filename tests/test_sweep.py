@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from _sweep_shared import AXES, CRASH_IN_WORKER, SLEEP_IN_WORKER, comparable, serial_records, shared_inputs, \
-    wait_no_ray_processes, write_spec
+from _sweep_shared import AXES, CRASH_IN_WORKER, SLEEP_IN_WORKER, comparable, ray_processes, serial_records, \
+    shared_inputs, wait_no_ray_processes, write_spec
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -23,12 +23,13 @@ CONSTRAINTS = {"max_drop": 2.0, "max_latency_ms": 50.0}
 
 @pytest.fixture(scope="module")
 def local_ray():
+    before = ray_processes()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         yield ray
     finally:
         ray.shutdown()
-    assert wait_no_ray_processes() == [], "Ray left processes behind"
+    assert wait_no_ray_processes(before) == [], "Ray left processes behind"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from _sweep_shared import AXES, comparable, serial_records, shared_inputs, wait_no_ray_processes, write_spec
+from _sweep_shared import AXES, comparable, ray_processes, serial_records, shared_inputs, wait_no_ray_processes, \
+    write_spec
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -20,6 +21,7 @@ ray = pytest.importorskip("ray")
 def cluster():
     from ray.cluster_utils import Cluster
 
+    before = ray_processes()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
@@ -29,7 +31,7 @@ def cluster():
         if ray.is_initialized():
             ray.shutdown()
         c.shutdown()
-    assert wait_no_ray_processes() == [], "Ray left processes behind"
+    assert wait_no_ray_processes(before) == [], "Ray left processes behind"
 
 
 def test_two_node_sweep_spreads_conversions_and_times_on_one_node(cluster, tmp_path_factory, digits,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from _sweep_shared import run_cli, wait_no_ray_processes, write_data, write_spec
+from _sweep_shared import ray_processes, run_cli, wait_no_ray_processes, write_data, write_spec
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
@@ -36,7 +36,7 @@ def _records(folder) -> dict:
 
 
 def test_interrupted_sweep_resumes_only_missing_trials(tmp_path, digits, digits_cnn_file):
-    assert wait_no_ray_processes(timeout=5) == [], "a Ray from elsewhere is running: cannot check for leftovers"
+    before = ray_processes()  # a Ray of someone else may run; the sweep's own must not outlive it
     shutil.copy(digits_cnn_file, tmp_path / "digits.keras")
     spec = write_spec(tmp_path / "resume.toml", models=[("digits", "digits.keras")],
                       data=write_data(tmp_path / "data", digits),
@@ -59,7 +59,7 @@ def test_interrupted_sweep_resumes_only_missing_trials(tmp_path, digits, digits_
             p.wait()
     assert p.returncode == 130, err[-2000:]
     assert "interrupted" in err
-    assert wait_no_ray_processes() == [], "the interrupted sweep left Ray processes behind"
+    assert wait_no_ray_processes(before) == [], "the interrupted sweep left Ray processes behind"
 
     before = _records(folder)
     converted = {tid for tid, r in before.items() if r["status"] in ("converted", "done")}
@@ -77,4 +77,4 @@ def test_interrupted_sweep_resumes_only_missing_trials(tmp_path, digits, digits_
     for tid, mtime in bundle_mtimes.items():  # the bundles converted before the interrupt were kept
         assert os.stat(os.path.join(folder, "bundles", tid, "manifest.json")).st_mtime_ns == mtime
         assert after[tid]["conversion"] == before[tid]["conversion"]
-    assert wait_no_ray_processes() == []
+    assert wait_no_ray_processes(before) == []
