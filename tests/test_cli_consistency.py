@@ -197,7 +197,7 @@ def _subparser(name) -> argparse.ArgumentParser:
     return sub.choices[name]
 
 
-COMMANDS = ("convert", "inspect", "run", "eval", "bench", "report", "demo", "stream", "devices")
+COMMANDS = ("convert", "inspect", "run", "eval", "bench", "report", "demo", "stream", "devices", "sweep")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
