@@ -117,8 +117,17 @@ def plot_group(summary: dict, g: dict) -> str | None:
     if fr:
         ax.step([c["p50_ms"] for c in fr], [100 * c["accuracy"] for c in fr], where="post", color="k", lw=1.2,
                 label="Pareto front")
-    if cs.get("max_latency_ms") is not None:
-        ax.axvline(cs["max_latency_ms"], color="tab:red", ls="--", lw=1, label=f"max_latency_ms {cs['max_latency_ms']:g}")
+    lat = [c["p50_ms"] for c in members]
+    span = max(lat) - min(lat) or max(lat) * 0.2 or 1.0
+    lo, hi = max(0.0, min(lat) - 0.25 * span), max(lat) + 0.25 * span
+    ml = cs.get("max_latency_ms")
+    if ml is not None and ml <= hi + 2 * span:
+        hi = max(hi, ml + 0.1 * span)
+        ax.axvline(ml, color="tab:red", ls="--", lw=1, label=f"max_latency_ms {ml:g}")
+    elif ml is not None:  # far to the right of every candidate: say so instead of squashing the points
+        ax.annotate(f"max_latency_ms {ml:g} ->", xy=(0.99, 0.02), xycoords="axes fraction", ha="right",
+                    color="tab:red", fontsize=8)
+    ax.set_xlim(lo, hi)
     src = next((c["source_accuracy"] for c in members if c["source_accuracy"] is not None), None)
     if cs.get("max_drop") is not None and src is not None:
         ax.axhline(100 * src - cs["max_drop"], color="tab:orange", ls="--", lw=1,
@@ -132,7 +141,10 @@ def plot_group(summary: dict, g: dict) -> str | None:
     ax.set_xlabel("p50 latency, ms (batch 1)")
     ax.set_ylabel("accuracy, %")
     ax.set_title(f"{summary['sweep']}: {g['name']} (bubble area = file bytes)")
-    ax.legend(fontsize=7, loc="lower right")
+    leg = ax.legend(fontsize=7, loc="best")
+    for h in getattr(leg, "legend_handles", getattr(leg, "legendHandles", [])):
+        if hasattr(h, "set_sizes"):
+            h.set_sizes([40])  # the legend shows colours, not sizes
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
