@@ -81,3 +81,22 @@ def test_max_drop_met_by_qat_after_ptq_missed_it_is_said_in_the_report(digits_sp
     v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
     assert 100 * (v["source_accuracy"] - v["accuracy"]) <= 0.9
     assert "why: post-training INT8 missed max_drop=0.9" in (tmp_path / "b" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_all_stages_compose_in_the_documented_order(pruning_cnn_file, digits16, tmp_path):
+    xtr, ytr = digits16["train"]
+    xev, yev = digits16["eval"]
+    res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:100], eval_data=(xev, yev), train_data=(xtr, ytr),
+                  prune=0.5, prune_epochs=1,
+                  compress=CompressOptions(distill=True, student_width=0.75, distill_epochs=2, low_rank="auto",
+                                           low_rank_energy=0.95, low_rank_epochs=1, qat=True, qat_epochs=1))
+    comp = res.manifest["compression"]
+    assert [r["stage"] for r in comp["stages"]] == ["source", "distill", "low_rank", "qat", "export model.int8.tflite"]
+    assert "prune-preserving" in comp["qat"]["method"]
+    pruned = {r["name"]: r["achieved"] for r in res.manifest["pruning"]["layers"]}
+    assert any(name.endswith("_lr") for name in pruned)  # pruning ran on the factorized student
+    macs = [r["macs"] for r in comp["stages"][:4]]
+    assert macs[1] < macs[0] and macs[2] < macs[1] and macs[3] == macs[2]
+    v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
+    assert v["accuracy"] > 0.6 and v["top1_agreement"] > 0.6  # four stages deep, still a classifier

@@ -65,9 +65,19 @@ def _calibrate_ranges(qmodel, float_model, x) -> None:
     have = [n for n in wanted if n in {layer.name for layer in float_model.layers}]
     if not have:
         return
-    probe = tf_keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in have])
-    outs = probe.predict(np.asarray(x, np.float32), verbose=0, batch_size=256)
-    outs = outs if isinstance(outs, list) else [outs]
+    x = np.asarray(x, np.float32)
+    try:
+        probe = tf_keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in have])
+        outs = probe.predict(x, verbose=0, batch_size=256)
+        outs = outs if isinstance(outs, list) else [outs]
+    except ValueError:  # layer outputs not reachable from model.inputs (a stripped pruned Sequential)
+        if not isinstance(float_model, tf_keras.Sequential):
+            return
+        got, h = {}, x
+        for layer in float_model.layers:
+            h = layer(h, training=False)
+            got[layer.name] = np.asarray(h)
+        outs = [got[n] for n in have]
     for n, out in zip(have, outs):
         lo_v, hi_v = wanted[n]
         lo_v.assign(min(float(np.min(out)), 0.0))
