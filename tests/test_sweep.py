@@ -190,9 +190,12 @@ def test_a_typed_error_and_a_timeout_are_recorded(local_ray, work):
 
     # the crashing model without allow_unsafe: the converter refuses it (UnsafeModelError): a result, not a crash
     _lambda_model(work["root"] / "unsafe.keras", CRASH_IN_WORKER)
-    res = sweep(_spec(work, "unsafe", models=[("unsafe", "unsafe.keras")], axes={"precision": ["fp32"]}))
+    unsafe = _spec(work, "unsafe", models=[("unsafe", "unsafe.keras")], axes={"precision": ["fp32"]})
+    res = sweep(unsafe)
     err = res.records[0]["error"]
     assert res.records[0]["status"] == "failed" and err["kind"] == "error" and err["type"] == "UnsafeModelError"
+    again = sweep(unsafe, retry_failed=True)  # asked to: the failed trial runs again (and fails again)
+    assert again.counts["skipped"] == 0 and again.counts["failed"] == 1
     # a conversion that never ends is cancelled at timeout_s and recorded
     _lambda_model(work["root"] / "sleeper.keras", SLEEP_IN_WORKER)
     res = sweep(_spec(work, "sleep", models=[("sleeper", "sleeper.keras", True)], axes={"precision": ["fp32"]},

@@ -97,7 +97,7 @@ def _local_where() -> dict:
 
 def _payload(spec: SweepSpec, model) -> tuple[bytes, dict]:
     d = spec.data
-    names = {"model": model.path, "calib": d.calib, "eval": d.eval,
+    names = {"model": model.path, "calib": d.calib, "eval": d.eval, "train": d.train,
              "labels": d.labels if isinstance(d.labels, str) else None}
     files = {k: (f"{k}/{os.path.basename(p.rstrip(os.sep))}" if p else None) for k, p in names.items()}
     return work.pack({files[k]: p for k, p in names.items() if p}), files

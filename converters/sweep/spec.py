@@ -17,6 +17,7 @@ Format (paths are relative to the spec file)::
     [data]
     calib = "data/calib"         # image folder, .npy or .npz
     eval = "data/test.npz"       # evaluation data with labels (.npz x, y or a class-folder tree)
+    train = "data/train.npz"     # optional: fine-tuning data for pruned trials (.npz x, y or class folders)
     preprocess = "size=16x16,color=gray,scale=1/255"   # optional, as --preprocess
     labels = ["0", "1"]          # optional: a list or a text file
 
@@ -73,6 +74,7 @@ class DataSpec:
     eval: str
     preprocess: str | None = None
     labels: tuple | str | None = None
+    train: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ def _models(r: _Reader, raw: dict) -> tuple:
 
 
 def _data(r: _Reader, raw: dict) -> DataSpec:
-    t = r.table(raw, "data", {"calib", "eval", "preprocess", "labels"}, required=True)
+    t = r.table(raw, "data", {"calib", "eval", "train", "preprocess", "labels"}, required=True)
     labels = t.get("labels")
     if labels is not None:
         if isinstance(labels, list) and all(isinstance(x, str) for x in labels):
@@ -279,7 +281,8 @@ def _data(r: _Reader, raw: dict) -> DataSpec:
         else:
             raise _err(r.where, "data.labels", f"must be a list of strings or a text file, got {labels!r}")
     return DataSpec(calib=r.path(t, "data", "calib", required=False), eval=r.path(t, "data", "eval"),
-                    preprocess=r.typed(t, "data", "preprocess", str), labels=labels)
+                    preprocess=r.typed(t, "data", "preprocess", str), labels=labels,
+                    train=r.path(t, "data", "train", required=False))
 
 
 def parse_spec(raw: dict, *, base: str = ".", source: str = "") -> SweepSpec:

@@ -65,6 +65,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
                "preprocess": d.preprocess,
                "labels": list(d.labels) if isinstance(d.labels, tuple) else
                (content_sha256(d.labels) if d.labels else None)}
+    if d.train:  # only when given: the ids of sweeps without fine-tuning data stay what they were
+        data_id["train"] = content_sha256(d.train)
     timing = {"engines": list(spec.timing.engines), "runs": spec.timing.runs, "warmup": spec.timing.warmup,
               "threads": spec.timing.threads}
     a = spec.axes

@@ -88,7 +88,7 @@ def _error(exc: BaseException) -> dict:
 def convert_trial(payload: bytes, files: dict, trial: dict, cpus: int = 1) -> dict:
     """Convert one trial (``trial``: ``id``, ``settings``, ``allow_unsafe``) from the packed model and data.
 
-    ``files`` maps ``model``/``calib``/``eval``/``labels`` to their names inside the payload.
+    ``files`` maps ``model``/``calib``/``eval``/``train``/``labels`` to their names inside the payload.
     Returns ``{"ok": True, "seconds", "artifacts", "warnings", "bundle_tar"}`` or
     ``{"ok": False, "error": {"type", "reason"}, "seconds"}``.
     """
@@ -100,6 +100,7 @@ def convert_trial(payload: bytes, files: dict, trial: dict, cpus: int = 1) -> di
         at = {k: (os.path.join(work, v) if v else None) for k, v in files.items()}
         s = dict(trial["settings"])
         labels = trial.get("labels")
+        prunes = bool(s["prune"] or s["prune_structure"])  # fine-tuning data is for pruned trials only
         try:
             from edgeship.converters import convert  # noqa: PLC0415
 
@@ -107,7 +108,7 @@ def convert_trial(payload: bytes, files: dict, trial: dict, cpus: int = 1) -> di
                 at["model"], os.path.join(work, "bundle"), calib=at.get("calib"), eval_data=at["eval"],
                 precision=s["precision"], io=s["io"], calib_method=s["calib_method"], calib_count=s["calib_count"],
                 prune=s["prune"] or None, prune_structure=s["prune_structure"] or None, target=s["target"],
-                formats=[s["format"]], preprocess=trial.get("preprocess"),
+                formats=[s["format"]], preprocess=trial.get("preprocess"), train_data=at.get("train") if prunes else None,
                 labels=at.get("labels") or (list(labels) if labels else None), seed=s["seed"],
                 allow_unsafe=bool(trial.get("allow_unsafe")), name=trial["id"])
         except EdgeshipError as exc:
