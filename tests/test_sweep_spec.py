@@ -157,3 +157,21 @@ def test_timings_of_different_nodes_are_never_compared():
     assert len(s["groups"]) == 2 and {g["recommended"][0] for g in s["groups"]} == {"a", "b"}
     names = [g["name"] for g in s["groups"]]
     assert len(set(names)) == 2 and all(n.startswith("cpu@") and os.sep not in n for n in names)
+
+
+def test_public_api_takes_a_dict_and_imports_nothing_heavy(files, monkeypatch):
+    import subprocess
+    import sys
+
+    import edgeship
+
+    monkeypatch.chdir(files)
+    with pytest.raises(SweepSpecError) as err:
+        edgeship.sweep({"model": [{"path": "m.keras"}], "data": {"calib": "calib.npz", "eval": "eval.npz"},
+                        "axes": {"precision": ["int8"], "io": ["int4"]}})
+    assert err.value.key == "axes.io"
+    code = ("import sys, edgeship.converters.sweep as s, edgeship.cli.app; "
+            "heavy = [m for m in ('ray', 'tensorflow', 'keras', 'onnx', 'matplotlib') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
