@@ -146,7 +146,8 @@ def convert(
         prune_structure: ``"N:M"`` structured sparsity (e.g. ``"2:4"``).
         prune_epochs: fine-tuning epochs (Keras, with ``train_data``).
         train_data: an image folder with one subfolder per class, or ``.npz`` with
-            ``x`` and ``y``, or ``(x, y)`` arrays: fine-tuning data for pruning.
+            ``x`` and ``y``, or ``(x, y)`` arrays: fine-tuning data for pruning, and the
+            training data of ``compress`` (and of QAT as the ``max_drop`` fallback).
         auto_fallback: with ``max_drop``: when an INT8 TFLite artifact drops more,
             keep its most quantization-sensitive layers in float one at a time
             (ranked by TFLite's QuantizationDebugger) until it is within
