@@ -194,8 +194,8 @@ class OpenVINOBackend(Backend):
         else:
             want, what = _OV_DEVICE.get(options.device.kind), f"device {str(options.device)!r}"
         base = want.split(".")[0] if want else None
-        if want and (want in have or base in ("AUTO", "MULTI", "HETERO") or
-                     (base in have and "." not in want)):
+        kinds = {h.split(".")[0] for h in have}  # "GPU" is there when OpenVINO lists GPU.0, GPU.1
+        if want and (want in have or base in ("AUTO", "MULTI", "HETERO") or ("." not in want and base in kinds)):
             return want, False
         why = (f"{what}: OpenVINO has no such device here (available: {', '.join(have) or 'none'})" if want
                else f"{what}: OpenVINO has no device of that kind")
