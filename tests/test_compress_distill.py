@@ -106,3 +106,18 @@ def test_a_given_student_file_is_loaded_with_the_safety_checks(pruning_cnn_file,
         convert(pruning_cnn_file, tmp_path / "c", calib=xtr[:100], train_data=(xtr[:300], ytr[:300]), precision="fp32",
                 compress=CompressOptions(distill=True, student=str(tmp_path / "wrong.keras"), distill_epochs=1))
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_alpha_one_reproduces_the_labels_only_baseline_exactly(pruning_cnn_file, digits16):
+    """The baseline is the same student from the same weights on the same batches: with the
+    soft-target weight at 0 both runs must land on the same accuracy."""
+    import keras
+
+    teacher = keras.saving.load_model(pruning_cnn_file)
+    xtr, ytr = digits16["train"]
+    xev, yev = digits16["eval"]
+    res = distill(teacher, derive_student(teacher, 0.5), (xtr[:600], ytr[:600]), val=(xev, yev), epochs=2,
+                  temperature=4.0, alpha=1.0)
+    assert res.record["student_accuracy"] == pytest.approx(res.record["labels_only_accuracy"], abs=1e-9)
+    assert res.history[-1]["loss"] == pytest.approx(res.record["labels_only_history"][-1]["loss"], rel=1e-3)
