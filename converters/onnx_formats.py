@@ -223,6 +223,7 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
         workdir=request.workdir,
         input_shape=input_shape_of(source),
         target=request.target,
+        keep_head_float=request.keep_head_float,
     )
     return info
 

@@ -141,7 +141,7 @@ def _saved_model_fn(sm_dir: str):
 
 def onnx_to_tflite(onnx_path: str, out_path: str, *, calib=None, source_layout: str = "NCHW",
                    precision: Precision = Precision.INT8, io: IOType = IOType.INT8,
-                   workdir: str, input_shape=None, target: str = "cpu") -> dict:
+                   workdir: str, input_shape=None, target: str = "cpu", keep_head_float: bool = False) -> dict:
     """ONNX file -> ``.tflite`` at ``out_path`` (exporter dict, see :mod:`.registry`).
 
     ``calib``: float32 samples in the ONNX model's layout (``source_layout``).
@@ -198,7 +198,7 @@ def onnx_to_tflite(onnx_path: str, out_path: str, *, calib=None, source_layout: 
         outputs=[], handle=sm_dir, predict=lambda x: run(x),
     )
     req = ExportRequest(precision=precision, io=io, calib=calib_nhwc, out_path=out_path, workdir=workdir,
-                        target=target)
+                        target=target, keep_head_float=keep_head_float)
     info = tflite_export.export(sm_source, req)
     info = dict(info)
     info["layout"] = "NHWC"

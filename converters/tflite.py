@@ -270,8 +270,17 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         tf.get_logger().setLevel("ERROR")
         conv, how = make_converter(source, request)
         io_value = _configure(conv, request)
+        keep_head = request.keep_head_float and request.precision is Precision.INT8
+        if keep_head:  # calibrate only; quantized below with the decode head kept float
+            conv._experimental_calibrate_only = True  # noqa: SLF001 - TF's calibrate-then-quantize switch
+        head: list = []
         try:
             flat = conv.convert()
+            if keep_head:
+                from .tflite_head import quantize_keep_head  # noqa: PLC0415
+
+                flat, head = quantize_keep_head(flat, conv.inference_input_type,
+                                                disable_per_channel=bool(getattr(conv, "_experimental_disable_per_channel", False)))
         except Exception as exc:  # the converter raises ConverterError and friends
             err = exc
         else:
@@ -286,6 +295,9 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         fh.write(flat)
     inputs, outputs = read_io(request.out_path)
     notes = []
+    if head:
+        notes.append(f"detection head: {len(head)} decode-op tensors kept in float (TFLite denylisted_nodes), so "
+                     "boxes and scores keep their own ranges; the outputs stay float32")
     if request.precision in SLOW_ON_X86:
         notes.append("slow on x86: " + SLOW_ON_X86[request.precision])
     if request.exclude:

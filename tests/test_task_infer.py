@@ -108,3 +108,23 @@ def test_convert_real_yolov8_infers_detection_keeps_head_and_validates_on_detect
         n += 1
     cap.release()
     assert n == 4
+
+
+@pytest.mark.slow
+def test_convert_real_yolov8_to_int8_tflite_keeps_its_detections(tmp_path):
+    import cv2
+
+    from edgeship.converters import convert
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(video_frames(range(0, 320, 20))):
+        cv2.imwrite(str(frames / f"f{i:03d}.jpg"), f)
+    convert(real_file("yolov8_fall.onnx"), str(tmp_path / "t"), calib=str(frames), formats=("tflite",),
+            preprocess="size=640x640,resize=letterbox,color=rgb,scale=1/255", labels=("Normal", "Fall"))
+    man = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    art = man["artifacts"][0]
+    assert art["file"] == "model.int8.tflite" and art["precision"] == "int8"
+    assert any(n.startswith("detection head:") and "TFLite denylisted_nodes" in n for n in art["notes"]), art["notes"]
+    assert art["outputs"][0]["dtype"] == "float32"  # boxes and scores never share one int8 scale
+    assert man["validation"]["artifacts"]["model.int8.tflite"]["detection_f1"] >= 0.9
