@@ -70,17 +70,40 @@ def test_max_drop_missed_by_ptq_is_retried_with_qat_and_the_failure_names_both(d
 
 
 @pytest.mark.slow
-def test_max_drop_met_by_qat_after_ptq_missed_it_is_said_in_the_report(digits_split, tmp_path):
-    (xtr, ytr), (xev, yev) = digits_split
-    model = _mlp(digits_split, 100.0)
-    res = convert(model, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev), max_drop=0.9, train_data=(xtr, ytr),
-                  compress=CompressOptions(qat_epochs=3, qat_lr=1e-3))
+def test_max_drop_met_by_qat_after_ptq_missed_it_is_said_in_the_report(digits, tmp_path):
+    """The benchmark's CNN on digits at 28x28, fc1 unit 0 scaled 200x (measured: post-training INT8 loses
+    3.5 points, QAT 0.5): --max-drop 2 is missed by PTQ and met by the automatic QAT retry."""
+    keras = pytest.importorskip("keras")
+    import tensorflow as tf
+
+    x, y = digits
+    x = tf.image.resize(x, (28, 28)).numpy()
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx], y[idx]
+    (xtr, ytr), (xev, yev) = (x[:1400], y[:1400]), (x[1400:], y[1400:])
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(16, 3, activation="relu"),
+                          keras.layers.MaxPooling2D(), keras.layers.Conv2D(32, 3, activation="relu"),
+                          keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                          keras.layers.Dense(128, activation="relu", name="h"), keras.layers.Dense(10, name="o")])
+    m.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.fit(xtr, ytr, epochs=12, batch_size=64, verbose=0)
+    h, o = m.get_layer("h"), m.get_layer("o")
+    k, b = h.get_weights()
+    k[:, 0] *= 200.0
+    b[0] *= 200.0
+    h.set_weights([k, b])
+    k2, b2 = o.get_weights()
+    k2[0, :] /= 200.0
+    o.set_weights([k2, b2])
+    res = convert(m, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev), max_drop=2, train_data=(xtr, ytr),
+                  compress=CompressOptions(qat_epochs=3, qat_lr=1e-4))
     q = res.manifest["compression"]["qat"]
-    assert q["reason"] == "post-training INT8 missed max_drop=0.9" and "dropped" in q["ptq_error"]
+    assert q["reason"] == "post-training INT8 missed max_drop=2" and "dropped" in q["ptq_error"]
     assert any("retried with quantization-aware training" in w for w in res.warnings)
     v = res.manifest["validation"]["artifacts"]["model.int8.tflite"]
-    assert 100 * (v["source_accuracy"] - v["accuracy"]) <= 0.9
-    assert "why: post-training INT8 missed max_drop=0.9" in (tmp_path / "b" / "report.md").read_text()
+    assert 100 * (v["source_accuracy"] - v["accuracy"]) <= 2
+    assert "why: post-training INT8 missed max_drop=2" in (tmp_path / "b" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -93,7 +116,7 @@ def test_all_stages_compose_in_the_documented_order(pruning_cnn_file, digits16, 
                                            low_rank_energy=0.95, low_rank_epochs=1, qat=True, qat_epochs=1))
     comp = res.manifest["compression"]
     assert [r["stage"] for r in comp["stages"]] == ["source", "distill", "low_rank", "qat", "export model.int8.tflite"]
-    assert "prune-preserving" in comp["qat"]["method"]
+    assert "prune-preserving" in comp["qat"]["method"] and "Dense weights left to the converter" in comp["qat"]["method"]
     pruned = {r["name"]: r["achieved"] for r in res.manifest["pruning"]["layers"]}
     assert any(name.endswith("_lr") for name in pruned)  # pruning ran on the factorized student
     macs = [r["macs"] for r in comp["stages"][:4]]
