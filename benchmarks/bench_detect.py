@@ -18,6 +18,10 @@ Variants, each an INT8 QDQ ONNX made from the same FP32 file and calibration fra
 - ``edgeship``: the same with the decode head kept in float, chosen from the graph by
   :func:`edgeship.converters.detection_head.head_nodes` (what ``convert --task detection`` does).
 
+With ``--tflite BUNDLE`` (an INT8 TFLite bundle made by ``edgeship convert ... --formats
+tflite``, which keeps the decode head float there too), its artifact is measured in the same
+run through ``edgeship.runtime`` (NCHW in, as the source).
+
 Metric: agreement with FP32 (:func:`edgeship.metrics_detection.match_f1`: F1 of
 matched boxes, IoU >= 0.5, same class; score >= 0.25, NMS 0.45), and speed: p50 of
 ``InferenceSession.run`` (2 threads), FP32 and the variants interleaved in one run.
@@ -80,6 +84,19 @@ def detections(sess, images, spec, threshold=0.25):
     return out
 
 
+class _RuntimeSession:
+    """An edgeship.runtime Model behind the two InferenceSession calls used here."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def get_inputs(self):
+        return self.model.inputs
+
+    def run(self, _names, feeds):
+        return list(self.model.run(next(iter(feeds.values()))).values())
+
+
 def plain_quantize(src: str, dst: str, calib: np.ndarray) -> None:
     from onnxruntime.quantization import CalibrationDataReader, quantize_static  # noqa: PLC0415
 
@@ -100,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per variant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tflite", metavar="BUNDLE", help="also measure this INT8 TFLite bundle of the same model")
     a = ap.parse_args(argv)
 
     import onnx  # noqa: PLC0415
@@ -144,9 +162,14 @@ def main(argv=None) -> int:
     kept = res["extra"]["onnx_quantization"].get("detection_head", {})
 
     sessions = {k: session(p, a.threads) for k, p in paths.items()}
+    if a.tflite:
+        from edgeship import runtime  # noqa: PLC0415
+
+        paths["edgeship-tflite"] = os.path.join(a.tflite, "model.int8.tflite")
+        sessions["edgeship-tflite"] = _RuntimeSession(runtime.load(a.tflite, threads=a.threads))
     dets = {k: detections(s, eval_imgs, spec) for k, s in sessions.items()}
     x = spec.to_input(eval_imgs[0], layout="NCHW")
-    timing = interleaved({k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()},
+    timing = interleaved({k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()},
                          runs=a.runs, warmup=3, rounds=min(10, a.runs))
     rows = []
     for k in paths:
