@@ -11,7 +11,9 @@ The stages compose in one documented order, whatever the flags' order:
    initializers factorized in the graph (no fine-tuning, the cost measured).
 3. **prune** (``--prune``; :mod:`edgeship.converters.prune`).
 4. **QAT** (``--qat``) or post-training INT8: tfmot ``quantize_model`` on tf_keras
-   (Keras 3 through the verified bridge), fine-tuned, then the usual TFLite INT8 export.
+   (Keras 3 through the verified bridge; Dense kernels left to the converter's per-channel
+   INT8, activation ranges started at the float min/max), fine-tuned, then the usual TFLite
+   INT8 export.
    With ``--max-drop`` and ``--train-data``, a post-training INT8 artifact that misses
    ``max_drop`` (after ``--auto-fallback``) is retried with QAT; the report says so.
 
