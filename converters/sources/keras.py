@@ -175,6 +175,9 @@ def _fixed_shape(shape: Sequence, input_shape: Sequence | None, origin: str) -> 
     return tuple(shape)
 
 
+PREDICT_BATCH = 8  # samples per call when the converter runs the source model
+
+
 def _to_numpy_list(out) -> list:
     if isinstance(out, dict):
         return [np.asarray(out[k]) for k in sorted(out)]
@@ -202,13 +205,21 @@ def keras_source(model, flavor: str, fmt: str, path: str | None, sha: str | None
             shp[0] = fixed[0]
         out_specs.append({"name": _tensor_name(o, f"output_{i}"), "shape": shp, "dtype": "float32", "quantization": None})
 
-    def predict(x: np.ndarray, batch: int = 32) -> list:
+    graph: list = []  # the model's call traced once into a graph (see predict)
+
+    def predict(x: np.ndarray, batch: int = PREDICT_BATCH) -> list:
+        # A traced graph, not eager calls: eager TensorFlow keeps every intermediate of a
+        # batch alive and its allocator keeps the peak (MobileNetV2-224, batch 32: +2.7 GB
+        # RSS that stays for the rest of the conversion; the graph: +0.2 GB at batch 8).
         x = np.asarray(x, np.float32)
+        if not graph:
+            import tensorflow as tf  # noqa: PLC0415
+
+            graph.append(tf.function(lambda a: model(a, training=False), reduce_retracing=True))
         parts: list = []
         for s in range(0, x.shape[0], batch):
-            res = _to_numpy_list(model(x[s : s + batch], training=False))
-            parts.append(res)
-        return [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(len(parts[0]))]
+            parts.append([np.asarray(o, np.float32) for o in _to_numpy_list(graph[0](x[s : s + batch]))])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
     layout = "NHWC" if len(fixed) == 4 else "other"
     versions = {}
