@@ -179,6 +179,9 @@ def _loss(y_true, y_pred):
     return ops.sum(per_cell, axis=(1, 2)) / 4.0
 
 
+training_loss = _loss  # public: benchmarks/bench_detect_demo.py retrains with it
+
+
 def mean_ap50(pred_rows: np.ndarray, truth, threshold: float = 0.05) -> float:
     """A simple mAP@0.5 (11-point interpolation) of decoded rows against the truth (normalised boxes)."""
     from edgeship.runtime.tasks.detect import box_iou, decode_yolo, nms  # noqa: PLC0415
