@@ -120,3 +120,7 @@ class SweepSpecError(InputError):
     def __init__(self, message: str, key: str = "") -> None:
         super().__init__(message)
         self.key = key
+
+
+class SweepClusterError(EdgeshipError, ConnectionError):
+    """The Ray cluster of a sweep (``--address`` / ``RAY_ADDRESS``) cannot be reached or joined."""

@@ -27,7 +27,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from edgeship.errors import InputError, require
+from edgeship.errors import InputError, SweepClusterError, require
 
 from . import pareto, report, work
 from .live import Live
@@ -147,7 +147,12 @@ class _Ray:
         if not ray.is_initialized():
             addr = address or os.environ.get("RAY_ADDRESS") or None
             kw = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
-            ray.init(address=addr, **kw)
+            try:
+                ray.init(address=addr, **kw)
+            except ConnectionError as exc:
+                where = f"--address {address}" if address else f"RAY_ADDRESS={addr}"
+                raise SweepClusterError(f"cannot join the Ray cluster at {addr} ({where}): {exc}; on a node of "
+                                        "the cluster, --address auto finds it") from None
             self.started = True
         self.spec = spec
         try:
@@ -342,6 +347,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, ship: str | None =
 
     Raises:
         MissingDependencyError: Ray is not installed (``pip install "edgeship[sweep]"``).
+        SweepClusterError: the Ray cluster at ``address`` / ``RAY_ADDRESS`` cannot be joined.
         InputError: the sweep or ship folder cannot be used, or ``[timing] node`` is not in the cluster.
     """
     t_start = time.perf_counter()
