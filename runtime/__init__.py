@@ -34,7 +34,7 @@ from .backends import (
     available_backends,
 )
 from .io_plan import Quantization, TensorSpec
-from .load import load
+from .loader import load
 from .model import Model
 from .select import choose_artifact
 from .tasks import Class, get_classes, get_scores

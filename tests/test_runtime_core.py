@@ -27,8 +27,8 @@ from edgeship.bundle import BundleWriter
 from edgeship.errors import FallbackError, InputError, IntegrityError, ModelClosedError
 from edgeship.runtime.backends import OrtOptions, TFLiteOptions
 
-# the module (edgeship.runtime.load is also the name of the function the package exports)
-load_mod = importlib.import_module("edgeship.runtime.load")
+# the module that holds load()
+load_mod = importlib.import_module("edgeship.runtime.loader")
 RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
 
 
@@ -326,7 +326,7 @@ def _imports(path: Path) -> list:
     return out
 
 
-CORE = ["load.py", "select.py", "io_plan.py", "model.py", "discovery.py", "backends/__init__.py",
+CORE = ["loader.py", "select.py", "io_plan.py", "model.py", "discovery.py", "backends/__init__.py",
         "backends/base.py", "backends/registry.py", "backends/options.py", "backends/delegates.py",
         "backends/tflite.py", "backends/compiled_model.py", "backends/onnxruntime.py"]
 
