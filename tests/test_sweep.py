@@ -24,7 +24,7 @@ CONSTRAINTS = {"max_drop": 2.0, "max_latency_ms": 50.0}
 @pytest.fixture(scope="module")
 def local_ray():
     before = ray_processes()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         yield ray
     finally:
