@@ -146,6 +146,11 @@ def run_measured(cmd: list, *, env: dict | None = None, interval: float = 0.1) -
     return res
 
 
+def _own_rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
 def prepare(folder: str, *, size: int, alpha: float, classes: int, n: int, say=print) -> dict:
     import keras  # noqa: PLC0415
 
@@ -165,7 +170,16 @@ def measure(*, pairs: int = 3, size: int = 224, alpha: float = 1.0, classes: int
     exe = os.path.join(os.path.dirname(sys.executable), "edgeship")
     cli = [exe] if os.path.isfile(exe) else [sys.executable, "-m", "edgeship.cli"]
     with tempfile.TemporaryDirectory(prefix="edgeship-convmem-") as folder:
-        files = prepare(folder, size=size, alpha=alpha, classes=classes, n=n, say=say)
+        # Built in a child: this parent stays small, because Linux starts a child's ru_maxrss at
+        # the RSS of the process it was forked (or vforked) from.
+        code = (f"import sys; sys.path.insert(0, {BENCH_DIR!r}); import bench_convert_memory as b; "
+                f"b.prepare({folder!r}, size={size}, alpha={alpha}, classes={classes}, n={n})")
+        made = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if made.returncode:
+            raise RuntimeError(f"building the model and samples failed:\n{made.stderr[-2000:]}")
+        say(made.stdout.strip())
+        files = {"model": os.path.join(folder, "model.keras"), "samples": os.path.join(folder, "samples.npy")}
+        parent_kb = _own_rss_kb()
         bare_cmd = [sys.executable, "-c", BARE_SCRIPT, files["model"], files["samples"],
                     os.path.join(folder, "bare.tflite")]
         edge_cmd = cli + ["convert", files["model"], "-o", os.path.join(folder, "bundle"), "--precision", "int8",
@@ -195,14 +209,24 @@ def measure(*, pairs: int = 3, size: int = 224, alpha: float = 1.0, classes: int
         "target_peak_rss": f"<= {TARGET_RSS_RATIO}x", "target_wall": f"<= {TARGET_WALL_RATIO}x",
         "pass_peak_rss": max(rss_ratio, tree_ratio) <= TARGET_RSS_RATIO, "pass_wall": wall_ratio <= TARGET_WALL_RATIO,
         "command": " ".join(edge_cmd[1:]).replace(folder, "<tmp>"),
+        "parent_rss_bytes": parent_kb * 1024,  # the floor of every child's ru_maxrss
     }
 
 
 def rows(*, quick: bool = False, pairs: int | None = None, say=print) -> list:
     """Rows for ``benchmarks/run.py``: the figures of :func:`measure` (quick: a small MobileNetV2)."""
-    opts = dict(size=96, alpha=0.35, classes=10, n=20) if quick else {}
-    res = measure(pairs=pairs or (1 if quick else 3), say=say, **opts)
-    _write(res)
+    # In a fresh process: the harness has TensorFlow loaded, and a child's ru_maxrss starts at
+    # the RSS of the process that spawned it.
+    path = os.path.join(RESULTS_DIR, "convert_memory.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--pairs", str(pairs or (1 if quick else 3)), "--json", path]
+    done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+    for line in done.stderr.splitlines():
+        if line.startswith(("pair ", "model ")):
+            say(line)
+    if done.returncode:
+        raise RuntimeError(f"bench_convert_memory.py failed (rc={done.returncode}): {done.stderr[-1500:]}")
+    with open(path) as fh:
+        res = json.load(fh)
     med = res["median"]
     return [
         {"key": "bare_peak_rss_gib", "label": "bare TFLiteConverter: peak RSS", "value": med["bare"]["peak_rss_bytes"] / 2**30, "unit": "GiB"},
