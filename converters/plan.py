@@ -412,6 +412,10 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
     """
     warnings: list = []
     full = tuple(source.inputs[0]["shape"])
+    asked = plan.advanced.input_shape
+    if asked and len(asked) == len(full) and asked[0] not in (None, 1):
+        raise InputError(f"input_shape={tuple(asked)!r}: artifacts are written with batch 1 (Model.run runs any "
+                         f"batch, one sample per invoke); pass input_shape={(1,) + tuple(asked[1:])!r}")
     if any(d is None for d in full[1:]):
         raise InputError(f"the model input {full} has dynamic dimensions; pass input_shape= (e.g. "
                          f"{tuple(1 if d is None else d for d in full)}) to fix them")

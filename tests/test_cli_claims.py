@@ -126,13 +126,14 @@ def test_input_shape_fixes_unknown_dimensions(tmp_path, capfd):
     assert len(res["results"]) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="--input-shape 4,8,8,1 on a Keras model with a dynamic batch is ignored: "
-                   "converters/tflite.py make_converter uses from_keras_model (batch 1) when only the batch differs, "
-                   "and the representative dataset feeds batches of 1 (fixing the first alone fails RESHAPE)")
-def test_input_shape_fixes_the_batch(work, tmp_path):
+def test_input_shape_batch_other_than_one_is_refused_in_cli_words(work, tmp_path, capfd):
     out = tmp_path / "b4"
-    assert _convert(work, out, "--input-shape", "4,8,8,1") == 0
-    assert artifact(manifest(out), fmt="tflite")["inputs"][0]["shape"] == [4, 8, 8, 1]
+    rc, _, err = cli_capture(capfd, "convert", work["model"], "-o", out, "--calib", work["calib"],
+                             "--input-shape", "4,8,8,1")
+    assert rc == 2
+    line = one_error_line(err)
+    assert "--input-shape" in line and "batch 1" in line
+    assert not out.exists()
 
 
 def test_input_shape_malformed_is_a_usage_error(work, tmp_path, capfd):
