@@ -217,7 +217,7 @@ def rows(*, quick: bool = False, pairs: int | None = None, say=print) -> list:
     """Rows for ``benchmarks/run.py``: the figures of :func:`measure` (quick: a small MobileNetV2)."""
     # In a fresh process: the harness has TensorFlow loaded, and a child's ru_maxrss starts at
     # the RSS of the process that spawned it.
-    path = os.path.join(RESULTS_DIR, "convert_memory.json")
+    path = os.path.join(RESULTS_DIR, "convert_memory-quick.json" if quick else "convert_memory.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--pairs", str(pairs or (1 if quick else 3)), "--json", path]
     done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
     for line in done.stderr.splitlines():

@@ -21,6 +21,9 @@ What it measures (issue 2, section 7):
   ``bench_prune.py`` (50 %: within 1 point and <= 0.72x gzip; 75 %: within 2
   points and <= 0.48x; ``--quick`` uses scikit-learn digits and few epochs) and
   ``bench_stream.py`` (stream FPS >= 0.9x inference-only and above the naive loop).
+* ``convert_memory``: ``bench_convert_memory.py``, ``edgeship convert`` against a bare
+  ``TFLiteConverter`` INT8 script on the same model and 100 samples (peak RSS <= 1.5x,
+  wall time <= 1.3x, median of 3 alternated pairs; ``--quick``: a small model, 1 pair).
   A benchmark that raises becomes a failed ``<name>.error`` row; the others run.
 
 The model is ``keras.applications.MobileNetV2(weights=None)`` at 224x224 (the
@@ -600,8 +603,16 @@ def bench_engines(ctx: Context) -> list:
     return out
 
 
+def bench_convert_memory(ctx: Context) -> list:
+    """``edgeship convert`` vs a bare TFLiteConverter script: peak RSS and wall time, paired, fresh processes."""
+    mod = _module("bench_convert_memory")
+    rs = mod.rows(quick=ctx.quick, say=ctx.say)
+    return [row("convert_memory", r["key"], r["label"], r["value"], r["unit"], target=r.get("target"),
+                passed=r.get("pass")) for r in rs]
+
+
 BENCHMARKS: list = [bench_runtime_vs_bare, bench_int8_vs_fp32, bench_cold_start, bench_onnx, bench_prune,
-                    bench_stream, bench_targets, bench_engines]
+                    bench_stream, bench_targets, bench_engines, bench_convert_memory]
 
 
 # ---------------------------------------------------------------------------- output
