@@ -426,3 +426,18 @@ def test_nan_into_an_int8_tflite_with_float_io_is_an_input_error(fx, x8, tmp_pat
         assert m.run(x8)[m.outputs[0].name].shape == (4, 10)
     with rt.load(fx.path("fp32")) as m:  # a float model has no QUANTIZE op: no check, NaN stays visible
         assert np.isnan(m.run(x)[m.outputs[0].name][0]).all()
+
+
+def test_one_rule_turns_options_into_a_backends_own():
+    from edgeship.runtime.backends.options import CompiledModelOptions, OrtOptions, options_for
+
+    assert options_for(None, OrtOptions, "onnxruntime") == OrtOptions()
+    own = OrtOptions(threads=2)
+    assert options_for(own, OrtOptions, "onnxruntime") is own
+    moved = options_for(TFLiteOptions(threads=1, strict=True), OrtOptions, "onnxruntime")
+    assert type(moved) is OrtOptions and moved.threads == 1 and moved.strict is True
+    tfl = TFLiteOptions(delegates=[("libx.so", {"a": 1})])
+    cm = options_for(tfl, CompiledModelOptions, "litert_compiled", delegates=tfl.delegates)
+    assert cm.delegates == tfl.delegates
+    with pytest.raises(InputError, match="onnxruntime backend takes OrtOptions, got dict"):
+        options_for({"threads": 1}, OrtOptions, "onnxruntime")

@@ -32,7 +32,7 @@ import numpy as np
 from ...errors import BackendUnavailableError, FallbackError, InputError
 from ...vocab import DeviceKind
 from .base import Backend, ExecutionInfo, ModelSource, as_source, closed_error
-from .options import BackendOptions, CompiledModelOptions
+from .options import options_for, CompiledModelOptions
 
 _log = logging.getLogger("edgeship.runtime")
 
@@ -68,7 +68,8 @@ class CompiledModelBackend(Backend):
 
     def __init__(self, source: ModelSource | str, options: CompiledModelOptions | None = None) -> None:
         source = as_source(source)
-        options = _compiled_options(options)
+        options = options_for(options, CompiledModelOptions, self.name,  # TFLiteOptions keep their delegates
+                              delegates=getattr(options, "delegates", ()))
         try:
             import ai_edge_litert  # noqa: PLC0415
             from ai_edge_litert.compiled_model import CompiledModel  # noqa: PLC0415
@@ -208,17 +209,6 @@ class CompiledModelBackend(Backend):
         cm, self._cm = getattr(self, "_cm", None), None
         if cm is not None:
             cm.close()
-
-
-def _compiled_options(options) -> CompiledModelOptions:
-    if options is None:
-        return CompiledModelOptions()
-    if isinstance(options, CompiledModelOptions):
-        return options
-    if isinstance(options, BackendOptions):  # TFLiteOptions or the base: keep what applies
-        return CompiledModelOptions(threads=options.threads, device=options.device, strict=options.strict,
-                                    delegates=getattr(options, "delegates", ()))
-    raise InputError(f"the {CompiledModelBackend.name} backend takes CompiledModelOptions, got {type(options).__name__}")
 
 
 # -- probing an accelerator (used by edgeship.runtime.discovery) ------------------------------------

@@ -41,7 +41,7 @@ from ... import bundle as _bundle
 from ...onnx_policy import read_checked_model, read_external_data
 from ...vocab import DeviceKind
 from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error
-from .options import BackendOptions, OrtOptions
+from .options import options_for, OrtOptions
 
 _log = logging.getLogger("edgeship.runtime")
 
@@ -173,7 +173,7 @@ class OnnxRuntimeBackend(Backend):
     options_type = OrtOptions
 
     def __init__(self, source: ModelSource | str, options: OrtOptions | None = None) -> None:
-        options = _ort_options(options)
+        options = options_for(options, OrtOptions, "onnxruntime")
         source = as_source(source)
         self.path = source.path
         self._session = None
@@ -298,16 +298,6 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._session = None
-
-
-def _ort_options(options) -> OrtOptions:
-    if options is None:
-        return OrtOptions()
-    if isinstance(options, OrtOptions):
-        return options
-    if isinstance(options, BackendOptions):  # the common fields of another backend's options
-        return OrtOptions(threads=options.threads, device=options.device, strict=options.strict)
-    raise InputError(f"the onnxruntime backend takes OrtOptions, got {type(options).__name__}")
 
 
 def _requested(options: OrtOptions) -> tuple[list, bool]:

@@ -39,7 +39,7 @@ from ...errors import BackendUnavailableError, FallbackError, InputError, Integr
 from ...onnx_policy import read_checked_model, read_external_data
 from ...vocab import DeviceKind
 from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error
-from .options import BackendOptions, InferencePrecision, OpenVINOOptions
+from .options import options_for, InferencePrecision, OpenVINOOptions
 
 _log = logging.getLogger("edgeship.runtime")
 
@@ -83,16 +83,6 @@ def ov_devices() -> dict:
     return out
 
 
-def _ov_options(options) -> OpenVINOOptions:
-    if options is None:
-        return OpenVINOOptions()
-    if isinstance(options, OpenVINOOptions):
-        return options
-    if isinstance(options, BackendOptions):  # the common fields of another backend's options
-        return OpenVINOOptions(threads=options.threads, device=options.device, strict=options.strict)
-    raise InputError(f"the openvino backend takes OpenVINOOptions, got {type(options).__name__}")
-
-
 def _is_tflite(source: ModelSource) -> bool:
     return source.data[4:8] == b"TFL3" or source.path.lower().endswith(".tflite")
 
@@ -114,7 +104,7 @@ class OpenVINOBackend(Backend):
     options_type = OpenVINOOptions
 
     def __init__(self, source: ModelSource | str, options: OpenVINOOptions | None = None) -> None:
-        options = _ov_options(options)
+        options = options_for(options, OpenVINOOptions, "openvino")
         source = as_source(source)
         self.path = source.path
         self._compiled: dict = {}

@@ -22,7 +22,7 @@ from ...errors import InputError
 from ...vocab import Device, parse
 
 __all__ = ["BackendOptions", "CompiledModelOptions", "DelegateSpec", "GraphOptimization", "InferencePrecision",
-           "OpenVINOOptions", "OrtOptions", "PerformanceHint", "TFLiteOptions"]
+           "OpenVINOOptions", "OrtOptions", "PerformanceHint", "TFLiteOptions", "options_for"]
 
 
 def _threads(value, what: str = "threads") -> int | None:
@@ -201,3 +201,21 @@ class OpenVINOOptions(BackendOptions):
         if self.ov_device is not None and (not isinstance(self.ov_device, str) or not self.ov_device.strip()):
             raise InputError(f"ov_device must be an OpenVINO device name such as 'CPU' or 'GPU.0', "
                              f"got {self.ov_device!r}")
+
+
+def options_for(options, cls: type, backend: str, **extra):
+    """``options`` as an instance of ``cls`` (the backend's own options class).
+
+    ``None`` gives the defaults; another backend's options (a fallback) keep the common
+    fields (threads, device, strict) plus ``extra``.
+
+    Raises:
+      InputError: ``options`` is not a :class:`BackendOptions` (a dict, say).
+    """
+    if options is None:
+        return cls()
+    if isinstance(options, cls):
+        return options
+    if isinstance(options, BackendOptions):
+        return cls(threads=options.threads, device=options.device, strict=options.strict, **extra)
+    raise InputError(f"the {backend} backend takes {cls.__name__}, got {type(options).__name__}")

@@ -41,7 +41,7 @@ from ...errors import BackendUnavailableError, FallbackError, InputError, ModelF
 from ...vocab import DeviceKind
 from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error
 from .delegates import delegate_for_device, delegated_ops, dlopen_check
-from .options import BackendOptions, TFLiteOptions
+from .options import options_for, TFLiteOptions
 
 _log = logging.getLogger("edgeship.runtime")
 
@@ -109,7 +109,7 @@ class _TFLiteBackend(Backend):
 
     def __init__(self, source: ModelSource | str, options: TFLiteOptions | None = None) -> None:
         source = as_source(source)
-        options = _tflite_options(options)
+        options = options_for(options, TFLiteOptions, "TFLite")
         try:
             mod = self._import()
         except ImportError as exc:
@@ -266,16 +266,6 @@ def _mark(raw: RawTensor, quantized: bool) -> RawTensor:
     if quantized and raw.dtype.kind == "f":
         return dataclasses.replace(raw, quantized_inside=True)
     return raw
-
-
-def _tflite_options(options) -> TFLiteOptions:
-    if options is None:
-        return TFLiteOptions()
-    if isinstance(options, TFLiteOptions):
-        return options
-    if type(options) is BackendOptions:
-        return TFLiteOptions(threads=options.threads, device=options.device, strict=options.strict)
-    raise InputError(f"the TFLite backends take TFLiteOptions, got {type(options).__name__}")
 
 
 def _device_name(device, names: list) -> str:
