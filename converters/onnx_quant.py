@@ -42,7 +42,7 @@ from .detection_head import describe as describe_head
 from .detection_head import head_nodes
 from .registry import CalibMethod
 
-__all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES",
+__all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "read_qdq", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES",
            "calibration_reader"]
 
 
@@ -285,6 +285,23 @@ _QUANTIZABLE = (
 )
 
 
+def read_qdq(out_path: str, fp32_path: str, who: str):
+    """The quantized model at ``out_path``: ``(model, inputs, outputs, QuantizeLinear count, DequantizeLinear count)``.
+
+    Raises:
+        ModelFormatError: ``who`` (the quantizer) produced no QDQ nodes.
+    """
+    import onnx  # noqa: PLC0415
+
+    qmodel = onnx.load(out_path)
+    qins, qouts = io_tensors(qmodel)
+    n_q = sum(1 for n in qmodel.graph.node if n.op_type == "QuantizeLinear")
+    n_dq = sum(1 for n in qmodel.graph.node if n.op_type == "DequantizeLinear")
+    if n_dq == 0:
+        raise ModelFormatError(f"{fp32_path}: {who} produced no QDQ nodes; nothing was quantized")
+    return qmodel, qins, qouts, n_q, n_dq
+
+
 def quantize_onnx(
     fp32_path: str,
     out_path: str,
@@ -396,12 +413,7 @@ def quantize_onnx(
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
-    qmodel = onnx.load(out_path)
-    qins, qouts = io_tensors(qmodel)
-    n_q = sum(1 for n in qmodel.graph.node if n.op_type == "QuantizeLinear")
-    n_dq = sum(1 for n in qmodel.graph.node if n.op_type == "DequantizeLinear")
-    if n_dq == 0:
-        raise ModelFormatError(f"{fp32_path}: quantization produced no QDQ nodes; nothing was quantized")
+    qmodel, qins, qouts, n_q, n_dq = read_qdq(out_path, fp32_path, "quantization")
     reason = scheme.reason
     if reduce_range:
         reason += "; reduce_range (7-bit weights) because this CPU has no VNNI and U8S8 could saturate"

@@ -68,7 +68,7 @@ def _nncf(fp32_path: str, out_path: str, calib: np.ndarray, *, input_shape, work
     import nncf  # noqa: PLC0415
     import onnx  # noqa: PLC0415
 
-    from ..onnx_quant import default_opset, io_tensors, prepare_fp32  # noqa: PLC0415
+    from ..onnx_quant import default_opset, io_tensors, prepare_fp32, read_qdq  # noqa: PLC0415
 
     own = workdir is None
     work = tempfile.mkdtemp(prefix="edgeship-nncf-") if own else workdir
@@ -98,12 +98,7 @@ def _nncf(fp32_path: str, out_path: str, calib: np.ndarray, *, input_shape, work
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
-    qmodel = onnx.load(out_path)
-    qins, qouts = io_tensors(qmodel)
-    n_q = sum(1 for n in qmodel.graph.node if n.op_type == "QuantizeLinear")
-    n_dq = sum(1 for n in qmodel.graph.node if n.op_type == "DequantizeLinear")
-    if n_dq == 0:
-        raise ModelFormatError(f"{fp32_path}: NNCF produced no QDQ nodes; nothing was quantized")
+    qmodel, qins, qouts, n_q, n_dq = read_qdq(out_path, fp32_path, "NNCF")
     notes = list(prep["notes"]) + [
         f"INT8 QDQ for target intel by NNCF {nncf.__version__} post-training quantization (preset performance, "
         f"target device CPU) on {len(calib)} samples: what OpenVINO runs fastest"]
