@@ -170,6 +170,10 @@ def test_cli_compression_flags_in_cli_words(capfd, digits_cnn_file, digits, tmp_
     assert len(err) == 1 and "--train-data" in err[0]
     assert main(["convert", digits_cnn_file, "-o", str(tmp_path / "o"), "--calib", data, "--low-rank", "0"]) == 2
     assert "--low-rank 0 must be a positive integer rank or 'auto'" in capfd.readouterr().err
+    # a student setting without --distill is a mistake, not an ignored flag
+    assert main(["convert", digits_cnn_file, "-o", str(tmp_path / "o"), "--calib", data, "--student-width", "0.5"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--distill" in err[0]
     assert not (tmp_path / "o").exists()
 
 

@@ -106,8 +106,12 @@ def check_calibration(args) -> None:
 
 
 def compress_options(args):
-    """The ``CompressOptions`` of ``--low-rank``/``--distill``/``--qat`` and their settings; None when none is given."""
-    if args.low_rank is None and not args.distill and not args.qat:
+    """The ``CompressOptions`` of ``--low-rank``/``--distill``/``--qat`` and their settings; None when none is given.
+
+    ``--student``/``--student-width`` alone count as given, so that their check
+    (they need ``--distill``) runs instead of the flag being ignored."""
+    if (args.low_rank is None and not args.distill and not args.qat
+            and args.student is None and args.student_width is None):
         return None
     from edgeship.converters.compress import CompressOptions  # noqa: PLC0415
 
