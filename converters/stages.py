@@ -147,8 +147,6 @@ def load_data(plan: ConversionPlan, mplan: ModelPlan, warnings: list) -> Data:
         n_out = mplan.outputs[0]["shape"][-1] if mplan.outputs and mplan.outputs[0]["shape"] else None
         if n_out == len(calib_set.classes):
             labels = tuple(calib_set.classes)
-    if calib_set is not None and calib_set.kind == "random":
-        warnings.append("calibrated on random noise (asked for by name): int8 ranges do not reflect real data")
     return Data(calib=calib_set, val=val_set, held_out=held_out, labels=labels)
 
 
