@@ -239,7 +239,10 @@ class Model:
         :meth:`PreprocessSpec.default_for` the first input's shape and layout
         (read from the shape for a bare file: ``(None, 3, H, W)`` is NCHW):
         stretch to its height and width, gray for 1 channel or RGB for 3,
-        ``value = pixel / 255``. The image becomes the input through
+        ``value = pixel / 255``. An input with a dynamic height/width and no
+        spec fixing it runs each image at its own size, sides rounded to a
+        multiple of 32 (:mod:`edgeship.runtime.tasks.common`); the outputs are at
+        that size. The image becomes the input through
         :meth:`PreprocessSpec.to_input`, the one rule. For an integer-quantized
         input and a BGR uint8 frame, the rule and the quantization run as one
         lookup table per channel after the resize (:mod:`.fastimage`; equal to
@@ -263,6 +266,8 @@ class Model:
             raise InputError(f"predict() takes an image array (HxWxC, BGR uint8) or a path, got {type(image).__name__}")
         if len(self._in_plans) != 1:
             raise InputError(f"predict() needs a single-input model; this one has {len(self._in_plans)} inputs: use run()")
+        if spec is None:  # a dynamic height/width: this image's own size (tasks.common.preprocess_spec)
+            return self.run(_tasks.prepare_input(self, _tasks.preprocess_spec(self, image), image))
         if self._fast is None:
             from . import fastimage  # noqa: PLC0415
 
@@ -271,6 +276,8 @@ class Model:
         return self.run(x if x is not None else _tasks.prepare_input(self, spec, image))
 
     def _preprocess_spec(self):
+        if _tasks.common.per_image(self):  # dynamic height/width: one spec per image, never cached
+            return None
         self._spec = _tasks.preprocess_spec(self)  # the manifest's, else the default for the input's shape and layout
         self._default_spec = not (self._manifest or {}).get("preprocessing")
         return self._spec

@@ -131,6 +131,7 @@ def classify(model, image: np.ndarray, top_k: int = 5, threshold: float = 0.0) -
       InputError: the image is not an image, the model input is not an image
         and there is no spec, or ``top_k``/``threshold`` are invalid.
     """
-    outputs = model.run(prepare_input(model, preprocess_spec(model), np.asarray(image)))
+    img = np.asarray(image)
+    outputs = model.run(prepare_input(model, preprocess_spec(model, img), img))
     scores = np.asarray(next(iter(outputs.values())))[0]
     return get_classes(scores, top_k=top_k, threshold=threshold, labels=model_labels(model))

@@ -452,7 +452,7 @@ def detect(model, image: np.ndarray, threshold: float = 0.5, *, iou: float = 0.4
     img = np.asarray(image)
     if img.ndim not in (2, 3):
         raise InputError(f"expected an image shaped HxW or HxWx3, got {img.shape}")
-    spec = preprocess_spec(model)
+    spec = preprocess_spec(model, img)  # img: a dynamic-size input runs at its size
     outputs = model.run(prepare_input(model, spec, img))
     return postprocess(
         outputs,

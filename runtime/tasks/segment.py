@@ -133,7 +133,7 @@ def segment(model, image: np.ndarray, *, probabilities: bool = False, output: st
     img = np.asarray(image)
     if img.ndim not in (2, 3):
         raise InputError(f"expected an image shaped HxW or HxWx3, got {img.shape}")
-    spec = preprocess_spec(model)
+    spec = preprocess_spec(model, img)  # img: a dynamic-size input runs at its size
     outs = model.run(prepare_input(model, spec, img))
     scores = outs[output] if output is not None else next(iter(outs.values()))
     s = np.asarray(scores)
