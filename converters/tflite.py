@@ -277,9 +277,11 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         try:
             flat = conv.convert()
             if keep_head:
+                from .tflite_head import describe as describe_head  # noqa: PLC0415
                 from .tflite_head import quantize_keep_head  # noqa: PLC0415
 
-                flat, head = quantize_keep_head(flat, conv.inference_input_type,
+                calibrated = flat
+                flat, head = quantize_keep_head(calibrated, conv.inference_input_type,
                                                 disable_per_channel=bool(getattr(conv, "_experimental_disable_per_channel", False)))
         except Exception as exc:  # the converter raises ConverterError and friends
             err = exc
@@ -295,8 +297,10 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         fh.write(flat)
     inputs, outputs = read_io(request.out_path)
     notes = []
+    extra = {"tflite_converter": how, "tensorflow": tf.__version__}
     if head:
-        notes.append(f"detection head: {len(head)} decode-op tensors kept in float (TFLite denylisted_nodes), so "
+        extra["tflite_detection_head"] = {"tensors": list(head), "summary": describe_head(calibrated, head)}
+        notes.append(f"detection head: {extra['tflite_detection_head']['summary']} (TFLite denylisted_nodes), so "
                      "boxes and scores keep their own ranges; the outputs stay float32")
     if request.precision in SLOW_ON_X86:
         notes.append("slow on x86: " + SLOW_ON_X86[request.precision])
@@ -315,6 +319,6 @@ def export(source: registry.Source, request: ExportRequest) -> dict:
         "inputs": inputs,
         "outputs": outputs,
         "notes": notes,
-        "extra": {"tflite_converter": how, "tensorflow": tf.__version__},
+        "extra": extra,
     }
 
