@@ -184,6 +184,9 @@ class _TFLiteBackend(Backend):
         self.outputs = [raw_tensor(d) for d in out_details]
         self._batch = int(in_details[0]["shape"][0]) if in_details and len(in_details[0]["shape"]) else None
         self._full_shapes = [tuple(int(v) for v in d["shape"]) for d in in_details]
+        self.reallocations = 0  # allocate_tensors() calls after load: a new batch or input size
+        if any(None in t.shape[1:] for t in self.inputs):  # a dynamic height/width...: resized per call
+            self.invoke = self._invoke_resizing  # static models keep the plain invoke (no check per call)
         self.info = ExecutionInfo(
             backend=self.name,
             engine_version=self._version(),
@@ -226,6 +229,62 @@ class _TFLiteBackend(Backend):
         get = interp.get_tensor
         return [get(i) for i in self._out_idx]
 
+    def invoke_into(self, write) -> list:
+        """Run one batch whose inputs ``write(buffers)`` writes in place, then return the outputs as ``invoke``.
+
+        ``buffers`` are numpy views of the interpreter's own input tensors (engine
+        dtype, the current allocation's shape), so the caller's pixels go into the
+        engine with no intermediate array and no ``set_tensor`` copy. They are valid
+        only during ``write``, which must fill them completely and keep no reference:
+        LiteRT refuses to ``invoke()`` while a view of its buffers is alive (such a
+        reference would be invalidated by a reallocation), and so would this
+        interpreter's every later call. The outputs are copies (``get_tensor``):
+        owned by the caller.
+        """
+        interp = self._interp
+        if interp is None:
+            raise closed_error(self._label)
+        views = [interp.tensor(i)() for i in self._in_idx]
+        try:
+            write(views)
+        except BaseException as exc:
+            views = None
+            exc.__traceback__ = None  # its frames hold the views: the interpreter would refuse to run again
+            raise
+        views = None
+        interp.invoke()
+        get = interp.get_tensor
+        return [get(i) for i in self._out_idx]
+
+    def _invoke_resizing(self, arrays: list) -> list:
+        """``invoke`` for inputs with dynamic dims past the batch: ``resize_tensor_input`` and
+        ``allocate_tensors`` only when the shapes differ from the last call's."""
+        shapes = [tuple(a.shape) for a in arrays]
+        if shapes != self._full_shapes:
+            interp = self._interp
+            if interp is None:
+                raise closed_error(self._label)
+            try:
+                for idx, shape in zip(self._in_idx, shapes):
+                    interp.resize_tensor_input(idx, list(shape), strict=True)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InputError(f"{self._label}: the interpreter cannot run inputs shaped "
+                                 f"{', '.join(str(s) for s in shapes)} ({first})") from None
+            self._full_shapes = shapes
+            self._batch = shapes[0][0] if shapes and shapes[0] else self._batch
+            self.reallocations += 1
+        return _TFLiteBackend.invoke(self, arrays)
+
+    @property
+    def input_shapes(self) -> list:
+        """The shapes the interpreter's inputs are allocated for now (``get_input_details``)."""
+        interp = self._interp
+        if interp is None:
+            raise closed_error(self._label)
+        return [tuple(int(v) for v in d["shape"]) for d in interp.get_input_details()]
+
     def resize_batch(self, batch: int) -> bool:
         """Resize every input's batch axis to ``batch`` (only if it is dynamic)."""
         if batch == self._batch:
@@ -242,6 +301,8 @@ class _TFLiteBackend(Backend):
         except (ValueError, RuntimeError):
             return False
         self._batch = batch
+        self._full_shapes = [(batch, *full[1:]) for full in self._full_shapes]
+        self.reallocations += 1
         return True
 
     @property
