@@ -20,8 +20,10 @@ fallback (one warning, ``info.fallback``; a ``FallbackError`` with ``strict``).
 
 Thread safety: the compiled model is shared, each calling thread gets its own
 infer request (``thread_safe = True``: the Model takes no lock, threads run in
-parallel). A dynamic batch dimension is compiled static per batch size on first
-use (batch 1 at load), which is what OpenVINO's CPU plugin runs fastest.
+parallel). Dynamic dimensions are compiled static per input shape on first use
+(a dynamic batch: batch 1 at load; a dynamic height/width: each new image size),
+which is what OpenVINO's CPU plugin runs fastest; the last ``MAX_SHAPES`` (8)
+compiled shapes are kept (the oldest is dropped first).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = ["OpenVINOBackend", "ov_devices"]
 _OV_DEVICE = {DeviceKind.CPU: "CPU", DeviceKind.GPU: "GPU", DeviceKind.NPU: "NPU"}
 _PRECISION = {InferencePrecision.F32: "f32", InferencePrecision.BF16: "bf16", InferencePrecision.F16: "f16"}
 _INSTALL = 'openvino is not installed; install it with `pip install "edgeship[openvino]"`'
+MAX_SHAPES = 8  # compiled input shapes kept per model (dynamic dims: one static compile per shape)
 
 
 def _import_ov():
@@ -135,7 +138,11 @@ class OpenVINOBackend(Backend):
             raise BackendUnavailableError(f"{self.path}: openvino runs this integer-I/O .tflite file only with a "
                                           "TFLite interpreter to read its quantization (pip install ai-edge-litert)")
         self._dynamic = all(t.shape and t.shape[0] is None for t in self.inputs) and bool(self.inputs)
-        compiled = self._compiled_for(1 if self._dynamic else None)
+        self._reshape = any(None in t.shape for t in self.inputs)  # any dynamic dim: compiled per shape
+        self.compiles = 0  # models compiled (one per input shape seen, for dynamic dims)
+        sized = all(None not in t.shape[1:] for t in self.inputs)
+        compiled = self._compiled_for(tuple((1, *t.shape[1:]) for t in self.inputs) if self._reshape and sized
+                                      else None)
         precision = _property(compiled, "INFERENCE_PRECISION_HINT")
         want = _PRECISION.get(options.inference_precision)
         if want is not None and precision and want not in precision.lower():
@@ -195,34 +202,37 @@ class OpenVINOBackend(Backend):
         skipped.append(why)
         return "CPU", True
 
-    def _compiled_for(self, batch: int | None):
-        """The compiled model for ``batch`` (None: the file's own shapes), compiled once."""
-        hit = self._compiled.get(batch)
+    def _compiled_for(self, shapes: tuple | None):
+        """The compiled model for input ``shapes`` (one static shape per input; None: the file's
+        own shapes), compiled once and kept among the last ``MAX_SHAPES``."""
+        hit = self._compiled.get(shapes)
         if hit is not None:
             return hit
         with self._compile_lock:
-            hit = self._compiled.get(batch)
+            hit = self._compiled.get(shapes)
             if hit is not None:
                 return hit
             model = self._model
-            if batch is not None:
+            if shapes is not None:
                 model = model.clone()
-                shapes = {}
-                for port in model.inputs:
-                    ps = port.get_partial_shape()
-                    dims = [batch] + [d.get_length() if d.is_static else -1 for d in list(ps)[1:]]
-                    shapes[port] = self._ov.PartialShape(dims)
                 try:
-                    model.reshape(shapes)
+                    model.reshape({port: self._ov.PartialShape(list(s)) for port, s in zip(model.inputs, shapes)})
                 except RuntimeError as exc:
-                    raise InputError(f"{self.path}: openvino cannot run a batch of {batch} ({exc})") from None
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise InputError(f"{self.path}: openvino cannot run inputs shaped "
+                                     f"{', '.join(str(s) for s in shapes)} ({first})") from None
             try:
                 compiled = self._core.compile_model(model, self._device_name, dict(self._config))
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 raise ModelFormatError(f"{self.path}: openvino cannot compile this model for "
                                        f"{self._device_name} ({first})") from None
-            self._compiled[batch] = compiled
+            self.compiles += 1
+            cache = dict(self._compiled)  # readers never see a dict being changed
+            cache[shapes] = compiled
+            while len(cache) > MAX_SHAPES:
+                cache.pop(next(iter(cache)))  # the oldest compiled shape
+            self._compiled = cache
             return compiled
 
     @classmethod
@@ -235,15 +245,17 @@ class OpenVINOBackend(Backend):
 
     # -- running ---------------------------------------------------------------------
 
-    def _request(self, batch: int | None):
+    def _request(self, shapes: tuple | None):
         reqs = getattr(self._local, "requests", None)
         if reqs is None:
             reqs = self._local.requests = {}
-        hit = reqs.get(batch)
+        hit = reqs.get(shapes)
         if hit is None:  # the request's own tensors, viewed once: invoke copies into and out of them
-            req = self._compiled_for(batch).create_infer_request()
-            hit = reqs[batch] = (req, [req.get_input_tensor(i).data for i in range(len(self.inputs))],
-                                 [req.get_output_tensor(i).data for i in range(len(self.outputs))])
+            req = self._compiled_for(shapes).create_infer_request()
+            hit = reqs[shapes] = (req, [req.get_input_tensor(i).data for i in range(len(self.inputs))],
+                                  [req.get_output_tensor(i).data for i in range(len(self.outputs))])
+            while len(reqs) > MAX_SHAPES:
+                reqs.pop(next(iter(reqs)))
         return hit
 
     def invoke(self, arrays: list) -> list:
@@ -258,13 +270,13 @@ class OpenVINOBackend(Backend):
                     s is not None and s != d for s, d in zip(spec.shape[1:], a.shape[1:])):
                 raise InputError(f"{self.path}: input {spec.name!r} must be shaped {spec.shape}, got {a.shape}")
             feed.append(a)
-        batch = None
-        if self._dynamic:
-            batch = int(feed[0].shape[0])
-        elif feed and feed[0].shape[0] != self.inputs[0].shape[0]:
+        shapes = None
+        if self._reshape:  # dynamic dims: the compiled model for these very shapes
+            shapes = tuple(tuple(int(d) for d in a.shape) for a in feed)
+        if not self._dynamic and feed and feed[0].shape[0] != self.inputs[0].shape[0]:
             raise InputError(f"{self.path}: this model runs batches of {self.inputs[0].shape[0]}, "
                              f"got {feed[0].shape[0]}")
-        req, ins, outs = self._request(batch)
+        req, ins, outs = self._request(shapes)
         for view, a in zip(ins, feed):  # one copy (and cast) into the request's tensor: ~25 us less than infer(list)
             view[...] = a
         try:
