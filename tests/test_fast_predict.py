@@ -73,3 +73,92 @@ def test_float_input_keeps_the_reference_path(bundles, monkeypatch):
         monkeypatch.setattr(tasks, "prepare_input", lambda *a: calls.append(1) or real(*a))
         m.predict(_frames(1)[0])
         assert calls == [1]
+
+
+# -- the compiled pixel map: every kind equals its table ---------------------------------------------
+
+def _tables():
+    p = np.arange(256)
+    rng = np.random.default_rng(7)
+    return {
+        "uint8 identity": (p.astype(np.uint8)[:, None].repeat(3, 1), "affine"),
+        "int8 p - 128": ((p - 128).astype(np.int8)[:, None].repeat(3, 1), "affine"),
+        "int8 clip(p - 128, -128, 126)": (np.clip(p - 128, -128, 126).astype(np.int8)[:, None].repeat(3, 1), "affine"),
+        "uint8 clip(p, 16, 235)": (np.clip(p, 16, 235).astype(np.uint8)[:, None], "affine"),
+        "int8 near p - 128 (one value off)": (np.where(p == 40, -87, p - 128).astype(np.int8)[:, None].repeat(3, 1),
+                                             "lut1"),
+        "int8 one table per channel": (rng.integers(-128, 128, (256, 3)).astype(np.int8), "lut"),
+        "float32 shared": (np.repeat((p / 255.0).astype(np.float32)[:, None], 3, 1), "lut1"),
+        "float32 per channel": (rng.normal(size=(256, 3)).astype(np.float32), "lut"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tables()))
+def test_pixel_map_equals_its_table(name):
+    import cv2  # noqa: PLC0415
+
+    table, kind = _tables()[name]
+    pm = fastimage.PixelMap(table)
+    assert pm.kind == kind
+    c = table.shape[1]
+    img = np.random.default_rng(1).integers(0, 256, (37, 29, c), dtype=np.uint8)
+    img[0, :c] = 0
+    img[1, :c] = 255  # both ends of the table
+    want = np.stack([table[img[..., k], k] for k in range(c)], axis=-1)
+    out = np.empty(img.shape, table.dtype)
+    if pm.bytes:
+        u = out.view(np.uint8)
+        np.copyto(u, img)
+        pm.apply_in_place(cv2, u)
+    else:
+        pm.apply(cv2, img, out)
+    np.testing.assert_array_equal(out, want)
+
+
+class _Described:
+    def __init__(self, shape, dtype, quantization):
+        self.inputs = (rt.TensorSpec("x", tuple(shape), np.dtype(dtype), quantization),)
+        self.manifest = None
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_affine_tables_take_the_in_place_path_and_equal_the_rule(layout):
+    """``pixel - 128`` for an int8 input of scale 1: XOR 0x80 on the bytes, equal to the rule + quantization."""
+    from edgeship.preprocess import PreprocessSpec  # noqa: PLC0415
+
+    spec = PreprocessSpec(size=(24, 20), scale=1.0, mean=(128.0,), std=(1.0,), layout=layout)
+    q = rt.Quantization((1.0,), (0,))
+    model = _Described((1,) + spec.sample_shape(spec.layout), np.int8, q)
+    fast = fastimage.FastPreprocess.build(model, spec)
+    assert fast.map.kind == "affine" and fast.map.xor == 0x80
+    for f in _frames(3) + _frames(1, 24, 20):  # resized, and already at the model's size
+        want = np.clip(np.rint(spec.to_input(f)) , -128, 127).astype(np.int8)
+        np.testing.assert_array_equal(fast(f), want)
+
+
+def test_predict_writes_into_the_engine_buffer_and_skips_resize_at_size(bundles, monkeypatch):
+    import cv2  # noqa: PLC0415
+
+    with rt.load(bundles["rgb"]) as m:
+        spec = tasks.preprocess_spec(m)
+        frames = _frames(2) + _frames(2, 16, 16)  # two resized, two already 16x16
+        want = [m.run(tasks.prepare_input(m, spec, f)) for f in frames]
+        backend = m._backend
+        used = {"invoke": 0, "invoke_into": 0, "resize": 0}
+        real_invoke, real_into, real_resize = backend.invoke, backend.invoke_into, cv2.resize
+
+        def count(key, fn):
+            def wrapped(*a, **k):
+                used[key] += 1
+                return fn(*a, **k)
+            return wrapped
+
+        monkeypatch.setattr(backend, "invoke", count("invoke", real_invoke))
+        monkeypatch.setattr(backend, "invoke_into", count("invoke_into", real_into))
+        monkeypatch.setattr(cv2, "resize", count("resize", real_resize))
+        got = [m.predict(f) for f in frames]
+        assert used == {"invoke": 0, "invoke_into": 4, "resize": 2}
+        for g, w in zip(got, want):
+            for name in w:
+                np.testing.assert_array_equal(g[name], w[name])
+        assert not np.shares_memory(got[0][m.outputs[0].name], got[1][m.outputs[0].name])
