@@ -164,6 +164,30 @@ class OutputPlan:
             a = np.ascontiguousarray(a.transpose(self.to_source))
         return a
 
+    def finish_into(self, q: np.ndarray, out) -> np.ndarray:
+        """:meth:`finish` written into the caller's ``out`` (``Model.run(x, out=...)``), with the same float32
+        operations (equal values); no new array unless a layout transpose is needed.
+
+        Raises:
+          InputError: ``out`` is not a writable float32 array of the result's shape.
+        """
+        shape = q.shape if self.to_source is None else tuple(q.shape[i] for i in self.to_source)
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape or not out.flags.writeable:
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise InputError(f"out[{self.name!r}] must be a writable float32 array shaped {shape}, got {got}")
+        if self.to_source is not None:
+            np.copyto(out, self.finish(q))
+        elif self.quant is not None:
+            qp = self.quant
+            if qp.zp_nonzero:
+                np.subtract(q, qp.zero_point, out=out, dtype=np.float32)
+                np.multiply(out, qp.scale, out=out)
+            else:
+                np.multiply(q, qp.scale, out=out, dtype=np.float32)
+        else:
+            np.copyto(out, q, casting="unsafe")
+        return out
+
 
 class QuantParams:
     """Affine quantization prepared for numpy (per tensor or broadcast per channel)."""

@@ -89,6 +89,7 @@ class Model:
         )  # public order, each with its engine position
         self._inputs = tuple(in_plans_engine[i].spec for i, _ in in_order)
         self._outputs = tuple(p.spec for _, p in self._out_plans)
+        self._out_names = frozenset(p.name for _, p in self._out_plans)
         first = backend.inputs[0].shape if backend.inputs else ()
         self._dynamic_batch = bool(first) and all(t.shape and t.shape[0] is None for t in backend.inputs)
         cur = getattr(backend, "batch", None)
@@ -142,7 +143,7 @@ class Model:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, x) -> dict[str, np.ndarray]:
+    def run(self, x, *, out: Mapping | None = None) -> dict[str, np.ndarray]:
         """Run a batch through the model.
 
         Args:
@@ -157,9 +158,15 @@ class Model:
             INT8-I/O model, see ``inputs[i].dtype``) is passed through
             unquantized, as already-quantized data.
 
+          out: Optional ``{output name: float32 array}`` to write those outputs
+            into (each shaped like the result, writable), e.g. the previous
+            call's result: no new array per call. Names left out get new arrays.
+
         Returns:
           A dict mapping each output name to a float32 array (dequantized with
           the model's parameters, source layout, batch N), in ``outputs`` order.
+          The arrays are the caller's: a later call never overwrites them,
+          unless they are passed back as ``out``.
 
         Batching: if N equals the batch the engine is allocated for, it is
         invoked once; else, if the model's batch dimension is dynamic, the
@@ -195,7 +202,15 @@ class Model:
                 raise
             raise InputError(f"the engine rejected the input: {exc}; expected "
                              + ", ".join(f"{p.name} {p.expected()}" for p in self._in_plans)) from None
+        if out is not None:
+            return self._finish_into(outs, out)
         return {p.name: p.finish(outs[i]) for i, p in self._out_plans}
+
+    def _finish_into(self, outs: list, out) -> dict:
+        if not isinstance(out, Mapping) or any(k not in self._out_names for k in out):
+            raise InputError(f"out must be a dict of output names {list(self._out_names)} to float32 arrays")
+        return {p.name: p.finish(outs[i]) if p.name not in out else p.finish_into(outs[i], out[p.name])
+                for i, p in self._out_plans}
 
     def _from_mapping(self, x) -> list:
         if not isinstance(x, Mapping):
@@ -271,9 +286,20 @@ class Model:
         if self._fast is None:
             from . import fastimage  # noqa: PLC0415
 
-            self._fast = fastimage.build(self, spec) or False
-        x = self._fast(image) if self._fast else None  # integer input: one LUT pass, no float image
-        return self.run(x if x is not None else _tasks.prepare_input(self, spec, image))
+            direct = hasattr(self._backend, "invoke_into") and self._in_plans[0].to_engine is None
+            self._fast = fastimage.build(self, spec, direct=direct) or False
+        img = self._fast.prepare(image) if self._fast else None  # integer input: resized here, no float image
+        if img is None:
+            return self.run(_tasks.prepare_input(self, spec, image))
+        if self._fast.direct:  # colour + table straight into the engine's input tensor, under the lock
+            with self._lock:
+                backend = self._backend
+                if backend is None:
+                    raise ModelClosedError(f"model {self._path} is closed; load it again to run it")
+                outs = backend.invoke_into(self._fast.writer(img)) if self._batch == 1 else None
+            if outs is not None:
+                return {p.name: p.finish(outs[i]) for i, p in self._out_plans}
+        return self.run(self._fast.array(img))
 
     def _preprocess_spec(self):
         if _tasks.common.per_image(self):  # dynamic height/width: one spec per image, never cached
