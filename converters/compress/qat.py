@@ -132,8 +132,24 @@ def _annotate_dense(model, q, config):
     return out
 
 
-def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_sparsity: bool = False) -> QatResult:
+def _equalized(model):
+    """A copy of the tf_keras ``model`` with its layer pairs cross-layer equalized; ``(copy, pairs)``."""
+    import tf_keras  # noqa: PLC0415
+
+    from .equalize import equalize_pairs  # noqa: PLC0415
+
+    out = tf_keras.models.clone_model(model)
+    out.set_weights(model.get_weights())
+    return out, equalize_pairs(out)
+
+
+def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_sparsity: bool = False,
+              equalize: bool = True, cosine: bool = True) -> QatResult:
     """Fake-quantize ``model`` (not modified) and fine-tune it on ``train`` = ``(x, y)``.
+
+    ``equalize``: cross-layer equalization (:mod:`.equalize`, the same function) before the
+    fake-quant nodes go in, so that one outlier channel does not swamp a per-tensor range;
+    ``cosine``: the learning rate decays from ``lr`` to 0 over the fine-tuning.
 
     Raises:
         UnsupportedModelError: the bridge cannot rebuild the model, or tfmot has no
@@ -143,9 +159,10 @@ def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_s
     x, y = train
     bridge = bridge_to_tf_keras(model, samples=x[:16], seed=seed)
     q = tfmot.quantization.keras
+    float_model, pairs = _equalized(bridge.model) if equalize else (bridge.model, [])
     try:
         config = dense_activation_config(tfmot)
-        annotated = q.quantize_annotate_model(_annotate_dense(bridge.model, q, config))
+        annotated = q.quantize_annotate_model(_annotate_dense(float_model, q, config))
         with q.quantize_scope({type(config).__name__: type(config)}):
             if preserve_sparsity:
                 qmodel = q.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
@@ -153,12 +170,14 @@ def qat_keras(model, train, *, epochs: int, lr: float, seed: int = 0, preserve_s
                 qmodel = q.quantize_apply(annotated)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise UnsupportedModelError(f"quantization-aware training: tfmot cannot quantize this model: {exc}") from None
-    _calibrate_ranges(qmodel, bridge.model, x[:512])
-    history = fit(qmodel, x, y, epochs=epochs, desc="quantization-aware training", lr=lr, seed=seed)
+    _calibrate_ranges(qmodel, float_model, x[:512])
+    history = fit(qmodel, x, y, epochs=epochs, desc="quantization-aware training", lr=lr, seed=seed, cosine=cosine)
     record = {"method": "tensorflow-model-optimization quantize_apply (8-bit; convolution weights per channel, "
                         "Dense weights left to the converter's per-channel INT8, activations fake-quantized with "
                         "ranges started at the float model's min/max)"
-                        + (", prune-preserving scheme" if preserve_sparsity else ""),
-              "epochs": int(epochs), "learning_rate": float(lr), "train_count": int(len(x)),
+                        + (", prune-preserving scheme" if preserve_sparsity else "")
+                        + (", after cross-layer equalization" if pairs else ""),
+              "epochs": int(epochs), "learning_rate": float(lr), "schedule": "cosine" if cosine else "constant",
+              "equalized_pairs": pairs, "train_count": int(len(x)),
               "bridged": bool(bridge.bridged), "bridge_max_abs_diff": float(bridge.max_abs_diff)}
     return QatResult(model=qmodel, record=record, history=history)

@@ -77,13 +77,20 @@ def task_loss(km, model, x, y):
 
 
 def fit(model, x, y, *, epochs: int, desc: str, lr: float = 1e-3, batch_size: int = 64, loss=None,
-        metrics=None, seed: int = 0) -> list:
-    """Train ``model`` in place for ``epochs`` (one progress step per epoch); per-epoch logs."""
+        metrics=None, seed: int = 0, cosine: bool = False) -> list:
+    """Train ``model`` in place for ``epochs`` (one progress step per epoch); per-epoch logs.
+
+    ``cosine``: the learning rate decays from ``lr`` to 0 along a cosine over all the steps.
+    """
     km = keras_module(model)
     if loss is None:
         loss, metrics = task_loss(km, model, x, y)
     km.utils.set_random_seed(int(seed))
-    model.compile(optimizer=km.optimizers.Adam(float(lr)), loss=loss, metrics=list(metrics or []))
+    rate = float(lr)
+    if cosine:
+        steps = int(epochs) * max(1, -(-len(x) // int(batch_size)))
+        rate = km.optimizers.schedules.CosineDecay(float(lr), decay_steps=steps)
+    model.compile(optimizer=km.optimizers.Adam(rate), loss=loss, metrics=list(metrics or []))
     history = []
     for epoch in progress(range(int(epochs)), total=int(epochs), desc=desc):
         h = model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0, shuffle=True)
