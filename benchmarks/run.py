@@ -589,6 +589,7 @@ def bench_engines(ctx: Context) -> list:
     mod = _module("bench_engines")
     rs = mod.rows(quick=ctx.quick, threads=ctx.threads, say=ctx.say)
     ctx.details["engines"] = [r.get("raw") for r in rs if "raw" in r]
+    ctx.details["engines_files"] = mod.write_results(rs, quick=ctx.quick, command="make bench (benchmarks/run.py)")
     out = []
     for r in rs:
         key = _slug(r["name"])
@@ -597,6 +598,8 @@ def bench_engines(ctx: Context) -> list:
             if r.get("top1_agreement") is not None:
                 out.append(row("engines", f"{key}_top1", f"{r['name']}: top-1 agreement with FP32",
                                r["top1_agreement"]))
+        elif "images_per_s" in r:
+            out.append(row("engines", f"{key}_images_per_s", f"{r['name']}: images/s", r["images_per_s"], "img/s"))
         elif "ratio" in r:
             out.append(row("engines", f"{key}_ratio", f"{r['name']} {r.get('detail', '')}".strip(), r["ratio"], "x",
                            target=r["target"], passed=r["pass"]))
