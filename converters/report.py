@@ -301,7 +301,7 @@ def render(manifest: dict, *, source_bytes: int | None, warnings: tuple = (), la
     if manifest.get("compression"):
         from .compress.report import compression_lines  # noqa: PLC0415
 
-        lines += ["", "## Compression", "", *compression_lines(manifest["compression"])]
+        lines += ["", "## Compression", "", *compression_lines(manifest["compression"], latency)]
     aa = (manifest.get("settings") or {}).get("accuracy_aware")
     if aa:
         lines += ["", "## Accuracy-aware quantization", "", *_accuracy_aware_lines(aa)]

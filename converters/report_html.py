@@ -97,9 +97,9 @@ def plots(manifest: dict, source_bytes, latency: dict) -> list:
 
         from .compress.report import stage_plot  # noqa: PLC0415
 
-        fig = stage_plot(plt, manifest.get("compression"))
+        fig = stage_plot(plt, manifest.get("compression"), latency)
         if fig is not None:
-            out.append(("Compression stages: accuracy vs MACs, bubble = bytes", _png(fig)))
+            out.append(("Compression stages: accuracy vs latency, bubble = bytes (Pareto front dashed)", _png(fig)))
             plt.close(fig)
 
         errs = manifest.get("validation", {}).get("layer_errors") or {}

@@ -85,6 +85,16 @@ def test_convert_distills_a_derived_student_and_reports_the_labels_only_baseline
     assert v["accuracy"] >= d["student_accuracy"] - 0.05  # INT8 of the student, against the labels
     report = (tmp_path / "b" / "report.md").read_text()
     assert "same student on labels alone" in report
+    # one report per conversion: every stage with its bytes, gzip bytes and latency through the runtime
+    for stage in ("source", "distill"):
+        r = rows[stage]
+        assert r["measured_as"] == "fp32 tflite" and r["latency_ms"] > 0 and 0 < r["gzip_bytes"] < r["bytes"]
+    assert rows["distill"]["bytes"] < rows["source"]["bytes"]
+    export = rows["export model.int8.tflite"]
+    assert export["file"] == "model.int8.tflite" and export["bytes"] < rows["distill"]["bytes"]
+    page = (tmp_path / "b" / "report.html").read_text()
+    assert "<th>latency p50 ms</th>" in page and "<td>distill</td>" in page and "<td>export model.int8.tflite</td>" in page
+    assert 'alt="Compression stages: accuracy vs latency, bubble = bytes (Pareto front dashed)"' in page
 
 
 @pytest.mark.slow
@@ -121,3 +131,36 @@ def test_alpha_one_reproduces_the_labels_only_baseline_exactly(pruning_cnn_file,
                   temperature=4.0, alpha=1.0)
     assert res.record["student_accuracy"] == pytest.approx(res.record["labels_only_accuracy"], abs=1e-9)
     assert res.history[-1]["loss"] == pytest.approx(res.record["labels_only_history"][-1]["loss"], rel=1e-3)
+
+
+def test_cli_distill_alpha_and_temperature_are_checked_in_cli_words(capfd, digits_cnn_file, digits, tmp_path):
+    from edgeship.cli import main
+
+    x, y = digits
+    np.savez(tmp_path / "d.npz", x=x[:300], y=y[:300])
+    data = str(tmp_path / "d.npz")
+    base = ["convert", digits_cnn_file, "-o", str(tmp_path / "o"), "--calib", data, "--train-data", data]
+    cases = [(["--distill", "--distill-alpha", "1.5"], "--distill-alpha 1.5 must be between 0 and 1"),
+             (["--distill", "--distill-temperature", "0"], "--distill-temperature 0.0 must be a positive number"),
+             (["--distill", "--temperature", "-2"], "--distill-temperature -2.0 must be a positive number"),
+             (["--distill-alpha", "0.2"], "apply to distillation: add --distill"),
+             (["--qat", "--distill-temperature", "3"], "apply to distillation: add --distill")]
+    for extra, words in cases:
+        assert main(base + extra) == 2, extra
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (extra, err)
+        assert "alpha=" not in err[0] and "temperature=" not in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_distill_alpha_and_temperature_reach_the_options():
+    from edgeship.cli.app import build_parser
+    from edgeship.cli.convert import compress_options
+
+    parser = build_parser()
+    args = parser.parse_args(["convert", "m.keras", "-o", "o", "--distill", "--distill-alpha", "0.1",
+                              "--distill-temperature", "2.5"])
+    opts = compress_options(args)
+    assert opts.alpha == 0.1 and opts.temperature == 2.5
+    opts = compress_options(parser.parse_args(["convert", "m.keras", "-o", "o", "--distill"]))
+    assert (opts.alpha, opts.temperature) == (CompressOptions().alpha, CompressOptions().temperature)

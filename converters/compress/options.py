@@ -44,6 +44,8 @@ class CompressOptions:
             ``auto_fallback``) cannot meet ``max_drop``, retry with QAT.
         train_data: training data (same kinds as pruning's); the convert ``train_data``
             keyword fills it when left None.
+        stage_latency: measure each stage's latency for the report (a temporary FP32 TFLite
+            of the stage's model through :mod:`edgeship.runtime`, about a second per stage).
     """
 
     low_rank: int | str | None = None
@@ -60,6 +62,7 @@ class CompressOptions:
     qat_lr: float = 1e-4
     qat_fallback: bool = True
     train_data: Any = None
+    stage_latency: bool = True
 
     @property
     def active(self) -> bool:
@@ -112,6 +115,8 @@ def check(opts: CompressOptions) -> CompressOptions:
             raise InputError(f"{what}={v!r} must be a positive number")
     if isinstance(opts.alpha, bool) or not isinstance(opts.alpha, (int, float)) or not 0 <= float(opts.alpha) <= 1:
         raise InputError(f"alpha={opts.alpha!r} must be between 0 and 1")
+    if not isinstance(opts.stage_latency, bool):
+        raise InputError(f"stage_latency={opts.stage_latency!r} must be True or False")
     if opts.train_data is None:
         if opts.distill:
             raise InputError("distillation trains the student: pass train_data (--train-data)")

@@ -49,12 +49,87 @@ def keras_source_of(source, model):
                                framework_versions=versions, notes=list(source.notes))
 
 
-def stage_row(stage: str, model, val_set, **extra) -> dict:
-    """One row of the compression table for a Keras model."""
+STAGE_LATENCY_RUNS = 30
+STAGE_LATENCY_BUDGET_S = 1.0
+
+
+def file_latency(path: str, x, *, runs: int = STAGE_LATENCY_RUNS, budget_s: float = STAGE_LATENCY_BUDGET_S) -> float:
+    """p50 ms of one sample of ``x`` through :mod:`edgeship.runtime` (in-process, batch 1, 3 warm-up runs,
+    then ``runs`` or ``budget_s``, whichever ends first, at least 5)."""
+    import time  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from edgeship.runtime import load  # noqa: PLC0415
+
+    m = load(path)
+    try:
+        sample = np.asarray(x[:1], np.float32)
+        for _ in range(3):
+            m.run(sample)
+        times, start = [], time.perf_counter()
+        while len(times) < runs and (time.perf_counter() - start < budget_s or len(times) < 5):
+            t0 = time.perf_counter()
+            m.run(sample)
+            times.append(time.perf_counter() - t0)
+    finally:
+        m.close()
+    return round(float(np.median(times)) * 1e3, 4)
+
+
+def _not_measured(exc: Exception) -> dict:
+    first = (str(exc).splitlines() or [""])[0][:160]
+    return {"latency_note": f"not measured: {type(exc).__name__}: {first}"}
+
+
+def stage_tflite(model, x) -> dict:
+    """``{bytes, gzip_bytes, latency_ms}`` of ``model`` as a temporary FP32 TFLite file, run through
+    :mod:`edgeship.runtime` (:func:`file_latency`); ``{latency_note}`` when it cannot be converted or
+    run (the row keeps its other figures)."""
+    import gzip  # noqa: PLC0415
+
+    from ..tflite import quiet  # noqa: PLC0415
+
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix="edgeship-stage-") as tmp, quiet():
+            content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+            path = os.path.join(tmp, "stage.fp32.tflite")
+            with open(path, "wb") as fh:
+                fh.write(content)
+            ms = file_latency(path, x)
+    except Exception as exc:  # noqa: BLE001 - a figure of the report, never a reason to fail the conversion
+        return _not_measured(exc)
+    return {"bytes": len(content), "gzip_bytes": len(gzip.compress(content, 9)), "latency_ms": ms,
+            "measured_as": "fp32 tflite"}
+
+
+def file_row(path: str, x, latency: bool) -> dict:
+    """``{bytes, gzip_bytes, latency_ms}`` of a model file (the ONNX stages)."""
+    import gzip  # noqa: PLC0415
+
+    with open(path, "rb") as fh:
+        content = fh.read()
+    row = {"bytes": len(content), "gzip_bytes": len(gzip.compress(content, 9)), "measured_as": "fp32 onnx"}
+    if latency:
+        try:
+            row["latency_ms"] = file_latency(path, x)
+        except Exception as exc:  # noqa: BLE001 - as in stage_tflite
+            row.update(_not_measured(exc))
+    return row
+
+
+def stage_row(stage: str, model, val_set, *, latency: bool = True, **extra) -> dict:
+    """One row of the compression table for a Keras model: params, MACs, FP32 weight bytes, accuracy on
+    the validation samples and, with ``latency``, the FP32 TFLite file's bytes, gzip bytes and latency."""
     params = count_params(model)
     y = getattr(val_set, "y", None)
-    return {"stage": stage, "params": params, "macs": count_macs(model), "fp32_bytes": 4 * params,
-            "accuracy": accuracy(model, val_set.x, y) if y is not None else None, **extra}
+    row = {"stage": stage, "params": params, "macs": count_macs(model), "fp32_bytes": 4 * params,
+           "accuracy": accuracy(model, val_set.x, y) if y is not None else None}
+    if latency:
+        row.update(stage_tflite(model, val_set.x))
+    return {**row, **extra}
 
 
 def _train(opts: CompressOptions, spec, source):
@@ -101,7 +176,7 @@ def compress_source(source, opts: CompressOptions, *, spec, seed: int, workdir: 
         return _compress_onnx(source, opts, workdir=workdir, val_set=val_set, warnings=warnings)
     model = _keras_model(source, "compression")
     train = _train(opts, spec, source)
-    rows = [stage_row("source", model, val_set)]
+    rows = [stage_row("source", model, val_set, latency=opts.stage_latency)]
     block: dict = {"order": list(ORDER), "stages": rows}
     if opts.distill:
         from .distill import distill  # noqa: PLC0415
@@ -112,7 +187,8 @@ def compress_source(source, opts: CompressOptions, *, spec, seed: int, workdir: 
                           temperature=opts.temperature, alpha=opts.alpha, seed=seed)
         block["distill"] = {"student": how, **res.record, "history": res.history}
         model = res.model
-        rows.append(stage_row("distill", model, val_set, labels_only_accuracy=res.record.get("labels_only_accuracy")))
+        rows.append(stage_row("distill", model, val_set, latency=opts.stage_latency,
+                              labels_only_accuracy=res.record.get("labels_only_accuracy")))
     if opts.low_rank is not None:
         from .lowrank import factorize_keras  # noqa: PLC0415
 
@@ -127,7 +203,7 @@ def compress_source(source, opts: CompressOptions, *, spec, seed: int, workdir: 
                              "fine_tuned": train is not None, "epochs": opts.low_rank_epochs if train else 0,
                              **res.to_manifest(), "history": res.history}
         model = res.model
-        rows.append(stage_row("low_rank", model, val_set))
+        rows.append(stage_row("low_rank", model, val_set, latency=opts.stage_latency))
     return (keras_source_of(source, model) if model is not source.handle else source), block
 
 
@@ -148,9 +224,9 @@ def _compress_onnx(source, opts: CompressOptions, *, workdir: str, val_set, warn
     warnings.append(f"low-rank: ONNX factorization (no fine-tuning) changes top-1 agreement to "
                     f"{cost.get('top1_agreement')} on {cost.get('count')} samples")
     rows = [{"stage": "source", "params": None, "macs": None, "fp32_bytes": os.path.getsize(source.handle),
-             "accuracy": cost.get("source_accuracy")},
+             "accuracy": cost.get("source_accuracy"), **file_row(source.handle, val_set.x, opts.stage_latency)},
             {"stage": "low_rank", "params": None, "macs": None, "fp32_bytes": os.path.getsize(dst),
-             "accuracy": cost.get("accuracy")}]
+             "accuracy": cost.get("accuracy"), **file_row(dst, val_set.x, opts.stage_latency)}]
     return out, {"order": list(ORDER), "stages": rows, "low_rank": section}
 
 
@@ -163,11 +239,12 @@ def qat_source(source, opts: CompressOptions, *, spec, seed: int, val_set, prune
     train = _train(opts, spec, source)
     if train is None:
         raise UnsupportedModelError("quantization-aware training needs train_data (--train-data)")
-    block = dict(block) if block else {"order": list(ORDER), "stages": [stage_row("source", model, val_set)]}
+    block = dict(block) if block else {"order": list(ORDER),
+                                       "stages": [stage_row("source", model, val_set, latency=opts.stage_latency)]}
     with step(f"quantization-aware training ({opts.qat_epochs} epochs)"):
         res = qat_keras(model, train, epochs=opts.qat_epochs, lr=opts.qat_lr, seed=seed, preserve_sparsity=pruned)
     block["qat"] = {**res.record, "reason": reason, "history": res.history}
-    block["stages"] = [*block["stages"], stage_row("qat", res.model, val_set)]
+    block["stages"] = [*block["stages"], stage_row("qat", res.model, val_set, latency=opts.stage_latency)]
     return keras_source_of(source, res.model), block
 
 
@@ -206,10 +283,11 @@ def qat_rescue(exc: ValidationFailedError, *, plan, source, export_source, expor
 
 
 def int8_row(block: dict, artifacts: list, validation: dict) -> None:
-    """Add the exported artifacts' rows (bytes, accuracy) to the block's stage table."""
+    """Add the exported artifacts' rows (bytes, accuracy) to the block's stage table (their latency is
+    measured with the report's, through the runtime: :func:`..report.compression_lines`)."""
     for a in artifacts:
         m = validation.get(a["file"]) or {}
-        block["stages"].append({"stage": f"export {a['file']}", "params": None, "macs": None,
+        block["stages"].append({"stage": f"export {a['file']}", "file": a["file"], "params": None, "macs": None,
                                 "bytes": a.get("bytes"), "gzip_bytes": a.get("gzip_bytes"),
                                 "accuracy": m.get("accuracy"), "top1_agreement": m.get("top1_agreement")})
 

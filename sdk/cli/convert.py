@@ -43,7 +43,7 @@ def parse_formats(text: str | None) -> tuple | None:
 
 
 def parse_shape(text: str | None):
-    """``--input-shape 1,224,224,3`` -> ``(1, 224, 224, 3)`` (``?``/``-1`` for a free dimension).
+    """``--input-shape 1,224,224,3`` -> ``(1, 224, 224, 3)``; ``?`` leaves a dimension dynamic (``1,3,?,?`` -> ``(1, 3, None, None)``).
 
     Raises:
         UsageError: not a list of integers, or a dimension <= 0.
@@ -51,12 +51,13 @@ def parse_shape(text: str | None):
     if not text:
         return None
     try:
-        dims = [None if d.strip() in ("?", "-1", "None", "") else int(d)
-                for d in text.lower().replace("x", ",").split(",")]
+        dims = [None if d.strip() == "?" else int(d) for d in text.lower().replace("x", ",").split(",")]
     except ValueError:
-        raise UsageError(f"--input-shape {text!r} is not a list of integers such as 1,224,224,3") from None
+        raise UsageError(f"--input-shape {text!r} is not a list of integers such as 1,224,224,3 "
+                         "(? for a dimension left dynamic, e.g. 1,3,?,?)") from None
     if any(d is not None and d <= 0 for d in dims):
-        raise UsageError(f"--input-shape {text!r} has a non-positive dimension")
+        raise UsageError(f"--input-shape {text!r} has a non-positive dimension (write ? for a dimension left "
+                         "dynamic, e.g. 1,3,?,?)")
     return tuple(dims)
 
 
@@ -110,6 +111,8 @@ def compress_options(args):
 
     ``--student``/``--student-width`` alone count as given, so that their check
     (they need ``--distill``) runs instead of the flag being ignored."""
+    if not args.distill and (args.temperature is not None or args.alpha is not None):
+        raise UsageError("--distill-temperature/--distill-alpha apply to distillation: add --distill")
     if (args.low_rank is None and not args.distill and not args.qat
             and args.student is None and args.student_width is None):
         return None
@@ -121,7 +124,8 @@ def compress_options(args):
     return CompressOptions(low_rank=low_rank, low_rank_energy=args.low_rank_energy,
                            low_rank_epochs=args.low_rank_epochs, distill=args.distill, student=args.student,
                            student_width=args.student_width, distill_epochs=args.distill_epochs,
-                           temperature=args.temperature, qat=args.qat, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr)
+                           qat=args.qat, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
+                           **{k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha)) if v is not None})
 
 
 def cmd_convert(args) -> int:
@@ -194,7 +198,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                   "(default: a part of --calib)")
     c.add_argument("--max-drop", type=float, help="fail (writing nothing) if accuracy drops more than this many "
                                                   "points (default: no limit)")
-    c.add_argument("--input-shape", help="fix the input shape, e.g. 1,224,224,3 (default: batch fixed to 1)")
+    c.add_argument("--input-shape", help="fix input dimensions, e.g. 1,224,224,3; ? leaves one dynamic (1,3,?,?: "
+                   "ONNX artifacts keep dynamic height/width; default: batch fixed to 1, the rest as the model says)")
     c.add_argument("--exclude", help="comma list of node names or op types to keep in float (ONNX; default: none)")
     c.add_argument("--prune", type=float, metavar="SPARSITY",
                    help="prune weights to this sparsity (0-0.95) first (default: no pruning)")
@@ -221,7 +226,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--student-width", type=float, default=None,
                    help="derive the student: filters/units times this, 0-1 (default 0.5)")
     g.add_argument("--distill-epochs", type=int_at_least(1), default=5, help="student training epochs (default 5)")
-    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    g.add_argument("--distill-temperature", "--temperature", dest="temperature", type=float, default=None,
+                   help="softmax temperature of the soft targets, > 0 (default 4)")
+    g.add_argument("--distill-alpha", dest="alpha", type=float, default=None,
+                   help="weight of the label loss, 0-1; the soft-target loss gets 1 - alpha (default 0.3)")
     g.add_argument("--qat", action="store_true",
                    help="quantization-aware training before INT8 export (needs --train-data; default: off; used "
                         "automatically when --max-drop is missed after post-training INT8 and --train-data is given)")
