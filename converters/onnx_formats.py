@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeship.bundle import sha256_file
 from edgeship.errors import ModelFormatError, UnsupportedModelError, require
+from edgeship.ragged import concat_ragged
 
 from . import registry
 from .registry import ExportRequest, Precision, Source
@@ -74,7 +75,7 @@ def _batched_predict(backend):
         else:
             chunks = [x[i:i + 1] for i in range(len(x))]
         parts = [backend.invoke([c]) for c in chunks]
-        return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
+        return [concat_ragged([p[k] for p in parts]) for k in range(len(parts[0]))]  # NMS inside: K varies
 
     return predict
 

@@ -445,7 +445,7 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
     if task is Task.DETECTION:
         size = tuple(spec.size) if spec is not None else None
         decoder = decoder_spec(source.outputs, size, plan.labels,
-                               units="pixels" if _ultralytics(source) else "auto")
+                               units="pixels" if _ultralytics(source) else "auto", source=source)
     return ModelPlan(sample_shape=sample, preprocess=spec, labels=plan.labels, task=task, inputs=inputs,
                      outputs=outputs, warnings=tuple(warnings), task_reason=task_reason, decoder=decoder)
 

@@ -80,13 +80,21 @@ def infer_task(source) -> tuple[Task, str]:
     return Task.OTHER, f"tensors {[list(o) for o in outs]} are not a recognised classification, detection or segmentation layout"
 
 
-def decoder_spec(outputs, input_size: tuple | None, labels=None, units: str = "auto") -> dict | None:
+def decoder_spec(outputs, input_size: tuple | None, labels=None, units: str = "auto", source=None) -> dict | None:
     """How to decode a detector's outputs (the manifest's ``decoder``), or None if unknown.
 
     ``outputs``: the output tensor dicts or shapes; ``input_size``: (height, width);
     ``units``: box units, ``pixels`` (of the input), ``normalized`` or ``auto`` (pixels when
-    the values exceed 1.5: for sources that do not say).
+    the values exceed 1.5: for sources that do not say); ``source``: an ONNX source whose
+    graph has its NMS inside (:mod:`.nms_layout`: roles of the outputs by name).
     """
+    graph = _onnx_graph(source) if source is not None else None
+    if graph is not None:
+        from .nms_layout import nms_decoder_spec  # noqa: PLC0415
+
+        spec = nms_decoder_spec(graph, input_size, units)
+        if spec is not None:
+            return spec
     shapes = [_shape(t) for t in outputs]
     n_labels = len(labels) if labels else None
     if len(shapes) >= 3:

@@ -12,6 +12,7 @@ import numpy as np
 from edgeship import metrics
 from edgeship.errors import ValidationFailedError
 from edgeship.progress import progress
+from edgeship.ragged import concat_ragged
 
 from . import task_metrics
 
@@ -36,7 +37,7 @@ def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation") -> list:
         for s in progress(range(0, x.shape[0], BATCH), total=-(-x.shape[0] // BATCH), desc=desc):
             out = model.run(x[s : s + BATCH])
             parts.append([np.asarray(v, np.float32) for v in out.values()])
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return [concat_ragged([p[i] for p in parts]) for i in range(len(parts[0]))]  # NMS inside: K varies
 
 
 def check_collapse(reference: np.ndarray, candidate: np.ndarray, result: dict, artifact: str) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import EdgeshipError, InputError, ModelClosedError, ModelNotFoundError  # noqa: F401 - re-exported
+from ..ragged import concat_ragged
 from . import tasks as _tasks
 from .backends.base import Backend, ExecutionInfo
 from .io_plan import TRANSPOSE, InputPlan, OutputPlan, TensorSpec, axis_shape, public_order
@@ -237,7 +238,7 @@ class Model:
                 raise InputError(f"the engine cannot run a batch of {n} nor of {step}")
             self._batch = step
         parts = [backend.invoke([r[i:i + step] for r in raws]) for i in range(0, n, step)]
-        return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(parts[0]))]
+        return [concat_ragged([p[j] for p in parts]) for j in range(len(parts[0]))]  # NMS inside: K varies
 
     def predict(self, image) -> dict[str, np.ndarray]:
         """Preprocess one image as the manifest says, and run it.

@@ -16,7 +16,10 @@ Two families of output layouts are decoded, chosen from the output shapes
 - YOLO style: one output of ``[1,N,5+C]`` (cx, cy, w, h, objectness, class
   scores: YOLOv5 and the repo's demo detector) or ``[1,4+C,N]`` (YOLOv8/11, no
   objectness); coordinates normalised or in input pixels.
-- End-to-end exports with NMS inside: ``[1,K,6]`` (x1, y1, x2, y2, score, class).
+- End-to-end exports with NMS inside: ``[1,K,6]`` (x1, y1, x2, y2, score, class);
+  ONNX ``NonMaxSuppression`` outputs (``nms_indices``: selected_indices ``[K,3]`` with
+  the boxes and scores it selected from) and gathered ones (``nms``: boxes, scores,
+  classes and a count, EfficientNMS-style), in :mod:`.detect_nms`.
 - BlazeFace-style raw anchors with keypoints: regressors ``[1,A,4+2K]`` and score
   logits ``[1,A,1]`` against MediaPipe's SSD anchors (:func:`blazeface_anchors`);
   each :class:`Detection` carries its ``keypoints``.
@@ -40,6 +43,7 @@ import numpy as np
 from ...errors import InputError
 from ...preprocess import PreprocessSpec, ResizeMode
 from .common import model_decoder, model_labels, prepare_input, preprocess_spec
+from .detect_nms import NMS_FORMATS, decode_with_spec, guess_nms_format
 
 __all__ = [
     "BBox",
@@ -53,13 +57,14 @@ __all__ = [
     "blazeface_anchors",
     "detect",
     "nms",
+    "candidates",
     "postprocess",
     "prepare_input",
     "preprocess_spec",
     "to_image_boxes",
 ]
 
-FORMATS = ("auto", "ssd", "ssd_raw", "yolo", "yolov5", "yolov8", "end2end", "blazeface")
+FORMATS = ("auto", "ssd", "ssd_raw", "yolo", "yolov5", "yolov8", "end2end", "blazeface") + NMS_FORMATS
 MAX_CANDIDATES = 1000  # boxes kept (best scores) before NMS
 
 
@@ -111,11 +116,26 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def candidates(scores: np.ndarray, threshold: float = 0.0, max_candidates: int | None = MAX_CANDIDATES) -> np.ndarray:
+    """Indices of the scores >= ``threshold``, at most ``max_candidates`` of them (the best
+    scores, in index order when nothing is cut): what enters the NMS."""
+    scores = np.asarray(scores).reshape(-1)
+    keep = np.flatnonzero(scores >= threshold)
+    if max_candidates is not None and len(keep) > max_candidates:
+        # argpartition: O(n) to find the best, then only those are sorted
+        best = np.argpartition(-scores[keep], max_candidates - 1)[:max_candidates]
+        keep = keep[best[np.argsort(-scores[keep][best], kind="stable")]]
+    return keep
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45, *, classes: np.ndarray | None = None,
-        max_detections: int = 100) -> np.ndarray:
+        max_detections: int = 100, max_candidates: int | None = MAX_CANDIDATES, stats: dict | None = None) -> np.ndarray:
     """Greedy non-maximum suppression; the indices kept, best score first.
 
-    With ``classes``, boxes of different classes never suppress each other.
+    With ``classes``, boxes of different classes never suppress each other. Only the
+    ``max_candidates`` best-scoring boxes are considered (None: all), so the loop is
+    never quadratic in the number of boxes; ``stats`` (a dict), if given, receives
+    ``boxes`` (given) and ``candidates`` (considered).
 
     Raises:
         InputError: shapes do not match.
@@ -124,8 +144,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45, *, c
     scores = np.asarray(scores, np.float32).reshape(-1)
     if boxes.shape[0] != scores.shape[0]:
         raise InputError(f"nms: {boxes.shape[0]} boxes but {scores.shape[0]} scores")
+    if stats is not None:
+        stats.update(boxes=int(boxes.shape[0]), candidates=min(boxes.shape[0], max_candidates or boxes.shape[0]))
     if boxes.shape[0] == 0:
         return np.zeros((0,), np.int64)
+    cand = None
+    if max_candidates is not None and boxes.shape[0] > max_candidates:
+        cand = candidates(scores, -np.inf, max_candidates)
+        boxes, scores = boxes[cand], scores[cand]
+        classes = None if classes is None else np.asarray(classes).reshape(-1)[cand]
     if classes is not None:
         classes = np.asarray(classes).reshape(-1)
         # Offset boxes per class so that boxes of different classes never overlap.
@@ -140,7 +167,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45, *, c
             break
         ious = box_iou(boxes[i], boxes[order[1:]])
         order = order[1:][ious <= iou_threshold]
-    return np.asarray(keep, np.int64)
+    keep = np.asarray(keep, np.int64)
+    return keep if cand is None else cand[keep]
 
 
 # ------------------------------------------------------------------------------ decoders
@@ -287,6 +315,8 @@ def decode_blazeface(regressors: np.ndarray, scores: np.ndarray, *, anchors: np.
 
 def _guess_format(outputs: Sequence[np.ndarray]) -> str:
     shapes = [np.shape(o) for o in outputs]
+    if guess_nms_format(outputs):
+        return guess_nms_format(outputs)
     if len(outputs) >= 3:
         return "ssd"
     if len(outputs) == 2:
@@ -323,8 +353,9 @@ def decode(outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, format: 
            num_classes: int | None = None, decoder: Mapping | None = None, with_keypoints: bool = False):
     """Decode raw outputs of one sample into (boxes xyxy normalised, scores, class ids), unfiltered.
 
-    ``decoder``: the manifest's spec (format, units, num_classes); used when
-    ``format`` is ``auto``. ``with_keypoints``: also return keypoints (or None).
+    ``decoder``: the manifest's spec (format, units, num_classes; for NMS-inside layouts
+    the output names per role and the box form); used when ``format`` is ``auto``.
+    ``with_keypoints``: also return keypoints (or None).
     """
     outs = list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
     units = "auto"
@@ -332,7 +363,14 @@ def decode(outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, format: 
         format = str(decoder.get("format") or "auto")
         units = str(decoder.get("units") or "auto")
         num_classes = decoder.get("num_classes") or num_classes
-    res = _decode(outs, format, input_size, anchors, num_classes, units)
+    fmt = format.lower()
+    if fmt == "auto":
+        fmt = guess_nms_format(outs) or fmt
+    if fmt in NMS_FORMATS:  # roles by output name: keep the mapping
+        res = decode_with_spec(outputs, fmt, decoder if decoder and decoder.get("format") == fmt else None,
+                               input_size, units)
+    else:
+        res = _decode(outs, format, input_size, anchors, num_classes, units)
     if with_keypoints:
         return res if len(res) == 4 else (*res, None)
     return res[:3]
@@ -394,24 +432,28 @@ def to_image_boxes(boxes: np.ndarray, image_size: tuple[int, int], spec: Preproc
 def postprocess(outputs, image_size: tuple[int, int], *, spec: PreprocessSpec | None = None, threshold: float = 0.5,
                 iou: float = 0.45, max_detections: int = 100, format: str = "auto", anchors=None,
                 labels: Sequence[str] | None = None, class_agnostic: bool = False, decoder: Mapping | None = None,
-                max_candidates: int = MAX_CANDIDATES) -> tuple[Detection, ...]:
+                max_candidates: int = MAX_CANDIDATES, stats: dict | None = None) -> tuple[Detection, ...]:
     """Raw outputs of one sample -> detections in pixels of an image of ``image_size`` (width, height).
 
     ``decoder``: the manifest's decoder spec (see :func:`decode`); ``max_candidates``: at
-    most this many boxes above ``threshold`` (best scores) enter the NMS.
+    most this many boxes above ``threshold`` (best scores) enter the NMS; ``stats`` (a
+    dict), if given, receives ``decoded`` (boxes out of the decoder), ``above_threshold``
+    and ``candidates`` (boxes that entered the NMS).
     """
     input_size = tuple(spec.size) if spec is not None else None
     boxes, scores, ids, kps = decode(outputs, format=format, input_size=input_size, anchors=anchors,
                                      num_classes=len(labels) if labels else None, decoder=decoder,
                                      with_keypoints=True)
-    keep = np.flatnonzero(scores >= threshold)
-    if len(keep) > max_candidates:
-        keep = keep[np.argsort(-scores[keep], kind="stable")[:max_candidates]]
+    keep = candidates(scores, threshold, max_candidates)
+    if stats is not None:
+        stats.update(decoded=int(len(scores)), above_threshold=int(np.count_nonzero(scores >= threshold)),
+                     candidates=int(len(keep)))
     boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
     kps = kps[keep] if kps is not None else None
     if len(scores) == 0:
         return ()
-    sel = nms(boxes, scores, iou, classes=None if class_agnostic else ids, max_detections=max_detections)
+    sel = nms(boxes, scores, iou, classes=None if class_agnostic else ids, max_detections=max_detections,
+              max_candidates=None)  # capped above
     px = to_image_boxes(boxes[sel], image_size, spec)
     kpx = None
     if kps is not None:
@@ -440,7 +482,8 @@ def detect(model, image: np.ndarray, threshold: float = 0.5, *, iou: float = 0.4
         threshold: minimum score.
         iou: NMS overlap above which the lower-scoring box of a class is dropped.
         format: ``auto`` (the manifest's decoder spec, else from the output shapes),
-            ``ssd``, ``ssd_raw``, ``yolo``, ``yolov5``, ``yolov8``, ``end2end`` or ``blazeface``.
+            ``ssd``, ``ssd_raw``, ``yolo``, ``yolov5``, ``yolov8``, ``end2end``, ``blazeface``,
+            ``nms`` or ``nms_indices``.
         anchors: ``[A,4]`` anchors for ``ssd_raw``.
 
     Returns:
