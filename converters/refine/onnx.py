@@ -101,7 +101,11 @@ class OnnxNodeErrors:
         workdir: scratch folder (kept by the caller).
         samples: at most this many samples feed the debugger.
         always_exclude: node names kept in float in every attempt (the user's ``exclude``).
-        **quant_kwargs: passed to ``quantize_onnx`` (target, calib_method, per_channel, input_shape).
+        **quant_kwargs: passed to ``quantize_onnx`` (target, calib_method, per_channel, input_shape,
+            keep_head_float). With ``keep_head_float`` the detector's decode head
+            (:func:`edgeship.converters.detection_head.head_nodes`) is float in the measured
+            model and in every attempt (:attr:`head`): the fallback starts from it and never
+            quantizes it again; its nodes are never candidates.
 
     Raises:
         the errors of ``quantize_onnx``; ``UnsupportedModelError`` when the debugger fails.
@@ -126,6 +130,10 @@ class OnnxNodeErrors:
         os.makedirs(base_dir, exist_ok=True)
         self.plain_path = os.path.join(workdir, "plain_int8.onnx")
         self.plain = quantize_onnx(fp32_path, self.plain_path, self.calib, workdir=base_dir, **self.quant_kwargs)
+        q = self.plain.get("extra", {}).get("onnx_quantization", {})
+        #: the decode-head nodes kept float in every attempt ([] without keep_head_float or a head)
+        self.head = list((q.get("detection_head") or {}).get("nodes") or [])
+        self.head_summary = (q.get("detection_head") or {}).get("summary")
         self.float_path = os.path.join(workdir, "float_preprocessed.onnx")
         shutil.copyfile(os.path.join(base_dir, "q_preprocessed.onnx"), self.float_path)
         fmodel = onnx.load(self.float_path)
@@ -205,18 +213,23 @@ class OnnxNodeErrors:
     file_suffix = ".onnx"
 
     def candidates(self) -> list:
-        return [NodeGroup(e.node, [e.node, *e.consumers]) for e in self.layers]
+        head = set(self.head)
+        return [NodeGroup(e.node, [e.node, *e.consumers]) for e in self.layers if e.node not in head]
 
     def new_members(self, cand: NodeGroup, deny: list) -> list:
-        """The nodes of ``cand`` not yet in float ([] when none, or when nothing would stay quantized)."""
-        new = [n for n in cand.group if n and n not in deny]
-        if new and set(deny + new) >= set(self.node_names):
+        """The nodes of ``cand`` not yet in float ([] when none, or when nothing would stay quantized).
+
+        The decode head is float in every attempt already; its nodes are never added."""
+        head = set(self.head)
+        new = [n for n in cand.group if n and n not in deny and n not in head]
+        if new and set(deny + new) | head >= set(self.node_names):
             return []
         return new
 
     def next_after(self, cand: NodeGroup, deny: list) -> list:
         """After a failed attempt: the producers of the node's inputs (a Relu fused into the Gemm before it)."""
-        return [NodeGroup(p, [p]) for p in self.producers.get(cand.node, []) if p not in deny]
+        head = set(self.head)
+        return [NodeGroup(p, [p]) for p in self.producers.get(cand.node, []) if p not in deny and p not in head]
 
     @staticmethod
     def label(cand: NodeGroup) -> str:

@@ -61,7 +61,8 @@ def _onnx_build(export_source, request, workdir):
         fp32 = export_source.handle
     return OnnxNodeErrors(fp32, request.calib, workdir=workdir, target=request.target,
                           calib_method=request.calib_method, per_channel=request.per_channel,
-                          input_shape=input_shape_of(export_source), always_exclude=request.exclude)
+                          input_shape=input_shape_of(export_source), always_exclude=request.exclude,
+                          keep_head_float=request.keep_head_float)
 
 
 def _onnx_io(path):
@@ -146,6 +147,9 @@ def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[
         "size_cost_gzip_bytes": int(entry["gzip_bytes"] - old_gzip),
         "seconds": round(res.seconds, 2),
         "layer_errors": res.layer_errors,
+        # the decode head found in the graph: float in every attempt, never a candidate
+        "detection_head": {"kept_float": list(getattr(sens, "head", []) or []),
+                           "summary": getattr(sens, "head_summary", None)} if getattr(sens, "head", None) else {},
     }
 
 

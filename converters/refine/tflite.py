@@ -129,6 +129,14 @@ class TfliteLayerErrors:
                 ) from None
         del captured
         self.calibrated_model = self.debugger.calibrated_model
+        #: a detector's decode-head tensors (converters.tflite_head), float in every attempt, never candidates
+        self.head: list = []
+        self.head_summary = None
+        if request.keep_head_float:
+            from ..tflite_head import describe, head_tensors  # noqa: PLC0415
+
+            self.head = head_tensors(self.calibrated_model)
+            self.head_summary = describe(self.calibrated_model, self.head) if self.head else None
         layer_names = set()
         handle = getattr(source, "handle", None)
         for lyr in getattr(handle, "layers", []) or []:
@@ -153,7 +161,8 @@ class TfliteLayerErrors:
             ))
         # lowest SQNR first; layers without a float reference go by rmse/scale after them
         layers.sort(key=lambda e: (e.sqnr_db is None, e.sqnr_db if e.sqnr_db is not None else -e.rmse_over_scale))
-        self.layers = layers
+        head = set(self.head)
+        self.layers = [e for e in layers if e.tensor not in head]
         self.seconds = time.perf_counter() - t0
 
     # -- measurements ----------------------------------------------------------------
@@ -216,7 +225,9 @@ class TfliteLayerErrors:
         return consumers, producers, inputs
 
     def quantize(self, denylist=()) -> bytes:
-        """The INT8 model with the ``denylist`` op output tensors kept in float."""
+        """The INT8 model with the ``denylist`` op output tensors (and the decode head) kept in float.
+
+        With a decode head the outputs are float32, as in the exported artifact."""
         from tensorflow.lite.python import convert as _convert  # noqa: PLC0415
 
         from ..tflite import quiet  # noqa: PLC0415
@@ -228,8 +239,8 @@ class TfliteLayerErrors:
                 self.calibrated_model,
                 disable_per_channel=self.disable_per_channel,
                 input_data_type=io_type,
-                output_data_type=io_type,
-                denylisted_nodes=list(denylist) or None,
+                output_data_type=tf.float32 if self.head else io_type,
+                denylisted_nodes=[*self.head, *(d for d in denylist if d not in self.head)] or None,
             )
 
     def top(self, n: int = 10) -> list:
@@ -245,14 +256,14 @@ class TfliteLayerErrors:
 
     def new_members(self, cand: LayerError, deny: list) -> list:
         """The tensors to keep in float for ``cand``: its output and its consumers' ([] once it is kept)."""
-        if cand.tensor in deny:
+        if cand.tensor in deny or cand.tensor in self.head:
             return []
-        return [t for t in dict.fromkeys([cand.tensor, *cand.consumers]) if t not in deny]
+        return [t for t in dict.fromkeys([cand.tensor, *cand.consumers]) if t not in deny and t not in self.head]
 
     def next_after(self, cand: LayerError, deny: list) -> list:
         """After a failed attempt: the tensor into a float layer is still quantized by its producer."""
         by_tensor = {e.tensor: e for e in self.layers}
-        return [by_tensor[p] for p in cand.producers if p in by_tensor and p not in deny]
+        return [by_tensor[p] for p in cand.producers if p in by_tensor and p not in deny and p not in self.head]
 
     @staticmethod
     def label(cand: LayerError) -> str:
