@@ -4,8 +4,13 @@
 trains it (Keras 3, well under a minute on two CPU cores), converts it with
 :func:`edgeship.converters.convert` to a full-INT8 bundle, and caches the
 bundle in ``DIR/detector-int8`` (with ``DIR/detector-int8.json``: the settings' hash and
-measured mAP); the next call
-returns the cached bundle at once.
+measured mAP, and ``DIR/detector.keras``: the trained float model, for FP32 comparisons);
+the next call returns the cached bundle at once.
+
+INT8 keeps the decode head in float (found in the graph by
+:mod:`edgeship.converters.tflite_head`: the ``5+C`` head convolution, whose channels are
+sliced into boxes and scores, and the sigmoid/softmax/grid decode after it); with them in
+INT8 the boxes lost 1.3 points of mAP@0.5:0.95 (``benchmarks/bench_detect_demo.py``).
 
 The scenes: circles, squares and triangles in saturated colours on smooth
 generated gradients (the same kind of picture ``examples/synthetic_video.py``
@@ -221,6 +226,19 @@ def mean_ap50(pred_rows: np.ndarray, truth, threshold: float = 0.05) -> float:
 # ------------------------------------------------------------------------------ train + convert
 
 
+def keras_path(workdir: str = DEFAULT_WORKDIR) -> str:
+    """Where :func:`build` saves the trained float export model (load it after :func:`build_models`)."""
+    return os.path.join(workdir, "detector.keras")
+
+
+def load_keras(workdir: str = DEFAULT_WORKDIR, settings: DetectorSettings = DetectorSettings()):
+    """The trained float export model saved by :func:`build` (its decode layer registered first)."""
+    import keras  # noqa: PLC0415
+
+    build_models(settings)  # registers the GridToBoxes layer of these settings
+    return keras.models.load_model(keras_path(workdir))
+
+
 def build(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, settings: DetectorSettings = DetectorSettings(),
           log=None) -> str:
     """Train (or reuse) the demo detector and return the path of its INT8 bundle."""
@@ -228,7 +246,8 @@ def build(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, settings: Dete
     bundle = os.path.join(workdir, "detector-int8")
     stamp = os.path.join(workdir, "detector-int8.json")
     key = settings.key()
-    if not force and os.path.isfile(stamp) and os.path.isfile(os.path.join(bundle, "manifest.json")):
+    if not force and os.path.isfile(stamp) and os.path.isfile(os.path.join(bundle, "manifest.json")) and \
+            os.path.isfile(keras_path(workdir)):
         try:
             with open(stamp, encoding="utf-8") as fh:
                 if json.load(fh).get("key") == key:
@@ -259,6 +278,7 @@ def build(workdir: str = DEFAULT_WORKDIR, *, force: bool = False, settings: Dete
                                verbose=0)
         train_s = time.perf_counter() - t1
         keras_rows = export_model.predict(xv, verbose=0, batch_size=64)
+        export_model.save(keras_path(workdir))
     keras_map = mean_ap50(keras_rows, truth_v)
     say(f"detector demo: trained in {train_s:.1f} s (val loss {hist.history['val_loss'][-1]:.3f}, "
         f"Keras mAP@0.5 {keras_map:.3f}); converting to INT8...")
