@@ -6,6 +6,11 @@ Trains the demo detector (``edgeship.demos.detector``, the settings of ``make st
 converts it twice (``precision="fp32"`` and ``"int8"``, TFLite, ``task="detection"``),
 writes held-out labelled scenes (PNG + YOLO txt, a seed never trained on) and runs
 ``edgeship eval --json`` on both bundles: mAP@0.5:0.95 and mAP@0.5 from the labels.
+
+INT8 keeps the decode head float, chosen from the graph (``edgeship.converters.tflite_head``:
+the sigmoid/softmax/grid decode and the ``5+C`` head conv whose channels are sliced into
+boxes and scores); the output's ``int8_head`` is the manifest's record of it. Measured:
+drop 1.34 points with the head in INT8 (before), 0.72 with only the decode float.
 """
 
 from __future__ import annotations
@@ -60,11 +65,13 @@ def main(argv=None) -> int:
         (m,) = r["artifacts"].values()
         out[prec] = {"map": round(m["map"], 4), "map50": round(m["map50"], 4)}
     out["drop_points_map"] = round(100 * (out["fp32"]["map"] - out["int8"]["map"]), 2)
+    with open(os.path.join(work, "int8", "manifest.json"), encoding="utf-8") as fh:
+        out["int8_head"] = (json.load(fh)["settings"].get("tflite_detection_head") or {}).get("summary")
     out["scenes"] = a.scenes
     print(json.dumps(out, indent=2) if a.json else
           f"demo detector, {a.scenes} held-out labelled scenes: mAP@0.5:0.95 FP32 {out['fp32']['map']:.3f} "
           f"INT8 {out['int8']['map']:.3f} (drop {out['drop_points_map']:.2f} points); mAP@0.5 FP32 "
-          f"{out['fp32']['map50']:.3f} INT8 {out['int8']['map50']:.3f}")
+          f"{out['fp32']['map50']:.3f} INT8 {out['int8']['map50']:.3f}; INT8 head: {out['int8_head']}")
     return 0
 
 
