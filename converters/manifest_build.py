@@ -152,6 +152,11 @@ def build_manifest(plan: ConversionPlan, mplan: ModelPlan, res: Results, *, bund
         "tools": tool_versions(),
         "settings": _settings(plan, res),
     }
+    if any(d is None for d in (res.source.inputs[0].get("shape") or [])[1:]):
+        from .dynamic_size import STRIDE  # noqa: PLC0415
+
+        # dynamic height/width (null in the shapes): the runtime runs each image at its own size
+        manifest["dynamic_size"] = {"stride": STRIDE}
     if res.layer_errors:
         manifest["validation"]["layer_errors"] = res.layer_errors
     if res.compression:

@@ -182,6 +182,7 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
             input_shape=input_shape_of(source),
             workdir=request.workdir,
             keep_head_float=request.keep_head_float,
+            dense_map=_is_dense_map(source),
         )
         info["notes"] = notes + info["notes"]
         return info
@@ -189,6 +190,15 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
         f"ONNX artifacts are written as fp32 or int8, not {precision.value}; "
         "use --formats tflite for fp16/dynamic/int16x8"
     )
+
+
+def _is_dense_map(source: Source) -> bool:
+    """A segmentation / dense-map graph (:func:`.task_infer.infer_task`): INT8 through :mod:`.seg_head`."""
+    from edgeship.vocab import Task  # noqa: PLC0415
+
+    from .task_infer import infer_task  # noqa: PLC0415
+
+    return infer_task(source)[0] is Task.SEGMENTATION
 
 
 def export_onnx_from_onnx(source: Source, request: ExportRequest) -> dict:

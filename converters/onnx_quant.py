@@ -235,9 +235,25 @@ def prepare_fp32(src_path: str, dst_path: str, *, input_shape=None, calib=None, 
 
 
 def calibration_reader(input_names: list, calib: np.ndarray, batch: int = 1, dtype=np.float32):
-    """Feeds ``calib`` in batches of the model's fixed batch size (repeating samples to fill)."""
+    """Feeds ``calib`` in batches of the model's fixed batch size (repeating samples to fill);
+    a list of arrays (batches of different sizes, for a dynamic input) is fed one by one."""
     from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
 
+    if isinstance(calib, list):
+        batches = [np.ascontiguousarray(b, dtype=dtype) for b in calib]
+
+        class _ListReader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it = iter(batches)
+
+            def get_next(self):
+                b = next(self._it, None)
+                return None if b is None else {input_names[0]: b}
+
+            def rewind(self) -> None:
+                self._it = iter(batches)
+
+        return _ListReader()
     if batch > 1 and len(calib) % batch:
         calib = np.concatenate([calib, calib[: batch - len(calib) % batch]], axis=0)
         while len(calib) % batch:  # fewer samples than one batch
@@ -314,6 +330,7 @@ def quantize_onnx(
     input_shape=None,
     workdir: str | None = None,
     keep_head_float: bool = False,
+    dense_map: bool = False,
 ) -> dict:
     """Quantize ``fp32_path`` to an INT8 QDQ model at ``out_path``.
 
@@ -321,6 +338,10 @@ def quantize_onnx(
     ``exclude``: node names or op types kept in float.
     ``keep_head_float``: keep a detector's decode head (found in the graph by
     :func:`edgeship.converters.detection_head.head_nodes`) in float.
+    ``dense_map``: a segmentation/dense-map model: rewrite decomposed blocks and keep the
+    map head float (:func:`edgeship.converters.seg_head.plan_int8`).
+    ``calib`` of a model with a dynamic height/width calibrates at several sizes
+    (:func:`edgeship.converters.dynamic_size.multi_size`); the artifact keeps them dynamic.
 
     Returns the exporter dict (format, precision, io, layout-free inputs/outputs,
     notes, extra) with the chosen activation/weight types and the reason.
@@ -355,10 +376,20 @@ def quantize_onnx(
         notes = list(prep["notes"])
         try:
             quant_pre_process(prepared, pre, skip_optimization=False)
-        except Exception as exc:  # symbolic shape inference fails on some graphs; go without it
-            notes.append(f"quant_pre_process skipped ({type(exc).__name__}: {str(exc)[:120]})")
-            shutil.copyfile(prepared, pre)
+        except Exception as exc:  # symbolic shape inference fails on some graphs (dynamic H/W); go without it
+            try:
+                quant_pre_process(prepared, pre, skip_optimization=False, skip_symbolic_shape=True)
+                notes.append(f"quant_pre_process without symbolic shape inference ({type(exc).__name__}: "
+                             f"{str(exc)[:80]})")
+            except Exception as exc2:  # noqa: BLE001 - nothing left to try: quantize the prepared model as is
+                notes.append(f"quant_pre_process skipped ({type(exc2).__name__}: {str(exc2)[:120]})")
+                shutil.copyfile(prepared, pre)
         model = onnx.load(pre)
+        dense = None
+        if dense_map:
+            from .seg_head import plan_int8_file  # noqa: PLC0415
+
+            dense = plan_int8_file(model, pre)  # rewrites ``pre`` (and ``model``) in place
         ins, _ = io_tensors(model)
         if len(ins) != 1:
             raise CalibrationError(f"calibration feeds one input; this model has {len(ins)}: "
@@ -372,6 +403,21 @@ def quantize_onnx(
         nodes_ex, ops_ex = _split_exclude(model, exclude)
         head = head_nodes(model) if keep_head_float else []
         nodes_ex = nodes_ex + [n for n in head if n not in nodes_ex]
+        if dense is not None:
+            nodes_ex = nodes_ex + [n for n in dense["float_nodes"] if n not in nodes_ex]
+        feed = calib
+        if any(d is None for d in ins[0]["shape"][1:]) and calib.ndim == 4:
+            from .dynamic_size import multi_size  # noqa: PLC0415
+
+            lay = "NCHW" if calib.shape[1] in (1, 3) and calib.shape[-1] not in (1, 3) else "NHWC"
+            dims = ins[0]["shape"][2:4] if lay == "NCHW" else ins[0]["shape"][1:3]
+            feed = multi_size(calib, lay, tuple(d is None for d in dims))
+            sizes = sorted({tuple(f.shape[2:4] if lay == "NCHW" else f.shape[1:3]) for f in feed}, reverse=True)
+            notes.append(f"dynamic input size kept; calibrated at {len(sizes)} sizes: "
+                         f"{', '.join(f'{h}x{w}' for h, w in sizes)}")
+            if method is not CalibMethod.MINMAX:
+                notes.append(f"calibration {method.value} needs one input size; minmax used for the dynamic size")
+                method = CalibMethod.MINMAX
         present = {n.op_type for n in model.graph.node}
         op_types = None
         if ops_ex:
@@ -394,7 +440,7 @@ def quantize_onnx(
             # ORT's calibrators print progress to stdout; keep stdout clean for `--json`.
             with contextlib.redirect_stdout(sys.stderr):
                 quantize_static(
-                    pre, qout, calibration_reader([ins[0]["name"]], calib, ins[0]["shape"][0] or 1),
+                    pre, qout, calibration_reader([ins[0]["name"]], feed, ins[0]["shape"][0] or 1),
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types,
                     per_channel=per_channel,
@@ -425,6 +471,8 @@ def quantize_onnx(
     )
     if head:
         notes.append(f"detection head: {describe_head(model, head)}, so boxes and scores keep their own ranges")
+    if dense is not None:
+        notes.append(f"segmentation: {dense['summary']}")
     asked = [n for n in nodes_ex if n not in head]
     if asked or ops_ex:
         notes.append(f"kept in float: nodes {asked or '-'}, op types {ops_ex or '-'}")
@@ -443,6 +491,7 @@ def quantize_onnx(
         "calibration_samples": int(len(calib)),
         "nodes_to_exclude": list(nodes_ex),
         "detection_head": {"nodes": list(head), "summary": describe_head(model, head)} if head else {},
+        **({"segmentation_head": {k: v for k, v in dense.items() if k != "float_nodes"}} if dense is not None else {}),
         "op_types_excluded": list(ops_ex),
         "opset": default_opset(qmodel),
         "quantize_linear_nodes": n_q,

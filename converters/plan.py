@@ -29,6 +29,7 @@ from edgeship.preprocess import ColorOrder, PreprocessSpec, image_layout
 from edgeship.vocab import CalibMethod, Format, IOType, Precision, Task
 
 from .choices import choice
+from .dynamic_size import dynamic_hw, dynamic_preprocess, example_fixed
 from .task_infer import decoder_spec, infer_task
 
 from . import targets as _targets
@@ -416,11 +417,16 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
     if asked and len(asked) == len(full) and asked[0] not in (None, 1):
         raise InputError(f"input_shape={tuple(asked)!r}: artifacts are written with batch 1 (Model.run runs any "
                          f"batch, one sample per invoke); pass input_shape={(1,) + tuple(asked[1:])!r}")
-    if any(d is None for d in full[1:]):
+    dyn = dynamic_hw(full, source)
+    if any(d is None for d in full[1:]) and not dyn:
         raise InputError(f"the model input {full} has dynamic dimensions; pass input_shape= (e.g. "
                          f"{tuple(1 if d is None else d for d in full)}) to fix them")
-    sample = tuple(int(d) for d in full[1:])
-    spec = _preprocess(plan.preprocess, full, source.layout)
+    if dyn and any(f is not Format.ONNX for f in plan.formats):
+        raise InputError(f"TFLite artifacts need a fixed input size but the model input {full} has a dynamic "
+                         f"height/width: pass input_shape= (e.g. {example_fixed(full)}) or formats=onnx")
+    spec = _preprocess(plan.preprocess, full, source.layout) if not dyn else dynamic_preprocess(plan.preprocess, full,
+                                                                                                 source.layout, warnings)
+    sample = tuple(int(d) for d in full[1:]) if not dyn else tuple(spec.sample_shape(source.layout))
     if spec is None and (_is_folder(plan.calib) or _is_folder(plan.eval_data)):
         spec = _model_default(full, source.layout)
         if spec is not None:

@@ -32,7 +32,8 @@ MAX_VALIDATION = 200
 MIN_VALIDATION = 8
 # Artifact notes starting with these are also returned in ConversionResult.warnings.
 WARNING_NOTE_PREFIXES = ("warning:", "slow on x86:")
-METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db", "detection_f1")
+METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db", "detection_f1",
+               "miou", "pixel_accuracy")
 
 
 # -- load source ---------------------------------------------------------------------------
@@ -229,7 +230,9 @@ def validate(plan: ConversionPlan, entry: dict, w, reference: list, data: Data, 
     if plan.max_drop is not None:
         drop = _metrics.drop_points(res)
         if drop > plan.max_drop:
-            what = "accuracy" if res.get("accuracy") is not None else "top-1 agreement with the source"
+            what = "accuracy" if res.get("accuracy") is not None else (
+                "mIoU against the source" if res.get("miou") is not None and res.get("top1_agreement") is None
+                else "top-1 agreement with the source")
             raise ValidationFailedError(
                 f"{entry['file']}: {what} dropped {drop:.1f} points on {len(data.val)} samples, more than "
                 f"max_drop={plan.max_drop}; nothing was written (try int16x8, more/better calibration data or "

@@ -7,9 +7,10 @@ convert time (never guessed from output values at run time).
   feeding one output shaped like a YOLO prediction (``[1,4+C,N]`` / ``[1,N,5+C]`` with
   ``N`` >= 100 candidates): detection;
 - one output ``[1,C]`` with ``C`` > 1: classification;
-- one 4-D output whose spatial size is the input's: a dense map; segmentation when it has
-  more than one class channel, else "other" (a probability/depth map: compared by
-  cosine/SQNR, never by a per-sample argmax);
+- one 4-D output whose spatial size is the input's (dynamic sizes included): a dense map,
+  segmentation: ``C`` > 1 class channels (argmax), or one channel (binary: a probability
+  > 0.5, or a logit > 0; e.g. the PP-OCR/DBNet text map), measured by mIoU and pixel
+  accuracy (:mod:`.task_metrics`), never by a per-sample argmax;
 - anything else: other.
 
 :func:`decoder_spec` records how a detector's output is laid out (YOLOv5 ``[1,N,5+C]``
@@ -73,10 +74,12 @@ def infer_task(source) -> tuple[Task, str]:
         layout = getattr(source, "layout", "")
         osp, isp = (o[2:], i[2:]) if layout == "NCHW" else (o[1:3], i[1:3])
         ch = o[1] if layout == "NCHW" else o[3]
-        if osp == isp:
+        if osp == isp and all(d is None or (isinstance(d, int) and d >= 8) for d in osp):
             if isinstance(ch, int) and ch > 1:
                 return Task.SEGMENTATION, f"a single {list(o)} tensor with the input's height and width and {ch} class channels"
-            return Task.OTHER, f"a single {list(o)} tensor: a dense one-channel map at the input's size (compared by cosine/SQNR)"
+            if ch == 1:
+                return Task.SEGMENTATION, (f"a single {list(o)} tensor: a dense one-channel map at the input's size "
+                                           "(binary segmentation: probability > 0.5, or logit > 0)")
     return Task.OTHER, f"tensors {[list(o) for o in outs]} are not a recognised classification, detection or segmentation layout"
 
 

@@ -13,10 +13,12 @@ import numpy as np
 
 from edgeship.vocab import Task
 
-__all__ = ["input_size_of", "detection_agreement", "COLLAPSED_F1", "SCORE_THRESHOLD"]
+__all__ = ["input_size_of", "detection_agreement", "segmentation_masks", "segmentation_agreement", "COLLAPSED_F1",
+           "COLLAPSED_MIOU", "SCORE_THRESHOLD"]
 
 SCORE_THRESHOLD = 0.25  # the usual YOLO confidence threshold
 COLLAPSED_F1 = 0.5  # an artifact that agrees on fewer detections than this has lost them
+COLLAPSED_MIOU = 0.6  # binary maps: all-background against a map with foreground scores ~0.5
 
 
 def input_size_of(x: np.ndarray, layout: str | None) -> tuple | None:
@@ -60,6 +62,56 @@ def detection_agreement(reference: list, candidate: list, input_size: tuple | No
     return out
 
 
+def segmentation_masks(outputs: np.ndarray, layout: str | None, *, probability: bool | None = None) -> tuple:
+    """``(masks [N, H, W] int, num_classes, rule)`` of a dense map batch ``[N, C, H, W]`` (NCHW) or
+    ``[N, H, W, C]``: the argmax over ``C`` classes; for one channel, binary: a probability > 0.5
+    (values within [0, 1]; ``probability`` overrides) or a logit > 0."""
+    a = np.asarray(outputs)
+    if a.ndim != 4:
+        raise ValueError(f"a segmentation map is 4-D, got {a.shape}")
+    a = np.moveaxis(a, 1, -1) if layout == "NCHW" else a
+    if a.shape[-1] == 1:
+        prob = bool(a.min() >= 0.0 and a.max() <= 1.0) if probability is None else probability
+        thr = 0.5 if prob else 0.0
+        return (a[..., 0] > thr).astype(np.int64), 2, ("probability > 0.5" if prob else "logit > 0")
+    return np.argmax(a, axis=-1), int(a.shape[-1]), "argmax over classes"
+
+
+def segmentation_agreement(reference: np.ndarray, candidate: np.ndarray, layout: str | None) -> dict | None:
+    """mIoU and pixel accuracy of the candidate's masks against the reference's (the source's),
+    over the batch; the binary rule (probability or logit) is read from the reference. None
+    when the outputs are not 4-D maps."""
+    from edgeship.metrics_segmentation import miou  # noqa: PLC0415
+
+    ref, cand = np.asarray(reference), np.asarray(candidate)
+    if ref.ndim != 4 or ref.shape != cand.shape:
+        return None
+    r, k, rule = segmentation_masks(ref, layout)
+    prob = None if k != 2 or np.shape(ref)[1 if layout == "NCHW" else -1] != 1 else rule.startswith("probability")
+    c, _, _ = segmentation_masks(cand, layout, probability=prob)
+    out = miou(list(r), list(c), k)
+    out["num_classes"] = k
+    out["rule"] = rule
+    return out
+
+
+def check_segmentation(agree: dict | None, name: str, count: int) -> None:
+    """Refuse a segmentation artifact whose masks no longer match the source's (mIoU below
+    :data:`COLLAPSED_MIOU`), whatever its cosine.
+
+    Raises:
+        ValidationFailedError: naming the mIoU.
+    """
+    from edgeship.errors import ValidationFailedError  # noqa: PLC0415
+
+    if agree is not None and agree["miou"] < COLLAPSED_MIOU:
+        raise ValidationFailedError(
+            f"{name}: its segmentation masks no longer match the source's (mIoU {agree['miou']:.3f} < "
+            f"{COLLAPSED_MIOU}, pixel accuracy {agree['pixel_accuracy']:.3f}, {agree['rule']}, on {count} samples); "
+            "try --exclude for the last layers, more representative calibration data, or a float precision"
+        )
+
+
 def is_dense(task: Task | None) -> bool:
     """Tasks whose outputs must not be read as one class per sample."""
     return task is not None and task is not Task.CLASSIFICATION
@@ -77,8 +129,8 @@ def check_dense(reference: list, results: list, task: Task | None, name: str) ->
     """
     from edgeship.errors import ValidationFailedError  # noqa: PLC0415
 
-    if not is_dense(task) or task is Task.DETECTION:
-        return
+    if not is_dense(task) or task in (Task.DETECTION, Task.SEGMENTATION):
+        return  # detections and masks are checked on their own metric (detection_agreement, check_segmentation)
     for i, (r, res) in enumerate(zip(reference, results)):
         shape = np.shape(r)
         cos = res.get("cosine")

@@ -134,6 +134,12 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
                     "validation samples, although its raw outputs may look close (cosine); "
                     "the decode head must stay in float (see the report), or use a float precision"
                 )
+    if task is not None and task.value == "segmentation":  # masks against the source's: mIoU, pixel accuracy
+        agree = task_metrics.segmentation_agreement(reference[0], cand[0].reshape(np.shape(reference[0])),
+                                                    source_layout)
+        if agree is not None:
+            out["miou"], out["pixel_accuracy"] = agree["miou"], agree["pixel_accuracy"]
+            task_metrics.check_segmentation(agree, name, len(x))
     if len(results) > 1:
         out["cosine"] = float(min(r["cosine"] for r in results))
         out["max_abs_error"] = float(max(r["max_abs_error"] for r in results))

@@ -61,4 +61,6 @@ def drop_points(metrics: dict) -> float:
         return 100.0 * (1.0 - metrics["top1_agreement"])
     if metrics.get("detection_f1") is not None:  # detectors: agreement of detections with the source
         return 100.0 * (1.0 - metrics["detection_f1"])
+    if metrics.get("miou") is not None:  # segmentation: mIoU of the masks against the source's
+        return 100.0 * (1.0 - metrics["miou"])
     return 0.0
