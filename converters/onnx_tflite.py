@@ -16,13 +16,19 @@ returns the user's own calibration samples (NHWC) and replaces the
 Both are restored afterwards (under a lock, since they are module globals).
 onnx2tf's own quantization is never used (``output_integer_quantized_tflite``
 stays off) and onnxsim, which it would run as a subprocess, is turned off.
+
+Failures (:mod:`.onnx2tf_prep`): ops onnx2tf has no converter for are rewritten when an
+exact rewrite exists (CastLike, Swish) and otherwise refused before onnx2tf runs; a
+failing conversion is retried once on a cleaned graph; what still fails is one line
+naming the node and op onnx2tf failed on, and what to try. onnx2tf's log is kept in
+memory (not printed) to find that node.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
+import shutil
 import threading
 
 import numpy as np
@@ -90,22 +96,85 @@ def _to_nhwc(x: np.ndarray, layout: str) -> np.ndarray:
 def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layout: str = "NCHW") -> dict:
     """Convert a checked, static-shape ONNX file to an NHWC SavedModel in ``out_dir``.
 
-    Returns ``{"inputs": [(name, shape)], "calls": n}`` with the SavedModel's input specs.
+    Ops onnx2tf lacks are rewritten where an exact rewrite exists (:mod:`.onnx2tf_prep`);
+    a graph with other such ops is refused before onnx2tf runs; when onnx2tf fails, it is
+    tried once more on a cleaned graph (shape inference, constant folding, clean-up).
+
+    Returns ``{"calls": n, "notes": [...]}`` (sample-data requests served locally, what was
+    rewritten or cleaned).
 
     Raises:
-        UnsupportedModelError: onnx2tf cannot convert the model.
+        UnsupportedModelError: onnx2tf cannot convert the model; one line naming the node
+            and op it failed on and what to try.
         MissingDependencyError: onnx2tf (edgeship[convert]) is not installed.
     """
     require("onnx2tf", "convert", "to convert ONNX models to TFLite")
+    import onnx  # noqa: PLC0415
     import onnx2tf  # noqa: PLC0415 - heavy, and changes global TF state at import
+
+    from . import onnx2tf_prep as prep  # noqa: PLC0415
 
     sample = None
     if calib is not None and len(calib):
         sample = _to_nhwc(np.asarray(calib[:20], np.float32), source_layout)
+    model = onnx.load(onnx_path)
+    notes = prep.rewrite_known_ops(model)
+    work = os.path.dirname(os.path.abspath(out_dir))
+    path = onnx_path
+    if notes:
+        path = os.path.join(work, "onnx2tf_rewritten.onnx")
+        onnx.save(model, path)
+    bad = prep.unsupported_nodes(model)
+    if bad:
+        raise UnsupportedModelError(_unsupported(bad))
     try:
-        with no_downloads(sample) as calls, contextlib.redirect_stdout(sys.stderr):
+        calls = _run_onnx2tf(onnx2tf, path, out_dir, sample, model)
+    except _Failure as first:
+        cleaned = os.path.join(work, "onnx2tf_cleaned.onnx")
+        try:
+            cleaning = prep.clean_graph(path, cleaned)
+        except Exception:  # noqa: BLE001 - nothing to retry with: report the first failure
+            raise UnsupportedModelError(f"{first}; {TRY}") from first.__cause__
+        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            calls = _run_onnx2tf(onnx2tf, cleaned, out_dir, sample, onnx.load(cleaned, load_external_data=False))
+        except _Failure:
+            raise UnsupportedModelError(f"{first} (also after graph clean-up: {', '.join(cleaning)}); {TRY}") \
+                from first.__cause__
+        notes.append(f"onnx2tf failed on the graph as exported ({first}); converted after graph clean-up: "
+                     f"{', '.join(cleaning)}")
+    if not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
+        raise UnsupportedModelError(f"onnx2tf wrote no SavedModel for {onnx_path}; try formats='onnx'")
+    return {"calls": calls, "notes": notes}
+
+
+TRY = "try formats='onnx' (ONNX Runtime runs the model as it is)"
+
+
+class _Failure(Exception):
+    """One failed onnx2tf run: 'onnx2tf cannot convert node X (op Y): reason'."""
+
+
+def _unsupported(bad: list) -> str:
+    name, op, domain = bad[0]
+    ops = sorted({f"{o} ({d})" if d not in ("", "ai.onnx") else o for _, o, d in bad})
+    more = f"; {len(bad) - 1} more node(s) of ops {', '.join(ops)}" if len(bad) > 1 else ""
+    where = f" of domain {domain!r}" if domain not in ("", "ai.onnx") else ""
+    return (f"onnx2tf cannot convert node {name!r} (op {op}{where}): onnx2tf {_version('onnx2tf')} has no "
+            f"converter for it{more}; {TRY}, or re-export the model without {op}")
+
+
+def _run_onnx2tf(onnx2tf, path: str, out_dir: str, sample, model) -> int:
+    """One onnx2tf run; its log is kept (not printed) to name the failing node."""
+    import io  # noqa: PLC0415
+
+    from . import onnx2tf_prep as prep  # noqa: PLC0415
+
+    log = io.StringIO()
+    try:
+        with no_downloads(sample) as calls, contextlib.redirect_stdout(log):
             onnx2tf.convert(
-                input_onnx_file_path=onnx_path,
+                input_onnx_file_path=path,
                 output_folder_path=out_dir,
                 non_verbose=True,
                 not_use_onnxsim=True,
@@ -113,15 +182,15 @@ def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layo
                 copy_onnx_input_output_names_to_tflite=False,
                 output_integer_quantized_tflite=False,
             )
+        return len(calls)
     except CalibrationError:
         raise
-    except SystemExit as exc:  # onnx2tf calls sys.exit(1) on some errors
-        raise UnsupportedModelError(f"onnx2tf could not convert {onnx_path} (exit {exc.code})") from None
-    except Exception as exc:
-        raise UnsupportedModelError(f"onnx2tf could not convert {onnx_path} ({type(exc).__name__}: {exc})") from exc
-    if not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
-        raise UnsupportedModelError(f"onnx2tf wrote no SavedModel for {onnx_path}")
-    return {"calls": len(calls)}
+    except (Exception, SystemExit) as exc:  # onnx2tf calls sys.exit(1) on some errors
+        name, op = prep.failed_node(exc, model, log.getvalue())
+        reason = prep.log_reason(log.getvalue()) or (
+            f"onnx2tf exited with {exc.code}" if isinstance(exc, SystemExit) else prep.reason_of(exc))
+        where = f"node {name!r} (op {op})" if name and op else f"node {name!r}" if name else os.path.basename(path)
+        raise _Failure(f"onnx2tf cannot convert {where}: {reason}") from (None if isinstance(exc, SystemExit) else exc)
 
 
 def _saved_model_fn(sm_dir: str):
@@ -169,7 +238,7 @@ def onnx_to_tflite(onnx_path: str, out_path: str, *, calib=None, source_layout: 
             f"onnx2tf produced input shape {sm_shape}, calibration samples are {list(calib_nhwc.shape[1:])} "
             "after NCHW->NHWC; the model's input could not be mapped to NHWC"
         )
-    notes = [f"ONNX -> TensorFlow with onnx2tf (inputs {source_layout} -> NHWC {sm_shape})"] + prep["notes"]
+    notes = [f"ONNX -> TensorFlow with onnx2tf (inputs {source_layout} -> NHWC {sm_shape})"] + prep["notes"] + conv["notes"]
     float_err = None
     if calib is not None and len(calib):
         ort = require("onnxruntime", "convert")
