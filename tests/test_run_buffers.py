@@ -100,3 +100,22 @@ def test_invoke_into_writes_the_interpreters_buffer_and_survives_a_failing_write
         assert kept.value.__traceback__ is not None
         np.testing.assert_array_equal(backend.invoke_into(write)[0], want)
         np.testing.assert_array_equal(m.run(q)[name], m.run(a)[name])
+
+
+def test_predict_from_several_threads_equals_serial(bundles):
+    """predict's fused path writes into the one interpreter's input tensor under the model's lock: concurrent
+    calls give each frame its own result."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, (20 + i, 18 + 2 * i, 3), dtype=np.uint8) for i in range(12)]
+    with rt.load(bundles["int8"]) as m:
+        name = m.outputs[0].name
+        serial = [m.predict(f)[name] for f in frames]
+        assert len({s.tobytes() for s in serial}) > 1  # different frames, different results
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                got = list(pool.map(lambda f: m.predict(f)[name], frames))
+                for g, s in zip(got, serial):
+                    np.testing.assert_array_equal(g, s)
