@@ -45,7 +45,9 @@ class Model:
     Thread safety: one TFLite interpreter must not run two calls at once, so
     ``run``/``predict``/``classify`` hold a lock around the engine call
     (setting inputs, invoking, reading outputs) while preparing inputs and
-    post-processing outputs outside it. Calls from several threads are
+    post-processing outputs outside it (``predict``'s fused path resizes
+    outside it and writes colour + table into the input tensor inside it,
+    which replaces the input copy). Calls from several threads are
     therefore safe but run one at a time on the engine; for parallel
     throughput load one ``Model`` per thread. Backends that declare
     ``thread_safe = True`` (ONNX Runtime) skip the lock.
