@@ -44,8 +44,10 @@ def head_nodes(model, *, max_fraction: float = 0.25) -> list:
         for out in node.output:
             producer[out] = node
     inits = {i.name for i in graph.initializer}
+    graph_inputs = {i.name for i in graph.input} - inits
     seen: set = set()
     head: set = set()
+    learned: list = []  # the learned layers that bound the walk
     stack = [producer[o.name] for o in graph.output if o.name in producer]
     while stack:
         node = stack.pop()
@@ -57,23 +59,43 @@ def head_nodes(model, *, max_fraction: float = 0.25) -> list:
             src = producer.get(node.input[0]) if node.input else None
             # a conv whose data comes from a softmax (DFL: expectation over bins) is decode
             if src is None or src.op_type not in ("Softmax", "Transpose"):
+                learned.append(node)
                 continue
             if src.op_type == "Transpose":
                 up = producer.get(src.input[0])
                 if up is None or up.op_type != "Softmax":
+                    learned.append(node)
                     continue
         elif node.op_type not in DECODE_OPS:
+            learned.append(node)
             continue
+        if any(i in graph_inputs for i in node.input):
+            return []  # decode ops all the way from the input: not a head
         head.add(key)
         for name in node.input:
             if name and name not in inits and name in producer:
                 stack.append(producer[name])
-    if not head or len(head) > max_fraction * max(1, len(graph.node)):
+    # a small detector's decode can be most of its graph: the fraction applies only to a walk
+    # that no learned layer bounded
+    if not head or (not learned and len(head) > max_fraction * max(1, len(graph.node))):
         return []
     # a head that is only reshapes/identity carries no mixing: nothing to keep in float
     ops = {n.op_type for n in graph.node if id(n) in head}
     if not ops & {"Concat", "Sigmoid", "Softmax", "Mul", "Add", "Sub", "Div", "Exp"}:
         return []
+    # a last conv whose output channels are sliced apart into boxes and scores (one 5+C conv)
+    # gives both one INT8 output scale: it is part of the mixed-range failure, kept float too
+    users: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    for n in learned:
+        if n.op_type != "Conv":
+            continue
+        outs = [u for o in n.output for u in users.get(o, [])]
+        if outs and all(id(u) in head for u in outs) and (
+                sum(u.op_type == "Slice" for u in outs) >= 2 or any(u.op_type == "Split" for u in outs)):
+            head.add(id(n))
     return [n.name for n in graph.node if id(n) in head and n.name]
 
 
