@@ -106,6 +106,10 @@ def add_nms(src: str, dst: str, layout: str, *, iou: float = 0.45, score: float 
                              h.make_tensor_value_info("det_boxes", T.FLOAT, [1, "K", 4]),
                              h.make_tensor_value_info("det_scores", T.FLOAT, [1, "K"]),
                              h.make_tensor_value_info("det_classes", T.INT64, [1, "K"])])
+    used = {i for node in g.node for i in node.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
     onnx.checker.check_model(model)
     onnx.save(model, dst)
     return dst

@@ -134,3 +134,25 @@ def test_failed_node_reads_onnx2tf_names_back():
     assert failed_node(exc, model) == ("/model.22/act:0", "Relu")
     assert reason_of(exc) == "ValueError: Dimensions must be equal, but are 3 and 4"
     assert failed_node(RuntimeError("x"), model, "ERROR: onnx_op_name: /model.22/act:0\n") == ("/model.22/act:0", "Relu")
+
+
+def test_swish_rewrite_computes_the_same_in_onnx_runtime():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from edgeship.converters.onnx2tf_prep import rewrite_known_ops, unsupported_nodes
+
+    g = h.make_graph([h.make_node("Swish", ["x"], ["y"], name="act/swish", alpha=0.5)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, 64])], [h.make_tensor_value_info("y", T.FLOAT, [1, 64])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 24)])
+    m.ir_version = 10
+    x = {"x": RNG.normal(0, 3, (1, 64)).astype(np.float32)}
+    run = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]  # noqa: E731
+    before = run(m)
+    assert [op for _, op, _ in unsupported_nodes(m)] == ["Swish"]
+    assert rewrite_known_ops(m) == ["onnx2tf has no Swish: 1 node(s) rewritten into Mul(x, Sigmoid(alpha*x))"]
+    onnx.checker.check_model(m)
+    assert unsupported_nodes(m) == []
+    np.testing.assert_allclose(run(m), before, rtol=1e-6, atol=1e-6)
