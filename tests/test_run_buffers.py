@@ -119,3 +119,17 @@ def test_predict_from_several_threads_equals_serial(bundles):
                 got = list(pool.map(lambda f: m.predict(f)[name], frames))
                 for g, s in zip(got, serial):
                     np.testing.assert_array_equal(g, s)
+
+
+def test_predict_after_a_larger_batch_still_matches(bundles, digits):
+    """run() of 8 samples resizes a dynamic-batch interpreter; predict then goes through run() once (batch back
+    to 1) and writes into the input tensor again: the same result every time."""
+    pytest.importorskip("cv2")
+    frame = np.random.default_rng(9).integers(0, 256, (30, 26, 3), dtype=np.uint8)
+    with rt.load(bundles["int8"]) as m:
+        name = m.outputs[0].name
+        first = m.predict(frame)[name]
+        assert m.inputs[0].shape[0] is None  # the .tflite's batch axis is dynamic
+        assert m.run(np.asarray(digits[0][:8], np.float32))[name].shape[0] == 8
+        for _ in range(2):
+            np.testing.assert_array_equal(m.predict(frame)[name], first)
