@@ -140,3 +140,57 @@ def test_onnx_auto_fallback_on_real_yolov8_keeps_the_head_float(tmp_path):
     assert not head & set(res.denylist)
     _head_is_float(res.model, sens.head)
     assert res.metrics["detection_f1"] >= 0.9, res.metrics
+
+
+def test_int8_onnx_demo_detector_keeps_its_head_and_its_map(demo_detector, tmp_path, capfd):
+    """The ONNX path (Keras -> tf2onnx -> QDQ) finds the small detector's head too (17 of 29 nodes)."""
+    from edgeship.cli import main
+    from edgeship.converters import convert
+
+    mod, int8_bundle, _ = demo_detector
+    s = mod.DetectorSettings()
+    model = mod.load_keras(os.path.dirname(int8_bundle), s)
+    x, _, _ = mod.make_dataset(64, s, s.seed + 5)
+    kw = dict(preprocess=mod.preprocess_spec(s), labels=list(mod.LABELS), task="detection", formats=("onnx",),
+              force=True)
+    convert(model, str(tmp_path / "fp32"), precision="fp32", **kw)
+    r = convert(model, str(tmp_path / "int8"), precision="int8", calib=x, **kw)
+    q = r.manifest["settings"]["onnx_quantization"]["detection_head"]
+    assert "Conv x1" in q["summary"] and "Sigmoid x1" in q["summary"] and "Softmax x1" in q["summary"]
+    assert "detector_1/head_1/BiasAdd" in q["nodes"] or any("head" in n for n in q["nodes"])
+    art = r.manifest["artifacts"][0]
+    _head_is_float(os.path.join(r.bundle, art["file"]), q["nodes"])
+    folder = _write_scenes(str(tmp_path / "val"), mod, SCENES)
+    fp32, int8 = _eval(main, capfd, str(tmp_path / "fp32"), folder), _eval(main, capfd, str(tmp_path / "int8"), folder)
+    assert 100 * (fp32["map"] - int8["map"]) <= 1.0, (fp32["map"], int8["map"])
+
+
+def test_tflite_fallback_attempts_keep_the_demo_detector_head_float(demo_detector, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeship.converters import registry
+    from edgeship.converters.refine.tflite import TfliteLayerErrors
+    from edgeship.vocab import IOType, Precision
+
+    mod, int8_bundle, _ = demo_detector
+    s = mod.DetectorSettings()
+    model = mod.load_keras(os.path.dirname(int8_bundle), s)
+    x, _, _ = mod.make_dataset(32, s, s.seed + 5)
+    registry.load_plugins()
+    _, loader = registry.find_loader(model)
+    source = loader(model)
+    req = registry.ExportRequest(precision=Precision.INT8, io=IOType.INT8, calib=x, out_path=str(tmp_path / "m.tflite"),
+                                 workdir=str(tmp_path), keep_head_float=True)
+    sens = TfliteLayerErrors(source, req, samples=8)
+    assert sens.head and "CONV_2D x1" in sens.head_summary
+    head = set(sens.head)
+    assert not head & {c.tensor for c in sens.candidates()}
+    first = sens.candidates()[0]
+    deny = sens.new_members(first, [])
+    assert deny and not head & set(deny)
+    it = Interpreter(model_path=sens.quantize_file(deny))
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in it.get_tensor_details()}
+    convs = [op for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]  # noqa: SLF001
+    assert str(dtypes[int(convs[-1]["inputs"][1])]) == "float32"  # the 5+C head conv, in every attempt
+    assert it.get_output_details()[0]["dtype"] == np.float32
+    assert it.get_input_details()[0]["dtype"] == np.int8  # the requested integer input is kept
