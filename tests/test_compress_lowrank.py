@@ -46,7 +46,7 @@ def test_exact_low_rank_kernels_are_factorized_without_changing_outputs(flavor):
     x = np.random.default_rng(1).uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
     for model in _models(km):
         _low_rank_kernels(model, 6)
-        res = factorize_keras(model, rank="auto", energy=0.99999)
+        res = factorize_keras(model, rank=6)
         assert {r["name"]: r["rank"] for r in res.layers} == {"c2": 6, "fc": 6}  # c1: < 1024 weights; logits: output
         assert {s["name"] for s in res.skipped} == {"c1", "logits"}
         np.testing.assert_allclose(np.asarray(res.model(x)), np.asarray(model(x)), atol=2e-5)
@@ -55,6 +55,59 @@ def test_exact_low_rank_kernels_are_factorized_without_changing_outputs(flavor):
         assert res.params_after < res.params_before and res.macs_after < res.macs_before
         assert res.macs_after == count_macs(res.model)
         assert type(res.model).__module__.split(".")[0] == type(model).__module__.split(".")[0]
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_auto_factorizes_only_where_it_cuts_the_layers_macs_enough(flavor):
+    km = pytest.importorskip(flavor)
+    from edgeship.converters.compress.lowrank import AUTO_MIN_SAVED_MACS_PER_POSITION
+
+    for model in _models(km):
+        _low_rank_kernels(model, 6)
+        res = factorize_keras(model, rank="auto", energy=0.99999)
+        assert [r["name"] for r in res.layers] == ["fc"]  # 6 x (1024 + 64) of 1024 x 64 MACs
+        why = {s["name"]: s["reason"] for s in res.skipped}
+        # c2 at rank 6 has fewer MACs, but saves less than one extra op costs at this size
+        assert f"auto needs {AUTO_MIN_SAVED_MACS_PER_POSITION:,} per op" in why["c2"]
+        assert res.layers[0]["macs_after"] <= 0.5 * res.layers[0]["macs_before"]
+    dense = km.Sequential([km.Input((8,)), km.layers.Dense(256, activation="relu", name="d"),
+                           km.layers.Dense(10, name="o")])
+    _low_rank_kernels(dense, 6)
+    with pytest.raises(UnsupportedModelError, match=r"d: svd rank 6 keeps 0.77x of the layer's 2,048 MACs"):
+        factorize_keras(dense, rank="auto", energy=0.99999)  # 6 x (8 + 256) MACs is not half of 8 x 256
+
+
+def _tucker_model(km, r_in: int, r_out: int, seed: int = 0):
+    """A 3x3 128 -> 128 convolution at 8x8 whose kernel has channel ranks (r_in, r_out)."""
+    model = km.Sequential([km.Input((8, 8, 128)), km.layers.Conv2D(128, 3, padding="same", activation="relu", name="c"),
+                           km.layers.GlobalAveragePooling2D(name="gap"), km.layers.Dense(10, name="o")])
+    rng = np.random.default_rng(seed)
+    core = rng.normal(size=(3, 3, r_in, r_out))
+    w = np.einsum("hwab,ia,ob->hwio", core, rng.normal(size=(128, r_in)), rng.normal(size=(128, r_out))) * 0.01
+    c = model.get_layer("c")
+    c.set_weights([w.astype(np.float32), c.get_weights()[1]])
+    return model
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_tucker2_keeps_outputs_at_full_rank_and_auto_picks_it_where_it_cuts_macs(flavor):
+    km = pytest.importorskip(flavor)
+    x = np.random.default_rng(1).uniform(0, 1, (2, 8, 8, 128)).astype(np.float32)
+    model = _tucker_model(km, 128, 128)
+    full = factorize_keras(model, rank=128, conv_method="tucker2")  # full rank: the same function
+    assert [(r["name"], r["method"], r["rank"]) for r in full.layers] == [("c", "tucker2", [128, 128])]
+    assert [layer.name for layer in full.model.layers] == ["c_lr_in", "c_lr", "c", "gap", "o"]
+    np.testing.assert_allclose(np.asarray(full.model(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-5)
+    low = factorize_keras(model, rank=32, conv_method="tucker2")
+    assert low.macs_after < 0.3 * low.macs_before and low.params_after < low.params_before
+    # a kernel of channel ranks (4, 4): auto picks Tucker-2 (1x1 to 4, 3x3 4 -> 4, 1x1 to 128) over SVD, exactly
+    model = _tucker_model(km, 4, 4)
+    res = factorize_keras(model, rank="auto", energy=0.99999)
+    row = res.layers[0]
+    assert (row["method"], row["rank"]) == ("tucker2", [4, 4]) and row["macs_after"] < 0.05 * row["macs_before"]
+    np.testing.assert_allclose(np.asarray(res.model(x)), np.asarray(model(x)), rtol=1e-3, atol=1e-4)
+    svd = factorize_keras(model, rank="auto", energy=0.99999, conv_method="svd").layers[0]
+    assert svd["method"] == "svd" and svd["macs_after"] > row["macs_after"]
 
 
 def test_rank_choice_by_energy_and_by_cap():
@@ -83,11 +136,15 @@ def test_options_are_refused_before_the_model_is_loaded(tmp_path):
 
 
 @pytest.mark.slow
-def test_convert_low_rank_auto_fine_tunes_and_records_each_stage(pruning_cnn_file, digits16, tmp_path):
+def test_convert_low_rank_fine_tunes_and_records_each_stage(pruning_cnn_file, digits16, tmp_path):
     xtr, ytr = digits16["train"]
     xev, yev = digits16["eval"]
+    with pytest.raises(UnsupportedModelError, match=r"fc1: svd rank \d+ keeps 0.\d+x of the layer's 12,800 MACs"):
+        # auto: this CNN's layers are too small for an extra op to pay (fc1 is 400 x 32)
+        convert(pruning_cnn_file, tmp_path / "a", calib=xtr[:200], eval_data=(xev, yev),
+                compress=CompressOptions(low_rank="auto"), train_data=(xtr, ytr))
     res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev),
-                  compress=CompressOptions(low_rank="auto", low_rank_epochs=2), train_data=(xtr, ytr))
+                  compress=CompressOptions(low_rank=8, low_rank_epochs=2), train_data=(xtr, ytr))
     comp = res.manifest["compression"]
     assert comp["order"] == ["distill", "low_rank", "prune", "qat"]
     rows = {r["stage"]: r for r in comp["stages"]}
@@ -101,7 +158,7 @@ def test_convert_low_rank_auto_fine_tunes_and_records_each_stage(pruning_cnn_fil
     report = (tmp_path / "b" / "report.md").read_text()
     assert "## Compression" in report and "low_rank" in report
     html = (tmp_path / "b" / "report.html").read_text()
-    assert "Compression stages: accuracy vs MACs" in html
+    assert "Compression stages: accuracy vs" in html
     on_disk = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert on_disk["compression"]["stages"] == comp["stages"]
 
@@ -178,13 +235,13 @@ def test_cli_compression_flags_in_cli_words(capfd, digits_cnn_file, digits, tmp_
 
 
 @pytest.mark.slow
-def test_cli_low_rank_auto_writes_the_compression_block(capfd, pruning_cnn_file, digits16, tmp_path):
+def test_cli_low_rank_writes_the_compression_block(capfd, pruning_cnn_file, digits16, tmp_path):
     from edgeship.cli import main
 
     xtr, ytr = digits16["train"]
     np.savez(tmp_path / "t.npz", x=xtr, y=ytr)
     out = tmp_path / "o"
-    assert main(["convert", pruning_cnn_file, "-o", str(out), "--calib", str(tmp_path / "t.npz"), "--low-rank", "auto",
-                 "--low-rank-energy", "0.8", "--low-rank-epochs", "1", "--train-data", str(tmp_path / "t.npz")]) == 0
+    assert main(["convert", pruning_cnn_file, "-o", str(out), "--calib", str(tmp_path / "t.npz"), "--low-rank", "8",
+                 "--low-rank-epochs", "1", "--train-data", str(tmp_path / "t.npz")]) == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m["compression"]["low_rank"]["energy"] == 0.8 and m["compression"]["low_rank"]["epochs"] == 1
+    assert m["compression"]["low_rank"]["rank"] == 8 and m["compression"]["low_rank"]["epochs"] == 1

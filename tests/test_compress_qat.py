@@ -133,8 +133,8 @@ def test_all_stages_compose_in_the_documented_order(pruning_cnn_file, digits16, 
     xev, yev = digits16["eval"]
     res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:100], eval_data=(xev, yev), train_data=(xtr, ytr),
                   prune=0.5, prune_epochs=1,
-                  compress=CompressOptions(distill=True, student_width=0.75, distill_epochs=1, low_rank="auto",
-                                           low_rank_energy=0.95, low_rank_epochs=1, qat=True, qat_epochs=1))
+                  compress=CompressOptions(distill=True, student_width=0.75, distill_epochs=1, low_rank=8,
+                                           low_rank_epochs=1, qat=True, qat_epochs=1))
     comp = res.manifest["compression"]
     assert [r["stage"] for r in comp["stages"]] == ["source", "distill", "low_rank", "qat", "export model.int8.tflite"]
     assert "prune-preserving" in comp["qat"]["method"] and "Dense weights left to the converter" in comp["qat"]["method"]
