@@ -14,6 +14,9 @@ types and stops at the last convolutions (which stay INT8: each has its own
 output scale). The DFL 1x1 conv fed by a softmax is part of the decode, not
 a learned last conv. The walk is purely structural (op types and edges), so it
 is the same on every conversion and is recorded by node name in the manifest.
+A walk bounded by learned layers is a head whatever its share of the graph (a small
+detector's decode can be most of it); a last conv whose output is sliced into box and
+score channels (one ``5+C`` conv) stays float with the decode, as in :mod:`.tflite_head`.
 """
 
 from __future__ import annotations
