@@ -39,8 +39,8 @@ def detection_agreement(reference: list, candidate: list, input_size: tuple | No
     from .task_infer import decoder_spec  # noqa: PLC0415
 
     dec = decoder or decoder_spec([np.shape(r) for r in reference], input_size)
-    if dec is None:
-        return None
+    if dec is None or dec.get("format") == "nms_indices":
+        return None  # selected_indices [K,3] of several samples, stacked, no longer say which sample a row is of
     n = len(reference[0])
 
     def dets(outs, i):

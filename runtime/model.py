@@ -346,7 +346,9 @@ class Model:
           threshold: Minimum score of a detection.
           iou: NMS overlap above which the weaker box of a class is dropped.
           max_detections: Most detections returned.
-          format: ``auto``, ``ssd``, ``ssd_raw``, ``yolo``, ``yolov5`` or ``yolov8``.
+          format: ``auto`` (the manifest's decoder spec, else from the output shapes), ``ssd``,
+            ``ssd_raw``, ``yolo``, ``yolov5``, ``yolov8``, ``end2end``, ``blazeface``, or, for
+            exports with NMS inside, ``nms`` / ``nms_indices``.
           anchors: ``[A, 4]`` anchors for ``ssd_raw`` outputs.
 
         Returns:

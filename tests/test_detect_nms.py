@@ -322,3 +322,13 @@ def test_per_sample_outputs_of_different_sizes_stack_with_zero_padding():
     out = concat_ragged([a, b])
     assert out.shape == (2, 5, 4) and out[0, 2:].sum() == 0 and out[1].min() == 2
     assert concat_ragged([np.zeros((2, 3)), np.zeros((4, 3))]).shape == (6, 3)  # same trailing dims: as before
+
+
+def test_validation_does_not_misread_stacked_selected_indices():
+    """selected_indices of several samples, stacked, cannot be split per sample: no F1 from them."""
+    from edgeship.converters.task_metrics import detection_agreement
+
+    sel = np.array([[0, 0, 1], [0, 1, 0], [0, 0, 2]])
+    boxes, scores = np.ones((3, 4, 4), np.float32), np.ones((3, 2, 4), np.float32)
+    ref = [sel, boxes, scores]
+    assert detection_agreement(ref, ref, (640, 640), {"format": "nms_indices"}) is None
