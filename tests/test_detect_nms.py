@@ -304,6 +304,9 @@ def test_converted_nms_export_detects_through_model_detect(exports, images, tmp_
     assert man["task"] == "detection"
     assert man["decoder"]["format"] == "nms" and man["decoder"]["units"] == "pixels"
     assert man["decoder"]["outputs"]["boxes"] == "det_boxes"
+    # validation decoded the per-frame detections (K differs per frame: stacked zero-padded)
+    (val,) = man["validation"]["artifacts"].values()
+    assert val["detection_f1"] == 1.0
     raw = _session(real_file("yolov8_fall.onnx"))
     with runtime.load(str(out)) as model:
         for i, img in enumerate(images):
