@@ -48,6 +48,7 @@ def _eval(main, capfd, bundle: str, folder: str) -> dict:
     return m
 
 
+@pytest.mark.slow
 def test_int8_demo_detector_map_is_within_one_point_of_fp32_by_edgeship_eval(demo_detector, tmp_path, capfd):
     from edgeship.cli import main
     from edgeship.converters import convert
@@ -97,6 +98,7 @@ def _head_is_float(path: str, head: list) -> None:
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+@pytest.mark.slow
 def test_onnx_auto_fallback_on_real_yolov8_keeps_the_head_float(tmp_path):
     """The fallback loop over the real YOLOv8: one attempt (small calibration), the head stays float throughout."""
     import onnxruntime as ort
@@ -142,6 +144,7 @@ def test_onnx_auto_fallback_on_real_yolov8_keeps_the_head_float(tmp_path):
     assert res.metrics["detection_f1"] >= 0.9, res.metrics
 
 
+@pytest.mark.slow
 def test_int8_onnx_demo_detector_keeps_its_head_and_its_map(demo_detector, tmp_path, capfd):
     """The ONNX path (Keras -> tf2onnx -> QDQ) finds the small detector's head too (17 of 29 nodes)."""
     from edgeship.cli import main
@@ -165,6 +168,7 @@ def test_int8_onnx_demo_detector_keeps_its_head_and_its_map(demo_detector, tmp_p
     assert 100 * (fp32["map"] - int8["map"]) <= 1.0, (fp32["map"], int8["map"])
 
 
+@pytest.mark.slow
 def test_tflite_fallback_attempts_keep_the_demo_detector_head_float(demo_detector, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
