@@ -139,6 +139,7 @@ def describe_attempts(attempts: list) -> str:
 
 
 def best_attempt(attempts: list) -> dict:
-    """The attempt with the smallest drop after the baseline (the baseline when none ran)."""
-    done = [a for a in attempts[1:] if a.get("drop_points") is not None]
+    """The attempt with the smallest drop, the baseline (plain INT8, nothing in float) included:
+    when every attempt made it worse, the best is to keep nothing in float, and the message says so."""
+    done = [a for a in attempts if a.get("drop_points") is not None]
     return min(done or attempts[:1], key=lambda a: a["drop_points"])
