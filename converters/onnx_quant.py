@@ -367,18 +367,20 @@ def quantize_onnx(
     resolved, scheme = scheme_for_target(target)
     method = CalibMethod(calib_method)
     own_tmp = workdir is None
-    work = tempfile.mkdtemp(prefix="edgeship-onnxq-") if own_tmp else workdir
+    work = tempfile.mkdtemp(prefix="edgeship-onnxq-") if own_tmp else os.path.abspath(workdir)
     try:
         prepared = os.path.join(work, "q_prepared.onnx")
         pre = os.path.join(work, "q_preprocessed.onnx")
         qout = os.path.join(work, "q_int8.onnx")
         prep = prepare_fp32(fp32_path, prepared, input_shape=input_shape, calib=calib, per_channel=per_channel)
         notes = list(prep["notes"])
-        try:
-            quant_pre_process(prepared, pre, skip_optimization=False)
+        try:  # in ``work``: a failing symbolic shape inference saves sym_shape_infer_temp.onnx in the cwd
+            with contextlib.chdir(work):
+                quant_pre_process(prepared, pre, skip_optimization=False)
         except Exception as exc:  # symbolic shape inference fails on some graphs (dynamic H/W); go without it
             try:
-                quant_pre_process(prepared, pre, skip_optimization=False, skip_symbolic_shape=True)
+                with contextlib.chdir(work):
+                    quant_pre_process(prepared, pre, skip_optimization=False, skip_symbolic_shape=True)
                 notes.append(f"quant_pre_process without symbolic shape inference ({type(exc).__name__}: "
                              f"{str(exc)[:80]})")
             except Exception as exc2:  # noqa: BLE001 - nothing left to try: quantize the prepared model as is
