@@ -208,7 +208,9 @@ def test_converted_fp32_bundle_through_edgeship_run(tmp_path, capfd):
     """`edgeship convert` to an FP32 ONNX bundle; `edgeship run` on two photos. A conversion that keeps the
     dynamic dims runs each photo at its own size; one that needs --input-shape runs both at that size."""
     src, out = real_file(OCR), tmp_path / "ocr"
-    base = ("convert", src, "-o", out, "--formats", "onnx", "--precision", "fp32", "--calib", "random")
+    # 8 random samples: FP32 needs no calibration, and the default 300 at 640x640 cost ~12 GB of RAM here
+    base = ("convert", src, "-o", out, "--formats", "onnx", "--precision", "fp32", "--calib", "random",
+            "--calib-count", "8")
     rc, _, err = cli_capture(capfd, *base)
     if rc != 0:
         assert "--input-shape" in one_error_line(err)
