@@ -106,6 +106,10 @@ def add_nms(src: str, dst: str, layout: str, *, iou: float = 0.45, score: float 
                              h.make_tensor_value_info("det_boxes", T.FLOAT, [1, "K", 4]),
                              h.make_tensor_value_info("det_scores", T.FLOAT, [1, "K"]),
                              h.make_tensor_value_info("det_classes", T.INT64, [1, "K"])])
+    for node in g.node:  # exporters name every node
+        if not node.name and node.output[0].startswith("nms/") or node.output[0] in (
+                "boxes", "scores", "labels", "selected_indices", "num_dets", "det_boxes", "det_scores", "det_classes"):
+            node.name = node.name or f"/nms/{node.op_type}_{node.output[0].replace('nms/', '')}"
     used = {i for node in g.node for i in node.input}
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
