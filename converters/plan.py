@@ -424,8 +424,10 @@ def bind(plan: ConversionPlan, source) -> ModelPlan:
     if dyn and any(f is not Format.ONNX for f in plan.formats):
         raise InputError(f"TFLite artifacts need a fixed input size but the model input {full} has a dynamic "
                          f"height/width: pass input_shape= (e.g. {example_fixed(full)}) or formats=onnx")
-    spec = _preprocess(plan.preprocess, full, source.layout) if not dyn else dynamic_preprocess(plan.preprocess, full,
-                                                                                                 source.layout, warnings)
+    if dyn:
+        spec = dynamic_preprocess(plan.preprocess, full, source.layout, warnings)
+    else:
+        spec = _preprocess(plan.preprocess, full, source.layout)
     sample = tuple(int(d) for d in full[1:]) if not dyn else tuple(spec.sample_shape(source.layout))
     if spec is None and (_is_folder(plan.calib) or _is_folder(plan.eval_data)):
         spec = _model_default(full, source.layout)

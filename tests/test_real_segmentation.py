@@ -58,8 +58,9 @@ def test_task_inferred_segmentation_and_int8_validated_by_miou_not_refused(bundl
     assert any("task= segmentation inferred" in w for w in res.warnings)
     v = man["validation"]["artifacts"]["model.int8.onnx"]
     assert v["top1_agreement"] is None  # a map is not one class per sample
-    # the INT8 masks agree with the source's on held-out photos (0.74 measured at 480); plain quantize_static and edgeship
-    # without the seg_head rewrite give mIoU ~0.50 (all text lost), which convert refuses (< 0.6)
+    # the INT8 masks agree with the source's on held-out photos (0.74 measured at 480); plain
+    # quantize_static and edgeship without the seg_head rewrite give mIoU ~0.50 (all text lost),
+    # which convert refuses (< 0.6)
     assert v["miou"] >= 0.7 and v["pixel_accuracy"] >= 0.99, v
     q = man["settings"]["onnx_quantization"]["segmentation_head"]
     assert q["rewrites"]["hardswish"] == 24 and q["rewrites"]["folded_affine"] > 0
