@@ -339,3 +339,32 @@ def test_validation_does_not_misread_stacked_selected_indices():
     boxes, scores = np.ones((3, 4, 4), np.float32), np.ones((3, 2, 4), np.float32)
     ref = [sel, boxes, scores]
     assert detection_agreement(ref, ref, (640, 640), {"format": "nms_indices"}) is None
+
+
+@pytest.mark.slow
+def test_int8_onnx_of_an_nms_export_keeps_its_detections(exports, images, tmp_path):
+    """INT8 ONNX of the end-to-end export (the decode head and the NMS post-process stay float):
+    its detections through Model.detect agree with FP32's numpy NMS on held-out photos/frames."""
+    import edgeship
+    from edgeship import runtime
+    from edgeship.metrics_detection import match_f1
+
+    spec = PreprocessSpec(**YOLO_SPEC)
+    calib = np.concatenate([spec.to_input(f, layout="NCHW") for f in video_frames(range(5, 320, 10))])
+    out = tmp_path / "int8"
+    edgeship.convert(exports["trt"], str(out), precision="int8", formats="onnx", calib=calib,
+                     preprocess=dict(YOLO_SPEC), labels=list(LABELS))
+    man = json.loads((out / "manifest.json").read_text())
+    (val,) = man["validation"]["artifacts"].values()
+    assert val["detection_f1"] >= 0.9
+    raw = _session(real_file("yolov8_fall.onnx"))
+    ref, got = [], []
+    with runtime.load(str(out)) as model:
+        assert model.artifact["precision"] == "int8"
+        for img in images:  # photos and frames 100/300/500: none is a calibration frame (5, 15, ..., 315)
+            (pred,) = raw.run(None, {"images": spec.to_input(img, layout="NCHW")})
+            ref.append(D.postprocess([pred], (img.shape[1], img.shape[0]), spec=spec, threshold=0.25,
+                                     format="yolov8", labels=LABELS))
+            got.append(model.detect(img, threshold=0.25))
+    assert sum(len(r) for r in ref) >= 10
+    assert match_f1(ref, got)["f1"] >= 0.9
