@@ -58,10 +58,10 @@ def test_unlabelled_data_trains_on_soft_targets_alone(pruning_cnn_file, digits16
     xev, yev = digits16["eval"]
     student = derive_student(teacher, 0.5)
     before = float(np.mean(np.argmax(student.predict(xev, verbose=0), -1) == np.argmax(teacher.predict(xev, verbose=0), -1)))
-    res = distill(teacher, student, (xtr, None), val=(xev, yev), epochs=3, temperature=4.0, alpha=0.3)
+    res = distill(teacher, student, (xtr, None), val=(xev, yev), epochs=15, temperature=4.0, alpha=0.3)
     rec = res.record
     assert rec["labelled"] is False and rec["alpha"] == 0.0 and "labels_only_accuracy" not in rec
-    assert len(res.history) == 3 and res.history[-1]["loss"] < res.history[0]["loss"]
+    assert len(res.history) == 15 and res.history[-1]["loss"] < res.history[0]["loss"]
     after = float(np.mean(np.argmax(student.predict(xev, verbose=0), -1) == np.argmax(teacher.predict(xev, verbose=0), -1)))
     assert after > max(0.6, before)  # the student learnt the teacher's answers without any label
 
@@ -144,7 +144,8 @@ def test_cli_distill_alpha_and_temperature_are_checked_in_cli_words(capfd, digit
              (["--distill", "--distill-temperature", "0"], "--distill-temperature 0.0 must be a positive number"),
              (["--distill", "--temperature", "-2"], "--distill-temperature -2.0 must be a positive number"),
              (["--distill-alpha", "0.2"], "apply to distillation: add --distill"),
-             (["--qat", "--distill-temperature", "3"], "apply to distillation: add --distill")]
+             (["--qat", "--distill-temperature", "3"], "apply to distillation: add --distill"),
+             (["--student-init", "teacher"], "apply to distillation: add --distill")]
     for extra, words in cases:
         assert main(base + extra) == 2, extra
         err = capfd.readouterr().err.strip().splitlines()
@@ -164,3 +165,47 @@ def test_cli_distill_alpha_and_temperature_reach_the_options():
     assert opts.alpha == 0.1 and opts.temperature == 2.5
     opts = compress_options(parser.parse_args(["convert", "m.keras", "-o", "o", "--distill"]))
     assert (opts.alpha, opts.temperature) == (CompressOptions().alpha, CompressOptions().temperature)
+
+
+def test_a_student_initialised_from_the_teacher_keeps_its_strongest_filters(pruning_cnn_file, digits16):
+    import keras
+
+    teacher = keras.saving.load_model(pruning_cnn_file)
+    xev, yev = digits16["eval"]
+    student = derive_student(teacher, 0.5, seed=0, init="teacher")
+    assert student.edgeship_init == "teacher"
+    k = teacher.get_layer("c1").get_weights()[0]
+    kept = np.sort(np.argsort(-np.abs(k).reshape(-1, k.shape[-1]).sum(0))[:4])
+    np.testing.assert_array_equal(student.get_layer("c1").get_weights()[0], k[..., kept])
+    k2 = teacher.get_layer("c2").get_weights()[0][:, :, kept, :]
+    assert student.get_layer("c2").get_weights()[0].shape == (3, 3, 4, 8)
+    kept2 = np.sort(np.argsort(-np.abs(k2).reshape(-1, 16).sum(0))[:8])
+    np.testing.assert_array_equal(student.get_layer("c2").get_weights()[0], k2[..., kept2])
+    # width pruning of the teacher, before any training: far above the random student (chance: 10%)
+    acc = float(np.mean(np.argmax(student.predict(xev, verbose=0), -1) == yev))
+    rand = derive_student(teacher, 0.5, seed=0)
+    assert rand.edgeship_init == "random"
+    assert acc > 0.3 and acc > float(np.mean(np.argmax(rand.predict(xev, verbose=0), -1) == yev)) + 0.15
+    with pytest.raises(InputError, match="student_init"):
+        derive_student(teacher, 0.5, init="pretrained")
+
+
+@pytest.mark.slow
+def test_distillation_beats_labels_alone_when_few_images_are_labelled(pruning_cnn_file, digits16):
+    """The situation distillation is for: a teacher, many images, few labels. 1,400 images of which 100
+    keep their label (y = -1 elsewhere: soft targets alone); the same student on the 100 labelled images
+    alone, for as many optimizer steps, lands ~5 points lower (measured: 93.95% vs 88.92%, seed 1 93.70%
+    vs 89.17%)."""
+    import keras
+
+    teacher = keras.saving.load_model(pruning_cnn_file)
+    xtr, ytr = digits16["train"]
+    xev, yev = digits16["eval"]
+    y = np.asarray(ytr).astype(np.int64).copy()
+    y[100:] = -1
+    res = distill(teacher, derive_student(teacher, 0.5, seed=0), (xtr, y), val=(xev, yev), epochs=15,
+                  temperature=4.0, alpha=0.1, seed=0)
+    rec = res.record
+    assert rec["labelled_count"] == 100 and rec["train_count"] == 1400 and rec["labels_only_epochs"] == 210
+    assert rec["student_accuracy"] >= rec["labels_only_accuracy"] + 0.02
+    assert rec["student_accuracy"] >= rec["teacher_accuracy"] - 0.08

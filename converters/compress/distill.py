@@ -9,9 +9,15 @@ or in logits.
 The student is the user's Keras model, or derived from the teacher's own config:
 :func:`derive_student` multiplies the filters of every convolution and the units of
 every Dense layer by ``width``, except the last one (it produces the classes), and
-initializes it afresh (seeded). The same student, from the same initial weights, is
-also trained on the labels alone for as many epochs, so the report shows what
-distillation bought.
+initializes it afresh (seeded) or, with ``init="teacher"``, from the teacher's weights of the
+filters/units it keeps (width pruning). The teacher's logits are computed once. The same
+student, from the same initial weights, on the same batches and learning-rate schedule
+(Adam, cosine decay to 0), is also trained on the labels alone for as many epochs, so the
+report shows what distillation bought.
+
+When it pays: soft targets carry what the teacher learnt beyond the labels, so they help
+when the student's labelled data is limited (smaller than what the teacher learnt from) or
+unlabelled; with plenty of labels and few epochs the label loss alone converges faster.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from edgeship.errors import InputError, UnsupportedModelError
 from .macs import count_macs, count_params
 from .training import accuracy, fit, integer_labels, keras_module, outputs_probabilities, predict
 
-__all__ = ["DistillResult", "derive_student", "distill", "distill_loss", "SCALED"]
+__all__ = ["DistillResult", "derive_student", "distill", "distill_loss", "init_from_teacher", "SCALED", "INITS"]
 
 SCALED = {"Conv1D": "filters", "Conv2D": "filters", "SeparableConv2D": "filters", "Conv2DTranspose": "filters",
           "Dense": "units"}
+INITS = ("random", "teacher")
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,12 @@ class DistillResult:
     history: list = field(default_factory=list)
 
 
-def derive_student(teacher, width: float, *, seed: int = 0):
-    """A fresh model with the teacher's architecture, filters/units times ``width`` (the last such layer kept).
+def derive_student(teacher, width: float, *, seed: int = 0, init: str = "random"):
+    """The teacher's architecture with filters/units times ``width`` (the last such layer kept).
+
+    ``init="random"``: initialized afresh (seeded); ``"teacher"``: the teacher's weights of the
+    filters/units kept (the largest by L1 norm: width pruning, :func:`init_from_teacher`), falling
+    back to random for graphs it cannot slice (``student.edgeship_init`` says which).
 
     Raises:
         UnsupportedModelError: a subclassed teacher, or no layer to narrow.
@@ -67,7 +78,61 @@ def derive_student(teacher, width: float, *, seed: int = 0):
     student = (km.Sequential if seq else km.Model).from_config(cfg)
     if not student.built:
         student.build(tuple(teacher.inputs[0].shape))
+    if init not in INITS:
+        raise InputError(f"student_init={init!r} must be one of {', '.join(INITS)}")
+    done = init == "teacher" and init_from_teacher(student, teacher)
+    student.edgeship_init = "teacher" if done else "random"
     return student
+
+
+def _importance(kernel: np.ndarray) -> np.ndarray:
+    """L1 norm of each output unit/filter (the last axis) of a kernel."""
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
+
+
+def init_from_teacher(student, teacher) -> bool:
+    """Copy into ``student`` the teacher's weights of the units/filters it keeps (the largest by L1 norm
+    per layer, the channels downstream sliced to match: width pruning of the teacher), for a chain of
+    Conv/Dense/BatchNormalization/Flatten and weightless layers; False (student untouched) otherwise."""
+    t_layers = [lyr for lyr in teacher.layers if lyr.__class__.__name__ != "InputLayer"]
+    s_layers = [lyr for lyr in student.layers if lyr.__class__.__name__ != "InputLayer"]
+    if len(t_layers) != len(s_layers):
+        return False
+    keep, flat, new = None, None, []  # keep: channels of the current tensor kept (None: all)
+    for t, s in zip(t_layers, s_layers):
+        cls, tw, sw = t.__class__.__name__, t.get_weights(), s.get_weights()
+        if cls in ("Conv1D", "Conv2D", "Dense") and len(tw) in (1, 2):
+            k = tw[0]
+            if flat is not None and cls == "Dense":  # rows of a Flatten: spatial-major, channels last
+                spatial, chans = flat
+                rows = (np.arange(spatial)[:, None] * chans + np.asarray(keep)[None, :]).reshape(-1)
+                k = k[rows]
+            elif keep is not None:
+                k = np.take(k, keep, axis=-2)
+            n_out = sw[0].shape[-1]
+            out = np.sort(np.argsort(-_importance(k))[:n_out]) if n_out < k.shape[-1] else None
+            if out is not None:
+                k = k[..., out]
+            w = [k] + ([tw[1][out] if out is not None else tw[1]] if len(tw) == 2 else [])
+            keep, flat = (list(out) if out is not None else None), None
+        elif cls == "BatchNormalization":
+            w = [v[keep] if keep is not None else v for v in tw]
+        elif cls == "Flatten":
+            shape = tuple(t.input.shape)
+            w, flat = [], ((int(np.prod(shape[1:-1])), int(shape[-1])) if keep is not None else None)
+            if keep is None:
+                flat = None
+        elif not tw:
+            w = []
+        else:
+            return False
+        if len(w) != len(sw) or any(a.shape != b.shape for a, b in zip(w, sw)):
+            return False
+        new.append((s, w))
+    for s, w in new:
+        if w:
+            s.set_weights(w)
+    return True
 
 
 def as_logits(out: np.ndarray) -> np.ndarray:
@@ -89,8 +154,9 @@ def distill_loss(n_classes: int, temperature: float, alpha: float, labelled: boo
         kd = tf.reduce_sum(soft * (tf.math.log(tf.clip_by_value(soft, 1e-12, 1.0)) - log_s), axis=-1) * t2
         if not labelled:
             return kd
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y_true[:, n_classes], tf.int32), z)
-        return alpha * ce + (1.0 - alpha) * kd
+        label = tf.cast(y_true[:, n_classes], tf.int32)  # -1: an unlabelled row, soft targets alone
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(label, 0), z)
+        return tf.where(label >= 0, alpha * ce + (1.0 - alpha) * kd, kd)
 
     return loss
 
@@ -98,6 +164,9 @@ def distill_loss(n_classes: int, temperature: float, alpha: float, labelled: boo
 def distill(teacher, student, train, *, val=None, epochs: int, temperature: float, alpha: float, lr: float = 2e-3,
             seed: int = 0, baseline: bool = True) -> DistillResult:
     """Train ``student`` (in place) on ``teacher``'s soft outputs over ``train`` = ``(x, y or None)``.
+
+    Labels of -1 mark unlabelled rows (soft targets alone); the labels-only baseline then trains
+    on the labelled rows for as many optimizer steps as the distilled student.
 
     ``val`` = ``(x, y)``: accuracies of teacher, student and the labels-only student for the record.
 
@@ -114,25 +183,33 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
     if s_out.shape[1:] != t_out.shape[1:]:
         raise InputError(f"the student's output {s_out.shape[1:]} differs from the teacher's {t_out.shape[1:]}")
     labels = integer_labels(y)
-    labelled = labels is not None
+    has_label = labels >= 0 if labels is not None else np.zeros(len(x), bool)  # -1: unlabelled row
+    labelled = bool(has_label.any())
+    n_lab = int(has_label.sum())
     plain = None
     if baseline and labelled:  # the same student, same initial weights, for the labels-only run
         plain = km.models.clone_model(student)
         plain.build(tuple(student.inputs[0].shape))
         plain.set_weights(student.get_weights())
     target = np.concatenate([as_logits(t_out), (labels if labelled else np.zeros(len(x)))[:, None]], 1)
+    # the labels-only run sees the labelled rows only; as many optimizer steps as the distilled run
+    plain_epochs = int(epochs) if n_lab == len(x) else max(int(epochs), -(-int(epochs) * len(x) // max(1, n_lab)))
     loss = distill_loss(n, temperature, alpha, labelled, outputs_probabilities(s_out))
-    history = fit(student, x, target.astype(np.float32), epochs=epochs, desc="distill", lr=lr, loss=loss, seed=seed)
+    history = fit(student, x, target.astype(np.float32), epochs=epochs, desc="distill", lr=lr, loss=loss, seed=seed,
+                  cosine=True)
     record = {"temperature": float(temperature), "alpha": float(alpha) if labelled else 0.0, "epochs": int(epochs),
-              "labelled": labelled, "train_count": int(len(x)),
+              "learning_rate": float(lr), "schedule": "cosine", "student_init": getattr(student, "edgeship_init", None),
+              "labelled": labelled, "train_count": int(len(x)), "labelled_count": n_lab,
               "teacher_params": count_params(teacher), "teacher_macs": count_macs(teacher),
               "student_params": count_params(student), "student_macs": count_macs(student)}
     if val is not None and val[1] is not None:
         record["teacher_accuracy"] = accuracy(teacher, *val)
         record["student_accuracy"] = accuracy(student, *val)
     if plain is not None:
-        hist_plain = fit(plain, x, labels, epochs=epochs, desc="student on labels alone", lr=lr, seed=seed)
+        hist_plain = fit(plain, x[has_label], labels[has_label], epochs=plain_epochs, desc="student on labels alone",
+                         lr=lr, seed=seed, cosine=True)
         record["labels_only_history"] = hist_plain
+        record["labels_only_epochs"] = plain_epochs
         if val is not None and val[1] is not None:
             record["labels_only_accuracy"] = accuracy(plain, *val)
     return DistillResult(model=student, record=record, history=history)

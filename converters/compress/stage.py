@@ -152,7 +152,10 @@ def _student(opts: CompressOptions, teacher, seed: int, adv):
     from .distill import derive_student  # noqa: PLC0415
 
     if opts.student is None:
-        return derive_student(teacher, opts.student_width or 0.5, seed=seed), f"derived, width {opts.student_width or 0.5}"
+        width = opts.student_width or 0.5
+        student = derive_student(teacher, width, seed=seed, init=opts.student_init)
+        how = f"derived, width {width}" + (", from the teacher's weights" if student.edgeship_init == "teacher" else "")
+        return student, how
     if isinstance(opts.student, (str, os.PathLike)):
         from ..sources.keras import load  # noqa: PLC0415 - the same safety checks as the source
 
@@ -182,6 +185,9 @@ def compress_source(source, opts: CompressOptions, *, spec, seed: int, workdir: 
         from .distill import distill  # noqa: PLC0415
 
         student, how = _student(opts, model, seed, adv)
+        if opts.student_init == "teacher" and getattr(student, "edgeship_init", None) != "teacher":
+            warnings.append("distill: student_init='teacher' needs a chain of Conv/Dense/BatchNormalization layers; "
+                            "this student starts from random weights")
         with step(f"distilling into the student ({how})"):
             res = distill(model, student, train, val=(val_set.x, val_set.y), epochs=opts.distill_epochs,
                           temperature=opts.temperature, alpha=opts.alpha, seed=seed)
