@@ -206,6 +206,63 @@ def test_onnx_gemm_and_matmul_initializers_factorized_with_the_cost_measured(tmp
     assert onnx_accuracy_cost(src, more, xte, yte)["cosine"] > cost["cosine"]
 
 
+def _onnx_cnn(tmp_path, rank: int):
+    """Conv 64 -> 128 (3x3, stride 2, pads 1; a kernel of matrix rank ``rank``) -> Relu -> Flatten -> Gemm 10."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(128, rank)) @ rng.normal(size=(rank, 64 * 9))).reshape(128, 64, 3, 3) * 0.05
+    fc = rng.normal(size=(10, 128 * 16)) * 0.05
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1],
+                              kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["logits"], name="fc", transB=1)]
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w"), numpy_helper.from_array(np.full(128, 0.1, np.float32), "b"),
+             numpy_helper.from_array(fc.astype(np.float32), "fc"), numpy_helper.from_array(np.zeros(10, np.float32), "fb")]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], inits)
+    import onnx
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)
+
+
+def test_onnx_conv_factorized_exactly_at_its_rank_and_auto_skips_what_would_not_pay(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from edgeship.converters.compress.lowrank_onnx import factorize_onnx
+    from edgeship.converters.prune_onnx import onnx_accuracy_cost
+
+    src = _onnx_cnn(tmp_path, 4)
+    x = np.random.default_rng(1).uniform(0, 1, (32, 64, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(src).run(None, {"x": x})[0]
+    y = np.argmax(ref, -1)
+    dst = str(tmp_path / "lr.onnx")
+    sec = factorize_onnx(src, dst, rank="auto", energy=0.99999)
+    rows = {r["name"]: r for r in sec["layers"]}
+    assert rows["conv"]["class"] == "Conv" and rows["conv"]["rank"] == 4  # 4 x (576 + 128) of 576 x 128 MACs
+    np.testing.assert_allclose(ort.InferenceSession(dst).run(None, {"x": x})[0], ref, rtol=1e-3, atol=1e-4)
+    cost = onnx_accuracy_cost(src, dst, x, y)
+    assert cost["top1_agreement"] == 1.0 and cost["count"] == 32
+    low = str(tmp_path / "low.onnx")
+    factorize_onnx(src, low, rank=2, energy=0.9)  # below the kernel's rank: an approximation, measured
+    assert onnx_accuracy_cost(src, low, x, y)["cosine"] < cost["cosine"]
+    with pytest.raises(UnsupportedModelError, match=r"conv: rank 4 saves [\d,]+ MACs per output position"):
+        small = _onnx_cnn(tmp_path, 4)
+        import onnx
+        from onnx import numpy_helper
+
+        m = onnx.load(small)  # the same conv with 32 filters: 4 x (576 + 32) saves too little per position
+        for i, init in enumerate(m.graph.initializer):
+            if init.name in ("w", "b", "fc"):
+                a = numpy_helper.to_array(init)
+                a = a[:32] if init.name != "fc" else a[:, : 32 * 16]
+                m.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(a), init.name))
+        onnx.save(m, small)
+        factorize_onnx(small, str(tmp_path / "s.onnx"), rank="auto", energy=0.99999)
+
+
 def test_onnx_source_low_rank_through_convert(tmp_path):
     pytest.importorskip("onnxruntime")
     src, xte, yte = _onnx_mlp(tmp_path)
