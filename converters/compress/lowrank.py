@@ -9,10 +9,16 @@ bias) then a 1 x 1 convolution to cout (``name``: the original bias and activati
 the product is the best rank-r approximation of ``W`` (Eckart-Young).
 
 The layers producing the model's outputs stay dense (the class scores; small, and
-sensitive). A layer is factorized only where it saves weights: ``r (m + n) < m n`` for an m x n
-matrix. ``rank="auto"`` picks, per layer, the smallest r whose singular values keep
-``energy`` of the sum of squared singular values (the relative Frobenius error of the
-factorized kernel is then at most ``sqrt(1 - energy)``).
+sensitive). With an int rank, a layer is factorized wherever it saves weights:
+``r (m + n) < m n`` for an m x n matrix. ``rank="auto"`` picks, per layer, the smallest r
+whose singular values keep ``energy`` of the sum of squared singular values (the relative
+Frobenius error of the factorized kernel is then at most ``sqrt(1 - energy)``), and
+factorizes the layer only where that pays at run time: at most ``AUTO_MAX_MACS_SHARE`` of
+its MACs, and at least ``AUTO_MIN_SAVED_MACS_PER_POSITION`` MACs saved per output position
+for each extra op (an extra INT8 op costs about that much; measured, see the constants). A
+k x k convolution is then factorized by SVD (a k x k conv with r filters, then a 1 x 1) or
+by Tucker-2 (1 x 1 to r_in, k x k r_in -> r_out, 1 x 1 to cout; ranks by the same energy
+budget on each channel mode), whichever needs fewer MACs.
 
 The model is rebuilt from its own config (Sequential or Functional, Keras 3 or tf_keras):
 the new ``name_lr`` entry takes the original layer's inbound nodes and the original
