@@ -62,6 +62,10 @@ def validation_table(manifest: dict) -> str:
 
 def _agreement(v: dict) -> str:
     """Top-1 agreement, or for a detector its detections' F1 against the source's."""
+    if v.get("top1_agreement") is None and v.get("map50_95") is not None:  # a detector against labels
+        return (f"mAP@0.5:0.95 {v['map50_95']:.3f} (source {_num(v.get('source_map50_95'), '{:.3f}')}, "
+                f"{v.get('labelled_images')} labelled images)"
+                + (f"; detections F1 {v['detection_f1']:.3f}" if v.get("detection_f1") is not None else ""))
     if v.get("top1_agreement") is None and v.get("detection_f1") is not None:
         return f"detections F1 {v['detection_f1']:.3f}"
     return _pct(v.get("top1_agreement"))

@@ -34,6 +34,8 @@ MIN_VALIDATION = 8
 WARNING_NOTE_PREFIXES = ("warning:", "slow on x86:")
 METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db", "detection_f1",
                "miou", "pixel_accuracy")
+# recorded only for a detector measured against labels (.detection_labels)
+LABELLED_KEYS = ("map50_95", "source_map50_95", "map50", "source_map50", "labelled_images", "drop_metric")
 
 
 # -- load source ---------------------------------------------------------------------------
@@ -87,8 +89,12 @@ class Data:
     val: CalibrationSet  # what validation measures on
     held_out: bool  # val is not the calibration samples themselves
     labels: tuple | None  # the bundle's labels (the plan's, else the calibration folder's classes)
+    labelled: object = None  # a detector's eval ground truth, aligned with val (.detection_labels)
 
     def description(self, plan: ConversionPlan) -> str:
+        if self.labelled is not None:
+            return (f"{len(self.labelled)} labelled images in {self.labelled.source} ({self.labelled.kind}); "
+                    "max_drop and the report use mAP@0.5:0.95 against the labels")
         if self.held_out and plan.eval_data is None:
             return f"{len(self.val)} samples held out from {self.val.source}"
         return f"{self.val.source}" + ("" if self.held_out else " (the calibration samples themselves)")
@@ -133,7 +139,16 @@ def load_data(plan: ConversionPlan, mplan: ModelPlan, warnings: list) -> Data:
             f"precision {plan.precision.value} needs calibration data: pass calib= an image folder, a .npy/.npz "
             "file or an array (or calib='random' by name, which calibrates on noise)"
         )
-    if plan.eval_data is not None:
+    labelled = None
+    if plan.eval_data is not None and plan.task is Task.DETECTION:  # labelled images: mAP, not agreement
+        from .detection_labels import load_labelled  # noqa: PLC0415
+
+        found = load_labelled(plan.eval_data, spec, shape, mplan.labels, mplan.decoder, max(MAX_VALIDATION, 1000))
+        if found is not None:
+            labelled, held_out = found[1], True
+            val_set = load_samples(found[0], input_shape=shape, count=len(found[0]), what="evaluation")
+            val_set = dataclasses.replace(val_set, kind="folder", source=os.fspath(plan.eval_data))
+    if plan.eval_data is not None and labelled is None:
         val_set = load_samples(plan.eval_data, input_shape=shape, preprocess=spec, count=max(MAX_VALIDATION, 1000),
                                max_bytes=adv.calib_max_bytes, seed=adv.seed, allow_random=isinstance(plan.eval_data, str) and plan.eval_data == RANDOM,
                                what="evaluation")
@@ -148,7 +163,7 @@ def load_data(plan: ConversionPlan, mplan: ModelPlan, warnings: list) -> Data:
         n_out = mplan.outputs[0]["shape"][-1] if mplan.outputs and mplan.outputs[0]["shape"] else None
         if n_out == len(calib_set.classes):
             labels = tuple(calib_set.classes)
-    return Data(calib=calib_set, val=val_set, held_out=held_out, labels=labels)
+    return Data(calib=calib_set, val=val_set, held_out=held_out, labels=labels, labelled=labelled)
 
 
 def save_calibration(w, data: Data) -> str | None:
@@ -210,7 +225,7 @@ def evaluator(entry: dict, reference: list, data: Data, source_layout: str, task
     def evaluate(path: str) -> dict:
         return validate_artifact(path, reference, data.val.x, data.val.y, name=entry["file"],
                                  source_layout=source_layout, artifact_layout=entry.get("layout"),
-                                 task=task)
+                                 task=task, labelled=data.labelled)
 
     return evaluate
 
@@ -227,14 +242,18 @@ def validate(plan: ConversionPlan, entry: dict, w, reference: list, data: Data, 
     if res.get("mixed_ranges"):  # outputs mixing very different ranges (boxes beside scores)
         metrics["mixed_ranges"] = res["mixed_ranges"]
     warnings.extend(f"{entry['file']}: {m}" for m in res.get("warnings") or ())
+    if res.get("drop_metric"):  # a detector against labels: the metric and the drop max_drop is compared with
+        metrics.update({k: res[k] for k in LABELLED_KEYS}, drop_points=_metrics.drop_points(res))
     if plan.max_drop is not None:
         drop = _metrics.drop_points(res)
         if drop > plan.max_drop:
-            what = "accuracy" if res.get("accuracy") is not None else (
+            what = "accuracy" if res.get("accuracy") is not None else "mAP@0.5:0.95 against the labels" if res.get(
+                "map50_95") is not None else (
                 "mIoU against the source" if res.get("miou") is not None and res.get("top1_agreement") is None
                 else "top-1 agreement with the source")
             raise ValidationFailedError(
-                f"{entry['file']}: {what} dropped {drop:.1f} points on {len(data.val)} samples, more than "
+                f"{entry['file']}: {what} dropped {drop:.2f} points on {len(data.val)} "
+                f"{'labelled images' if data.labelled is not None else 'samples'}, more than "
                 f"max_drop={plan.max_drop}; nothing was written (try int16x8, more/better calibration data or "
                 "a float precision)"
             )

@@ -86,7 +86,7 @@ def _to_layout(a: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
 
 def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *, name: str,
                       source_layout: str | None = None, artifact_layout: str | None = None, task=None,
-                      decoder: dict | None = None) -> dict:
+                      decoder: dict | None = None, labelled=None) -> dict:
     """Metrics of the artifact at ``path`` against the ``reference`` outputs on ``x``.
 
     ``task`` (a :class:`edgeship.vocab.Task`): for anything but classification the outputs
@@ -96,6 +96,9 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
 
     ``x`` and ``reference`` are in ``source_layout``; a bare artifact file is fed and
     read in ``artifact_layout`` (4-D tensors are transposed between the two).
+
+    ``labelled`` (a :class:`.detection_labels.LabelledDetections` aligned with ``x``): a
+    detector is also measured against the labels (``map50_95`` and ``source_map50_95``).
 
     Returns:
         ``edgeship.metrics.compare`` of the first output, plus ``outputs`` (how many were
@@ -134,6 +137,10 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
                     "validation samples, although its raw outputs may look close (cosine); "
                     "the decode head must stay in float (see the report), or use a float precision"
                 )
+    if labelled is not None and task is not None and task.value == "detection":  # mAP against the labels
+        from .detection_labels import labelled_map  # noqa: PLC0415
+
+        out.update(labelled_map(reference, [c.reshape(np.shape(r)) for r, c in zip(reference, cand)], labelled))
     if task is not None and task.value == "segmentation":  # masks against the source's: mIoU, pixel accuracy
         agree = task_metrics.segmentation_agreement(reference[0], cand[0].reshape(np.shape(reference[0])),
                                                     source_layout)
