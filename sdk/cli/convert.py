@@ -196,9 +196,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "Default: inferred from the graph where unambiguous (the report says so), else other")
     c.add_argument("--labels", help="labels file (one per line) or a comma list, one per class (default: none)")
     c.add_argument("--eval", help="held-out data for validation: .npy, or .npz with x and optional y, or image folder "
-                                  "(default: a part of --calib)")
+                                  "(a detector's folder with YOLO txt labels, as `edgeship eval --data`: validated "
+                                  "on mAP@0.5:0.95 against them; default: a part of --calib)")
     c.add_argument("--max-drop", type=float, help="fail (writing nothing) if accuracy drops more than this many "
-                                                  "points (default: no limit)")
+                                                  "points (detectors: mAP@0.5:0.95 with labelled --eval images, else "
+                                                  "detection F1 against the source; default: no limit)")
     c.add_argument("--input-shape", help="fix input dimensions, e.g. 1,224,224,3; ? leaves one dynamic (1,3,?,?: "
                    "ONNX artifacts keep dynamic height/width; default: batch fixed to 1, the rest as the model says)")
     c.add_argument("--exclude", help="comma list of node names or op types to keep in float (ONNX; default: none)")
