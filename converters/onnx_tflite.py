@@ -181,6 +181,8 @@ def _run_onnx2tf(onnx2tf, path: str, out_dir: str, sample, model) -> int:
                 output_signaturedefs=True,
                 copy_onnx_input_output_names_to_tflite=False,
                 output_integer_quantized_tflite=False,
+                # NMS inside: as many detections as found, not padded to max_output_boxes_per_class
+                output_nms_with_dynamic_tensor=any(n.op_type == "NonMaxSuppression" for n in model.graph.node),
             )
         return len(calls)
     except CalibrationError:
