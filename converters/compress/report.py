@@ -61,7 +61,11 @@ def compression_lines(block: dict, latency: dict | None = None) -> list:
         gain = (None if d.get("student_accuracy") is None or d.get("labels_only_accuracy") is None
                 else 100.0 * (d["student_accuracy"] - d["labels_only_accuracy"]))
         lines += ["", f"- Distillation: student {d.get('student')}, T={d.get('temperature')}, alpha={d.get('alpha')}, "
-                      f"{d.get('epochs')} epochs on {d.get('train_count')} samples; student accuracy "
+                      f"{d.get('epochs')} epochs on {d.get('train_count')} samples"
+                      + ("" if d.get("labelled_count") in (None, d.get("train_count"))
+                         else f" ({d['labelled_count']} labelled; labels alone: {d.get('labels_only_epochs')} epochs "
+                              "over those, the same optimizer steps)")
+                      + "; student accuracy "
                       f"{_pct(d.get('student_accuracy'))} vs the same student on labels alone "
                       f"{_pct(d.get('labels_only_accuracy'))}"
                       + ("" if gain is None else f" ({gain:+.2f} points from distillation)")
