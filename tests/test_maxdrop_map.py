@@ -17,6 +17,8 @@ import shutil
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # real conversions (and the session's demo detector, trained once)
+
 SCENES = 40
 
 
@@ -78,12 +80,13 @@ def test_int8_detector_max_drop_uses_map_against_labels(setup, capfd):
     # the same figure as `edgeship eval` on the written bundle and the same images
     assert main(["eval", out, "--data", images, "--json"]) == 0
     (m,) = json.loads(capfd.readouterr().out)["artifacts"].values()
-    assert m["map"] == pytest.approx(v["map50_95"], abs=0.01)
+    assert m["map"] == pytest.approx(v["map50_95"], abs=1e-4)
 
     # a limit below the measured mAP drop: exit 2, one line naming the metric, nothing written
     drop = v["drop_points"]
-    print(f"mAP@0.5:0.95 source {v['source_map50_95']:.4f} int8 {v['map50_95']:.4f} drop {drop:.3f} points; "
-          f"mAP@0.5 {v['source_map50']:.4f} -> {v['map50']:.4f}; F1 {v['detection_f1']:.3f}; eval {m['map']:.4f}")
+    with capfd.disabled():  # the figures, for the record (pytest -s)
+        print(f"mAP@0.5:0.95 source {v['source_map50_95']:.4f} int8 {v['map50_95']:.4f} drop {drop:.3f} points; "
+              f"mAP@0.5 {v['source_map50']:.4f} -> {v['map50']:.4f}; F1 {v['detection_f1']:.3f}; eval {m['map']:.4f}")
     assert drop > 0, "INT8 kept every point of mAP on these scenes: the limit below could not be missed"
     failing = str(work / "strict")
     code, cap = _convert(main, capfd, keras_file, calib, images, failing, "--max-drop", f"{drop / 2:.6f}")
