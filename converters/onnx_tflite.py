@@ -120,10 +120,9 @@ def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layo
     model = onnx.load(onnx_path)
     notes = prep.rewrite_known_ops(model)
     work = os.path.dirname(os.path.abspath(out_dir))
-    path = onnx_path
-    if notes:
-        path = os.path.join(work, "onnx2tf_rewritten.onnx")
-        onnx.save(model, path)
+    # onnx2tf writes back into the file it is given (op names, shape clean-up): never the caller's
+    path = os.path.join(work, "onnx2tf_rewritten.onnx" if notes else "onnx2tf_work.onnx")
+    onnx.save(model, path)
     bad = prep.unsupported_nodes(model)
     if bad:
         raise UnsupportedModelError(_unsupported(bad))

@@ -94,6 +94,31 @@ def pytest_collection_modifyitems(config, items):
     items[:] = out
 
 
+def _fixture_stats() -> dict:
+    from _real_fixtures import cache_files  # noqa: PLC0415
+
+    files = cache_files()
+    if not files.is_dir():
+        return {}
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files.iterdir()) if p.is_file()}
+
+
+def pytest_sessionstart(session):
+    session.config._edgeship_fixture_stats = _fixture_stats()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The real-model fixtures are read, never written: onnx2tf, for one, rewrites the file it is given."""
+    before = getattr(session.config, "_edgeship_fixture_stats", {})
+    after = _fixture_stats()
+    changed = sorted(n for n in before if after.get(n) != before[n])
+    if changed:
+        session.config.get_terminal_writer().line(
+            f"edgeship: the tests changed the real-model fixture(s) {', '.join(changed)} "
+            "(something wrote to its input file); rerun `make fixtures` after fixing it", red=True)
+        session.exitstatus = 1
+
+
 def pytest_report_header(config):
     seed = config.getoption("--shuffle-seed")
     return None if seed is None else f"edgeship: tests shuffled with --shuffle-seed {seed}"
