@@ -40,6 +40,7 @@ from edgeship.errors import CalibrationError, InputError, ModelFormatError, requ
 
 from .detection_head import describe as describe_head
 from .detection_head import head_nodes
+from .onnx_calib import activation_bytes, calib_stride, calibration_reader
 from .registry import CalibMethod
 
 __all__ = ["quantize_onnx", "prepare_fp32", "io_tensors", "read_qdq", "scheme_for_target", "QuantScheme", "TARGET_SCHEMES",
@@ -234,48 +235,6 @@ def prepare_fp32(src_path: str, dst_path: str, *, input_shape=None, calib=None, 
 # ---------------------------------------------------------------------------------------
 
 
-def calibration_reader(input_names: list, calib: np.ndarray, batch: int = 1, dtype=np.float32):
-    """Feeds ``calib`` in batches of the model's fixed batch size (repeating samples to fill);
-    a list of arrays (batches of different sizes, for a dynamic input) is fed one by one."""
-    from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
-
-    if isinstance(calib, list):
-        batches = [np.ascontiguousarray(b, dtype=dtype) for b in calib]
-
-        class _ListReader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._it = iter(batches)
-
-            def get_next(self):
-                b = next(self._it, None)
-                return None if b is None else {input_names[0]: b}
-
-            def rewind(self) -> None:
-                self._it = iter(batches)
-
-        return _ListReader()
-    if batch > 1 and len(calib) % batch:
-        calib = np.concatenate([calib, calib[: batch - len(calib) % batch]], axis=0)
-        while len(calib) % batch:  # fewer samples than one batch
-            calib = np.concatenate([calib, calib[: batch - len(calib) % batch]], axis=0)
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._i = 0
-
-        def get_next(self):
-            if self._i >= len(calib):
-                return None
-            x = np.ascontiguousarray(calib[self._i:self._i + batch], dtype=dtype)
-            self._i += batch
-            return {input_names[0]: x}
-
-        def rewind(self) -> None:
-            self._i = 0
-
-    return _Reader()
-
-
 def _split_exclude(model, exclude) -> tuple[list, list]:
     names = {n.name for n in model.graph.node if n.name}
     ops = {n.op_type for n in model.graph.node}
@@ -438,11 +397,15 @@ def quantize_onnx(
         }
         if method is CalibMethod.PERCENTILE:
             extra["CalibPercentile"] = 99.999
+        reader = calibration_reader([ins[0]["name"]], feed, ins[0]["shape"][0] or 1)
+        hist = method is not CalibMethod.MINMAX  # histogram calibrators keep every activation of a chunk
+        stride = calib_stride(len(reader), activation_bytes(model, calib.shape) if hist else 0, histogram=hist)
+        extra["CalibStridedMinMax"] = stride  # ranges computed and merged every ``stride`` batches (.onnx_calib)
         try:
             # ORT's calibrators print progress to stdout; keep stdout clean for `--json`.
             with contextlib.redirect_stdout(sys.stderr):
                 quantize_static(
-                    pre, qout, calibration_reader([ins[0]["name"]], feed, ins[0]["shape"][0] or 1),
+                    pre, qout, reader,
                     quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types,
                     per_channel=per_channel,
@@ -491,6 +454,7 @@ def quantize_onnx(
         "cpu_vnni": vnni,
         "calibrate_method": method.value,
         "calibration_samples": int(len(calib)),
+        "calibration_chunk_batches": stride,
         "nodes_to_exclude": list(nodes_ex),
         "detection_head": {"nodes": list(head), "summary": describe_head(model, head)} if head else {},
         **({"segmentation_head": {k: v for k, v in dense.items() if k != "float_nodes"}} if dense is not None else {}),
