@@ -21,8 +21,10 @@ The stages compose in one documented order, whatever the flags' order:
    ``max_drop`` (after ``--auto-fallback``) is retried with QAT; the report says so.
 
 Validation always compares the artifacts with the original source. The manifest's
-``compression`` block records each stage (params, MACs, FP32 weight bytes, accuracy) and
-each artifact (bytes, gzip bytes, accuracy); ``report.md``/``report.html`` show it as a table.
+``compression`` block records each stage (params, MACs, FP32 weight bytes, accuracy, and the
+bytes, gzip bytes and runtime latency of a temporary FP32 TFLite of it) and each artifact
+(bytes, gzip bytes, accuracy); ``report.md``/``report.html`` show it as a table and an
+accuracy-vs-latency plot (bubble = bytes, Pareto front).
 
 API: :class:`CompressOptions` (``convert(compress=...)``), :func:`.lowrank.factorize_keras`,
 :func:`.lowrank_onnx.factorize_onnx`, :func:`.distill.derive_student`, :func:`.distill.distill`,
