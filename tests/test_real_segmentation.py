@@ -125,3 +125,40 @@ def test_tflite_of_a_dynamic_model_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "fixed input size" in err and "--input-shape" in err, err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_auto_fallback_on_segmentation_keeps_noisiest_tensors_float_and_raises_miou(tmp_path):
+    """The ONNX fallback loop on a dense map: candidates are the noisiest tensors (per-tensor
+    QDQ-vs-float SQNR on two samples) in growing groups (8, then 16), the map head float in
+    every attempt; the mIoU of the masks against FP32 goes up and what was kept float is listed."""
+    import onnxruntime as ort
+
+    from edgeship.converters.refine import OnnxNodeErrors, fallback
+    from edgeship.metrics_segmentation import miou
+
+    size = (320, 320)  # text pixels at this size: coffee.png and its crop
+    calib = _tensors([real_image(n) for n in CALIB[:4]], size)
+    held = _tensors(_held_out(), size)
+    src = real_file("ppocrv4_det.onnx")
+
+    def masks(path):
+        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return [s.run(None, {s.get_inputs()[0].name: x[None]})[0][0, 0] > 0.5 for x in held]
+
+    ref = masks(src)
+
+    def evaluate(path):
+        return miou(ref, masks(path), 2)
+
+    sens = OnnxNodeErrors(src, calib, workdir=str(tmp_path), dense_map=True, input_shape=(1, 3, *size))
+    cands = sens.candidates()
+    assert [c.node for c in cands[:2]] == ["8 noisiest tensors", "16 noisiest tensors"]
+    assert "p2o.Sigmoid.0" in sens.fixed and not any("p2o.Sigmoid.0" in c.group for c in cands)
+    base = evaluate(sens.plain_path)["miou"]
+    res = fallback(sens, evaluate, max_drop=0.0, baseline={"drop_points": 100 * (1 - base), "miou": base},
+                   max_attempts=2)
+    assert [a["miou"] for a in res.attempts][0] == base and len(res.attempts) == 3
+    best = max(a["miou"] for a in res.attempts[1:])
+    assert best > base, res.attempts
+    assert 8 <= len(res.kept_float) and not set(res.kept_float) & sens.fixed

@@ -82,7 +82,7 @@ def fallback(sensitivity, evaluate: Callable[[str], dict], *, max_drop: float, b
     t0 = time.perf_counter()
     attempts = [{"kept_float": [], "drop_points": baseline.get("drop_points"), "bytes": baseline.get("bytes"),
                  "gzip_bytes": baseline.get("gzip_bytes"), "accuracy": baseline.get("accuracy"),
-                 "top1_agreement": baseline.get("top1_agreement")}]
+                 "top1_agreement": baseline.get("top1_agreement"), "miou": baseline.get("miou")}]
     best = None  # (drop, path, metrics, kept, deny)
     deny: list = []
     labels: list = []
@@ -113,7 +113,8 @@ def fallback(sensitivity, evaluate: Callable[[str], dict], *, max_drop: float, b
             m, drop = None, 100.0
         kept = s.kept(labels, deny)
         attempts.append({"kept_float": kept, "drop_points": drop, "bytes": len(flat), "gzip_bytes": _gzip_len(flat),
-                         "accuracy": (m or {}).get("accuracy"), "top1_agreement": (m or {}).get("top1_agreement")})
+                         "accuracy": (m or {}).get("accuracy"), "top1_agreement": (m or {}).get("top1_agreement"),
+                         "miou": (m or {}).get("miou")})
         if best is None or drop < best[0]:
             best = (drop, path, m, list(kept), list(deny))
         if drop <= max_drop:

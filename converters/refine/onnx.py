@@ -10,6 +10,13 @@ of a tensor at once (a float consumer would otherwise re-quantize the same
 outlier-dominated tensor); after a failed attempt the producers of the node's
 inputs come next (ONNX Runtime fuses a Relu into the Gemm or Conv before it,
 which then still quantizes the tensor).
+
+A dense-map (segmentation) model (``dense_map=True``) has hundreds of sensitive
+tensors, where one node at a time never gets anywhere: it is measured on
+:data:`DENSE_SAMPLES` samples only (every activation of a 640x640 map is held) and
+its candidates are the noisiest tensors in growing groups (:data:`DENSE_GROUPS`:
+the 8 worst, then the next 8, 16, 32...: 8, 16, 32, 64... in float), its map head
+(:func:`edgeship.converters.seg_head.plan_int8`) float in every attempt.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ import numpy as np
 from edgeship.errors import UnsupportedModelError
 
 from .tflite import DEBUG_SAMPLES
+
+DENSE_SAMPLES = 2  # samples measured for a dense-map model
+DENSE_GROUPS = (8, 16, 32, 64, 128, 256, 512)  # cumulative counts of noisiest tensors kept float
 
 
 class NodeGroup(NamedTuple):
@@ -134,6 +144,11 @@ class OnnxNodeErrors:
         #: the decode-head nodes kept float in every attempt ([] without keep_head_float or a head)
         self.head = list((q.get("detection_head") or {}).get("nodes") or [])
         self.head_summary = (q.get("detection_head") or {}).get("summary")
+        self.dense = bool(self.quant_kwargs.get("dense_map"))
+        #: nodes float in every attempt: the decode head, a segmentation map head, the user's exclude
+        self.fixed = set(self.head) | set(q.get("nodes_to_exclude") or ())
+        if self.dense:
+            samples = min(int(samples), DENSE_SAMPLES)
         self.float_path = os.path.join(workdir, "float_preprocessed.onnx")
         shutil.copyfile(os.path.join(base_dir, "q_preprocessed.onnx"), self.float_path)
         fmodel = onnx.load(self.float_path)
@@ -213,22 +228,34 @@ class OnnxNodeErrors:
     file_suffix = ".onnx"
 
     def candidates(self) -> list:
-        head = set(self.head)
-        return [NodeGroup(e.node, [e.node, *e.consumers]) for e in self.layers if e.node not in head]
+        head = self.fixed
+        one = [NodeGroup(e.node, [e.node, *e.consumers]) for e in self.layers if e.node not in head]
+        if not self.dense:
+            return one
+        groups, done = [], 0
+        for k in DENSE_GROUPS:  # cumulative: each group adds the next noisiest tensors
+            if done >= len(one):
+                break
+            members = [n for c in one[done:k] for n in c.group]
+            groups.append(NodeGroup(f"{min(k, len(one))} noisiest tensors", members))
+            done = k
+        return groups
 
     def new_members(self, cand: NodeGroup, deny: list) -> list:
         """The nodes of ``cand`` not yet in float ([] when none, or when nothing would stay quantized).
 
         The decode head is float in every attempt already; its nodes are never added."""
-        head = set(self.head)
-        new = [n for n in cand.group if n and n not in deny and n not in head]
+        head = self.fixed
+        new = list(dict.fromkeys(n for n in cand.group if n and n not in deny and n not in head))
         if new and set(deny + new) | head >= set(self.node_names):
             return []
         return new
 
     def next_after(self, cand: NodeGroup, deny: list) -> list:
         """After a failed attempt: the producers of the node's inputs (a Relu fused into the Gemm before it)."""
-        head = set(self.head)
+        if self.dense:  # groups already grow; no producer expansion
+            return []
+        head = self.fixed
         return [NodeGroup(p, [p]) for p in self.producers.get(cand.node, []) if p not in deny and p not in head]
 
     @staticmethod

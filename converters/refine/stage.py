@@ -48,7 +48,10 @@ def _tflite_io(path):
 
 
 def _onnx_build(export_source, request, workdir):
+    from edgeship.vocab import Task  # noqa: PLC0415
+
     from ..onnx_formats import input_shape_of  # noqa: PLC0415
+    from ..task_infer import infer_task  # noqa: PLC0415
     from .onnx import OnnxNodeErrors  # noqa: PLC0415
 
     if export_source.kind == "keras":  # the FP32 ONNX model is a fresh tf2onnx export
@@ -59,10 +62,11 @@ def _onnx_build(export_source, request, workdir):
                      input_shape=input_shape_of(export_source))
     else:  # the (possibly pruned) ONNX export source
         fp32 = export_source.handle
+    dense = export_source.kind == "onnx" and infer_task(export_source)[0] is Task.SEGMENTATION  # as onnx_formats
     return OnnxNodeErrors(fp32, request.calib, workdir=workdir, target=request.target,
                           calib_method=request.calib_method, per_channel=request.per_channel,
                           input_shape=input_shape_of(export_source), always_exclude=request.exclude,
-                          keep_head_float=request.keep_head_float)
+                          keep_head_float=request.keep_head_float, dense_map=dense)
 
 
 def _onnx_io(path):
@@ -111,7 +115,8 @@ def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[
                         "artifacts of ONNX or Keras sources; this artifact was not adjusted")
         return None
     baseline = {"drop_points": base_drop, "bytes": entry["bytes"], "gzip_bytes": entry["gzip_bytes"],
-                "accuracy": base.get("accuracy"), "top1_agreement": base.get("top1_agreement")}
+                "accuracy": base.get("accuracy"), "top1_agreement": base.get("top1_agreement"),
+                "miou": base.get("miou")}
     work = tempfile.mkdtemp(prefix=".fallback-", dir=w.dir)
     try:
         with step(f"{fname}: INT8 dropped {base_drop:.1f} points, keeping sensitive parts in float"):
