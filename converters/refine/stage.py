@@ -35,7 +35,7 @@ class Sensitivity(NamedTuple):
     user_exclude: bool  # the user's ``exclude`` stays in every attempt (and in the record's denylist)
 
 
-def _tflite_build(export_source, request, workdir):
+def _tflite_build(export_source, request, workdir, task=None):
     from .tflite import TfliteLayerErrors  # noqa: PLC0415
 
     return TfliteLayerErrors(export_source, dataclasses.replace(request, workdir=workdir))
@@ -47,7 +47,7 @@ def _tflite_io(path):
     return read_io(path)
 
 
-def _onnx_build(export_source, request, workdir):
+def _onnx_build(export_source, request, workdir, task=None):
     from edgeship.vocab import Task  # noqa: PLC0415
 
     from ..onnx_formats import input_shape_of  # noqa: PLC0415
@@ -62,7 +62,9 @@ def _onnx_build(export_source, request, workdir):
                      input_shape=input_shape_of(export_source))
     else:  # the (possibly pruned) ONNX export source
         fp32 = export_source.handle
-    dense = export_source.kind == "onnx" and infer_task(export_source)[0] is Task.SEGMENTATION  # as onnx_formats
+    # a dense map: the plan's task, or inferred from the graph as onnx_formats does
+    dense = export_source.kind == "onnx" and (task is Task.SEGMENTATION or (
+        task is None and infer_task(export_source)[0] is Task.SEGMENTATION))
     return OnnxNodeErrors(fp32, request.calib, workdir=workdir, target=request.target,
                           calib_method=request.calib_method, per_channel=request.per_channel,
                           input_shape=input_shape_of(export_source), always_exclude=request.exclude,
@@ -91,7 +93,7 @@ SENSITIVITIES = {
 
 
 def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[str], dict], max_drop: float,
-                    warnings: list) -> dict | None:
+                    warnings: list, task=None) -> dict | None:
     """Keep sensitive parts of an INT8 artifact in float until its drop is within ``max_drop``.
 
     Rewrites the artifact file and ``entry`` when an attempt succeeds; returns the record
@@ -120,7 +122,7 @@ def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[
     work = tempfile.mkdtemp(prefix=".fallback-", dir=w.dir)
     try:
         with step(f"{fname}: INT8 dropped {base_drop:.1f} points, keeping sensitive parts in float"):
-            sens = how.build(export_source, request, work)
+            sens = how.build(export_source, request, work, task)
             res = fallback(sens, evaluate, max_drop=max_drop, baseline=baseline)
         if not res.ok:
             best = best_attempt(res.attempts)
@@ -193,7 +195,7 @@ def refine_and_validate(plan, exported, w, source, export_source, reference, dat
         fname, request = entry["file"], exported.requests[entry["file"]]
         if plan.advanced.auto_fallback:
             evaluate = stages.evaluator(entry, reference, data, source.layout, plan.task)
-            record = refine_artifact(entry, w, export_source, request, evaluate, plan.max_drop, warnings)
+            record = refine_artifact(entry, w, export_source, request, evaluate, plan.max_drop, warnings, plan.task)
             if record is not None:
                 accuracy_aware[fname] = record
                 quant_errors[fname] = record["layer_errors"]
