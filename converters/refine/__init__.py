@@ -134,7 +134,10 @@ onnx_fallback = fallback  # the name of the ONNX entry point before the loop was
 
 def describe_attempts(attempts: list) -> str:
     """``"hidden in float: 0.4 points; ..."`` for error messages."""
-    return "; ".join(f"{'+'.join(a['kept_float']) or 'none'} in float: "
+    def names(kept):  # a segmentation fallback keeps hundreds of nodes float: count them
+        return "+".join(kept) if len(kept) <= 6 else f"{len(kept)} nodes ({'+'.join(kept[:3])}+...)"
+
+    return "; ".join(f"{names(a['kept_float']) or 'none'} in float: "
                      + ("failed" if a.get("drop_points") is None else f"{a['drop_points']:.1f} points")
                      for a in attempts)
 

@@ -15,7 +15,7 @@ A dense-map (segmentation) model (``dense_map=True``) has hundreds of sensitive
 tensors, where one node at a time never gets anywhere: it is measured on
 :data:`DENSE_SAMPLES` samples only (every activation of a 640x640 map is held) and
 its candidates are the noisiest tensors in growing groups (:data:`DENSE_GROUPS`:
-the 8 worst, then the next 8, 16, 32...: 8, 16, 32, 64... in float), its map head
+8, 16, 32, 48, 64, 96... of the worst in float), its map head
 (:func:`edgeship.converters.seg_head.plan_int8`) float in every attempt.
 """
 
@@ -34,7 +34,7 @@ from edgeship.errors import UnsupportedModelError
 from .tflite import DEBUG_SAMPLES
 
 DENSE_SAMPLES = 2  # samples measured for a dense-map model
-DENSE_GROUPS = (8, 16, 32, 64, 128, 256, 512)  # cumulative counts of noisiest tensors kept float
+DENSE_GROUPS = (8, 16, 32, 48, 64, 96, 128, 192)  # cumulative counts of noisiest tensors kept float
 
 
 class NodeGroup(NamedTuple):

@@ -92,6 +92,10 @@ SENSITIVITIES = {
 }
 
 
+def _names(kept: list) -> str:
+    return str(kept) if len(kept) <= 6 else f"{len(kept)} nodes ({', '.join(kept[:3])}, ...)"
+
+
 def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[str], dict], max_drop: float,
                     warnings: list, task=None) -> dict | None:
     """Keep sensitive parts of an INT8 artifact in float until its drop is within ``max_drop``.
@@ -129,7 +133,7 @@ def refine_artifact(entry: dict, w, export_source, request, evaluate: Callable[[
             raise ValidationFailedError(
                 f"{fname}: INT8 dropped {base_drop:.1f} points (max_drop={max_drop}); keeping the most sensitive "
                 f"{sens.unit}s in float did not bring it within max_drop. Attempts: {describe_attempts(res.attempts)}. "
-                f"Best: {best['drop_points']:.1f} points with {best['kept_float'] or f'no {sens.unit}'} in float; "
+                f"Best: {best['drop_points']:.1f} points with {_names(best['kept_float']) or f'no {sens.unit}'} in float; "
                 "nothing was written"
             )
         old_bytes, old_gzip = entry["bytes"], entry["gzip_bytes"]
