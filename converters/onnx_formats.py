@@ -182,7 +182,7 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
             input_shape=input_shape_of(source),
             workdir=request.workdir,
             keep_head_float=request.keep_head_float,
-            dense_map=_is_dense_map(source),
+            dense_map=_is_dense_map(source, request.task),
         )
         info["notes"] = notes + info["notes"]
         return info
@@ -192,13 +192,14 @@ def _onnx_artifact(fp32_path: str, source: Source, request: ExportRequest, notes
     )
 
 
-def _is_dense_map(source: Source) -> bool:
-    """A segmentation / dense-map graph (:func:`.task_infer.infer_task`): INT8 through :mod:`.seg_head`."""
+def _is_dense_map(source: Source, task=None) -> bool:
+    """A segmentation / dense-map graph: the plan's task (given or inferred), else
+    :func:`.task_infer.infer_task`; INT8 through :mod:`.seg_head`."""
     from edgeship.vocab import Task  # noqa: PLC0415
 
     from .task_infer import infer_task  # noqa: PLC0415
 
-    return infer_task(source)[0] is Task.SEGMENTATION
+    return (task if task is not None else infer_task(source)[0]) is Task.SEGMENTATION
 
 
 def export_onnx_from_onnx(source: Source, request: ExportRequest) -> dict:

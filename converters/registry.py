@@ -67,6 +67,7 @@ class ExportRequest:
     per_channel: bool = True
     seed: int = 0
     keep_head_float: bool = False  # a detector's decode head stays float in INT8 (converters.detection_head)
+    task: Any = None  # the plan's edgeship.vocab.Task (given or inferred); None: the exporter infers it
 
 
 _LOADERS: list = []  # (priority, name, matches(model)->bool, loader)

@@ -198,7 +198,8 @@ def export_all(plan: ConversionPlan, source, exporters: dict, calib_x, w, workdi
         fname = f"model.{plan.precision.value}.{f.value}"
         req = ExportRequest(precision=plan.precision, io=plan.io, calib=calib_x, out_path=w.path(fname),
                             workdir=workdir, target=plan.export_target(f), calib_method=adv.calib_method,
-                            exclude=adv.exclude, seed=adv.seed, keep_head_float=plan.task is Task.DETECTION)
+                            exclude=adv.exclude, seed=adv.seed, keep_head_float=plan.task is Task.DETECTION,
+                            task=plan.task)
         with step(f"writing {fname}"):
             part = dict(fn(source, req))
         out.extras.update(part.pop("extra", {}) or {})

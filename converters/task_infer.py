@@ -43,6 +43,20 @@ def _onnx_graph(source):
         return None
 
 
+def _spatial_if_dynamic_in_graph(graph, layout: str, osp: tuple, isp: tuple) -> tuple:
+    """The input's spatial size for an output whose H/W are left dynamic, when the graph's own
+    input has dynamic H/W as well (the size was fixed by ``--input-shape``); else ``osp``."""
+    inits = {t.name for t in graph.graph.initializer}
+    real = [i for i in graph.graph.input if i.name not in inits]
+    if not real:
+        return osp
+    dims = real[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        return osp
+    hw = dims[2:] if layout == "NCHW" else dims[1:3]
+    return isp if all(d.dim_param or not d.HasField("dim_value") or d.dim_value <= 0 for d in hw) else osp
+
+
 def _yolo_like(shape: tuple) -> bool:
     if len(shape) != 3 or shape[0] not in (1, None):
         return False
@@ -74,6 +88,8 @@ def infer_task(source) -> tuple[Task, str]:
         layout = getattr(source, "layout", "")
         osp, isp = (o[2:], i[2:]) if layout == "NCHW" else (o[1:3], i[1:3])
         ch = o[1] if layout == "NCHW" else o[3]
+        if graph is not None and osp != isp and all(d is None for d in osp):
+            osp = _spatial_if_dynamic_in_graph(graph, layout, osp, isp)  # --input-shape fixed a dynamic H/W
         if osp == isp and all(d is None or (isinstance(d, int) and d >= 8) for d in osp):
             if isinstance(ch, int) and ch > 1:
                 return Task.SEGMENTATION, f"a single {list(o)} tensor with the input's height and width and {ch} class channels"

@@ -42,6 +42,26 @@ def test_real_text_detector_is_a_dense_map_not_a_classifier():
     assert infer_task(src)[0] is Task.SEGMENTATION  # binary: text probability > 0.5
 
 
+def test_text_detector_with_a_fixed_input_shape_is_still_segmentation(tmp_path):
+    # --input-shape 1,3,480,480 fixes the input; the graph's output H/W stay dynamic (shape inference
+    # does not reach them): the map is still at the input's size because the graph's input was dynamic
+    src = _Src([(1, 3, 480, 480)], [(1, 1, None, None)], layout="NCHW", kind="onnx",
+               handle=real_file("ppocrv4_det.onnx"))
+    assert infer_task(src)[0] is Task.SEGMENTATION
+    # a graph whose own input is fixed and whose output H/W are unknown: not guessed
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, None, None])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 3, 1, 1], [0.1, 0.2, 0.3])
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])], "g", [x], [y], [w])
+    path = str(tmp_path / "fixed.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    fixed = _Src([(1, 3, 64, 64)], [(1, 1, None, None)], layout="NCHW", kind="onnx", handle=path)
+    assert infer_task(fixed)[0] is Task.OTHER
+
+
 def test_decoder_specs():
     assert decoder_spec([(1, 6, 8400)], (640, 640), units="pixels") == {
         "format": "yolov8", "boxes": "cxcywh", "units": "pixels", "objectness": False, "num_classes": 2,
