@@ -99,7 +99,8 @@ def detector_like(tmp_path_factory):
 
 def test_int8_tflite_names_the_crushed_score_channels(tmp_path, detector_like):
     path, x = detector_like
-    res = convert(path, tmp_path / "b", calib=x, precision="int8", io="float", calib_count=96, task="detection")
+    # task "other": nothing tells convert these are detections, so every op is quantized (the premise)
+    res = convert(path, tmp_path / "b", calib=x, precision="int8", io="float", calib_count=96, task="other")
     art = res.manifest["artifacts"][0]
     assert art["file"] == "model.int8.tflite"
     assert art["outputs"][0]["quantization"] is None  # float I/O: the output is dequantized at the end ...
@@ -133,11 +134,28 @@ def test_int8_onnx_qdq_output_is_checked_too(tmp_path, detector_like):
     pytest.importorskip("onnxruntime")
     path, x = detector_like
     res = convert(path, tmp_path / "b", calib=x, precision="int8", io="float", formats=("onnx",), calib_count=96,
-                  task="detection")
+                  task="other")
     v = res.manifest["validation"]["artifacts"]["model.int8.onnx"]
     groups = {tuple(g["channels"]): g for g in v["mixed_ranges"][0]["groups"]}
     assert groups[(4, 5)]["lossy"]
     assert any(w.startswith("model.int8.onnx: output 0: channels 4-5") for w in res.warnings)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_int8_detection_task_keeps_the_head_float_so_scores_survive(tmp_path, detector_like, fmt):
+    """The fix for the premise above: with task detection the decode head (down to the last
+    learned layers) stays float, so the score channels are no longer crushed."""
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx")
+    path, x = detector_like
+    res = convert(path, tmp_path / "b", calib=x, precision="int8", io="float", formats=(fmt,), calib_count=96,
+                  task="detection")
+    v = res.manifest["validation"]["artifacts"][f"model.int8.{fmt}"]
+    groups = {tuple(g["channels"]): g for g in (v.get("mixed_ranges") or [{"groups": []}])[0]["groups"]}
+    assert not groups.get((4, 5), {}).get("lossy", False)
+    assert not any("channels 4-5" in w for w in res.warnings)
+    key = "tflite_detection_head" if fmt == "tflite" else "onnx_quantization"
+    assert res.manifest["settings"].get(key), f"settings.{key} records the float head"
 
 
 def test_fp32_of_the_same_model_is_mixed_but_not_lossy(tmp_path, detector_like):
