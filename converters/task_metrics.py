@@ -73,8 +73,9 @@ def segmentation_masks(outputs: np.ndarray, layout: str | None, *, probability: 
     if a.shape[-1] == 1:
         prob = bool(a.min() >= 0.0 and a.max() <= 1.0) if probability is None else probability
         thr = 0.5 if prob else 0.0
-        return (a[..., 0] > thr).astype(np.int64), 2, ("probability > 0.5" if prob else "logit > 0")
-    return np.argmax(a, axis=-1), int(a.shape[-1]), "argmax over classes"
+        return (a[..., 0] > thr).view(np.uint8), 2, ("probability > 0.5" if prob else "logit > 0")
+    mask = np.argmax(a, axis=-1)  # one byte per pixel where it fits: N masks at 640x640 stay small
+    return (mask.astype(np.uint8) if a.shape[-1] <= 256 else mask), int(a.shape[-1]), "argmax over classes"
 
 
 def segmentation_agreement(reference: np.ndarray, candidate: np.ndarray, layout: str | None) -> dict | None:
