@@ -184,3 +184,23 @@ def import_blocker_source(blocked) -> str:
         def blocked_loaded():
             return sorted(m for m in _sys.modules if m.split(".")[0] in _BLOCKED)
     """)
+
+
+def write_demo_scenes(folder: str, mod, n: int, seed: int) -> str:
+    """``n`` labelled shape scenes of the demo detector (``mod`` = :mod:`edgeship.demos.detector`):
+    ``folder/images/sNNNN.png`` and YOLO txt labels (class cx cy w h, normalised) in ``folder/labels/``.
+    Returns the images folder."""
+    import cv2  # noqa: PLC0415
+
+    s = mod.DetectorSettings()
+    img_dir, lab_dir = os.path.join(folder, "images"), os.path.join(folder, "labels")
+    os.makedirs(img_dir)
+    os.makedirs(lab_dir)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img, boxes, ids = mod.render_scene(rng, s.scene_size, s.max_objects)
+        cv2.imwrite(os.path.join(img_dir, f"s{i:04d}.png"), img)
+        with open(os.path.join(lab_dir, f"s{i:04d}.txt"), "w") as fh:
+            for b, c in zip(boxes, ids):
+                fh.write(f"{c} {(b[0] + b[2]) / 2} {(b[1] + b[3]) / 2} {b[2] - b[0]} {b[3] - b[1]}\n")
+    return img_dir

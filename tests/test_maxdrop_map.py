@@ -17,26 +17,15 @@ import shutil
 import numpy as np
 import pytest
 
+from _shared import write_demo_scenes
+
 pytestmark = pytest.mark.slow  # real conversions (and the session's demo detector, trained once)
 
 SCENES = 40
 
 
 def _write_scenes(folder: str, mod, n: int, seed: int = 4242) -> str:
-    import cv2
-
-    s = mod.DetectorSettings()
-    img_dir, lab_dir = os.path.join(folder, "images"), os.path.join(folder, "labels")
-    os.makedirs(img_dir)
-    os.makedirs(lab_dir)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        img, boxes, ids = mod.render_scene(rng, s.scene_size, s.max_objects)
-        cv2.imwrite(os.path.join(img_dir, f"s{i:04d}.png"), img)
-        with open(os.path.join(lab_dir, f"s{i:04d}.txt"), "w") as fh:
-            for b, c in zip(boxes, ids):
-                fh.write(f"{c} {(b[0] + b[2]) / 2} {(b[1] + b[3]) / 2} {b[2] - b[0]} {b[3] - b[1]}\n")
-    return img_dir
+    return write_demo_scenes(folder, mod, n, seed)
 
 
 @pytest.fixture(scope="module")
