@@ -102,12 +102,12 @@ def head_nodes(model, *, max_fraction: float = 0.25) -> list:
     return [n.name for n in graph.node if id(n) in head and n.name]
 
 
-def describe(model, names) -> str:
-    """One line for the report: how many nodes, which op types."""
+def describe(model, names, what: str = "decode-head") -> str:
+    """One line for the report: how many nodes, which op types (``what``: whose head)."""
     wanted = set(names)
     ops: dict = {}
     for n in model.graph.node:
         if n.name in wanted:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1
     inner = ", ".join(f"{k} x{v}" for k, v in sorted(ops.items()))
-    return f"{len(wanted)} decode-head nodes kept in float ({inner})"
+    return f"{len(wanted)} {what} nodes kept in float ({inner})"

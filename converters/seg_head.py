@@ -73,12 +73,10 @@ def head_nodes(model, *, max_fraction: float = 0.1) -> list:
 
 
 def describe(model, names) -> str:
-    wanted = set(names)
-    ops: dict = {}
-    for n in model.graph.node:
-        if n.name in wanted:
-            ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return f"{len(wanted)} head nodes kept in float ({', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))})"
+    """One line for the report (the detection head's wording, for a map head)."""
+    from .detection_head import describe as describe_head  # noqa: PLC0415
+
+    return describe_head(model, names, what="head")
 
 
 def _scalar(arr) -> float | None:
