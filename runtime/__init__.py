@@ -37,7 +37,6 @@ from .io_plan import Quantization, TensorSpec
 from .loader import load
 from .model import Model
 from .select import choose_artifact
-from .tasks import Class, get_classes, get_scores
 
 __all__ = [
     "Class",
@@ -64,14 +63,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Device discovery is the top floor (it asks every backend) and detection results
-    # come with the detectors: imported on first use, not at ``import edgeship.runtime``.
+    # Device discovery is the top floor (it asks every backend), and task results and
+    # helpers come with their adapters: imported on first use, not at ``import edgeship.runtime``.
     if name == "devices":
         from .discovery import devices  # noqa: PLC0415
 
         return devices
-    if name == "Detection":
-        from .tasks.detect import Detection  # noqa: PLC0415
+    if name in ("Detection", "Class", "get_classes", "get_scores"):
+        from . import tasks  # noqa: PLC0415  (lazy too: a cold start imports no task adapter)
 
-        return Detection
+        return getattr(tasks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ artifact of the bundle (:func:`open_edgetpu`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import numpy as np
@@ -29,7 +28,7 @@ from ..errors import (
 )
 from ..vocab import Device, DeviceKind, Format
 from .backends import registry
-from .backends.base import Backend, ModelSource
+from .backends.base import Backend, ModelSource, warn
 from .backends.delegates import delegate_specs
 from .backends.options import BackendOptions, CompiledModelOptions, TFLiteOptions
 from .model import Model
@@ -37,7 +36,7 @@ from .select import choose_artifact, is_edgetpu, sniff_format, without_edgetpu
 
 __all__ = ["default_threads", "load", "open_backend", "open_edgetpu", "read_artifact"]
 
-_log = logging.getLogger("edgeship.runtime")
+
 
 _INSTALL_HINT = {
     Format.TFLITE.value: "install a TFLite interpreter: `pip install ai-edge-litert` (or tflite-runtime)",
@@ -120,7 +119,7 @@ def open_backend(source: ModelSource, fmt: str, *, backend: str | None = None, d
                f"apply to {fmt} files ({os.path.basename(path)}); use device= for ONNX Runtime providers")
         if strict:
             raise FallbackError(f"{why}; strict=True forbids running without it")
-        _log.warning("%s; running without it", why)
+        warn("%s; running without it", why)
         delegate_skip, delegates = [why], ()
     for e in entries:
         cls, why = registry.backend_class(e)
@@ -142,7 +141,7 @@ def open_backend(source: ModelSource, fmt: str, *, backend: str | None = None, d
                 fallback = True
             continue
         if fallback:
-            _log.warning("backend %r is not usable (%s); running %s with %r instead",
+            warn("backend %r is not usable (%s); running %s with %r instead",
                          backend, skipped[0], os.path.basename(path), e.name)
         be.info = dataclasses.replace(be.info, skipped=tuple(delegate_skip + skipped) + be.info.skipped,
                                       fallback=be.info.fallback or fallback or bool(delegate_skip))
@@ -175,7 +174,7 @@ def open_edgetpu(source: ModelSource, entry: dict, *, backend, device, threads, 
     if strict:
         raise FallbackError(f"{entry['file']} needs the Edge TPU delegate, which cannot be loaded ({why}); "
                             "strict=True forbids running another artifact")
-    _log.warning("%s needs the Edge TPU, which is not usable here (%s); running a CPU artifact instead",
+    warn("%s needs the Edge TPU, which is not usable here (%s); running a CPU artifact instead",
                  entry["file"], why)
     return None, why
 

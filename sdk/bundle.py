@@ -31,10 +31,20 @@ _TMP_MARK = ".tmp-"
 _OLD_MARK = ".old-"
 REPORT_FILES = ("report.md", "report.html")
 CALIBRATION_FILE = "calibration.npz"
+_OPENSSL_FROM = 8 << 20  # bytes: see _sha256
 
 
-def _sha256():
-    try:  # the built-in implementation: no OpenSSL load at a device's cold start
+def _sha256(size: int = 0):
+    """A sha256 object for ``size`` bytes: OpenSSL's (``hashlib``) from 8 MiB on, the built-in one below.
+
+    OpenSSL's is ~6x faster (2.4 vs 16 ms for 4 MB) but loading it costs 3.4 ms and 3.4 MB of
+    resident memory, which a device's cold start of a small model (MobileNetV2 INT8: 3.9 MB, 60 MB
+    budget) would spend for a 13 ms saving; a ResNet50 INT8 (25 MB) saves 85 ms with it."""
+    if size >= _OPENSSL_FROM:
+        import hashlib  # noqa: PLC0415
+
+        return hashlib.sha256()
+    try:
         import _sha256  # noqa: PLC0415  (Python <= 3.11)
 
         return _sha256.sha256()
@@ -51,8 +61,8 @@ def _sha256():
 
 def sha256_file(path: str, chunk: int = 1 << 20, *, error: type = IntegrityError) -> str:
     """sha256 of a regular file (a FIFO, device or socket is refused with ``error``, never read)."""
-    h = _sha256()
     with safeio.open_regular(path, error=error) as fh:
+        h = _sha256(os.fstat(fh.fileno()).st_size)
         while True:
             block = fh.read(chunk)
             if not block:
@@ -62,7 +72,7 @@ def sha256_file(path: str, chunk: int = 1 << 20, *, error: type = IntegrityError
 
 
 def sha256_bytes(data: bytes) -> str:
-    h = _sha256()
+    h = _sha256(len(data))
     h.update(data)
     return h.hexdigest()
 
@@ -387,16 +397,20 @@ def read_verified(bundle_dir: str, artifact: dict, *, keep: bool = True) -> byte
                 f"{path} is {size} bytes but the manifest says {artifact['bytes']}: the file is truncated "
                 "or was replaced; re-copy the bundle or re-convert"
             )
-        h = _sha256()
-        parts = [] if keep else None
+        h = _sha256(size)
+        data = None
         try:
-            while True:
-                block = fh.read(1 << 20)
-                if not block:
-                    break
-                h.update(block)
-                if parts is not None:
-                    parts.append(block)
+            if keep:  # one buffer of the recorded size: the bytes that are hashed are the bytes handed on
+                data = fh.read(size + 1)
+                if len(data) != size:
+                    raise IntegrityError(f"{path} changed size while it was read; re-copy the bundle or re-convert")
+                h.update(data)
+            else:
+                while True:
+                    block = fh.read(1 << 20)
+                    if not block:
+                        break
+                    h.update(block)
         except OSError as exc:
             raise IntegrityError(f"{path} cannot be read: {exc.strerror or exc}") from None
     digest = h.hexdigest()
@@ -405,7 +419,7 @@ def read_verified(bundle_dir: str, artifact: dict, *, keep: bool = True) -> byte
             f"{path} does not match its sha256 in the manifest (got {digest[:12]}..., expected "
             f"{artifact['sha256'][:12]}...): the file was modified; re-copy the bundle or re-convert"
         )
-    return b"".join(parts) if parts is not None else None
+    return data
 
 
 def verify_calibration(bundle_dir: str, manifest: dict) -> str | None:

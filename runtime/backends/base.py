@@ -18,7 +18,16 @@ import numpy as np
 from ... import safeio
 from ...errors import ModelClosedError, ModelFormatError
 
-__all__ = ["Backend", "ExecutionInfo", "ModelSource", "RawTensor", "as_source", "closed_error"]
+
+def warn(msg: str, *args) -> None:
+    """``logging.getLogger("edgeship.runtime").warning(msg, *args)``, importing logging only when
+    there is something to say (it is 5 ms of a device's cold start otherwise)."""
+    import logging  # noqa: PLC0415
+
+    logging.getLogger("edgeship.runtime").warning(msg, *args)
+
+
+__all__ = ["Backend", "ExecutionInfo", "ModelSource", "RawTensor", "as_source", "closed_error", "warn"]
 
 
 @dataclass(frozen=True)

@@ -32,18 +32,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import logging
 import os
 
 import numpy as np
 
 from ...errors import BackendUnavailableError, FallbackError, InputError, ModelFormatError
 from ...vocab import DeviceKind
-from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error
+from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error, warn
 from .delegates import delegate_for_device, delegated_ops, dlopen_check
 from .options import options_for, TFLiteOptions
 
-_log = logging.getLogger("edgeship.runtime")
+
 
 __all__ = ["LiteRTBackend", "TFLiteRuntimeBackend", "TensorFlowLiteBackend", "format_error", "raw_tensor"]
 
@@ -124,7 +123,7 @@ class _TFLiteBackend(Backend):
         except InputError as exc:  # e.g. npu: no TFLite delegate exists; the CPU runs it
             if strict:
                 raise FallbackError(f"{self.name}: {exc}; strict=True forbids running on the CPU instead") from None
-            _log.warning("%s: %s; running on the CPU instead", self.name, exc)
+            warn("%s: %s; running on the CPU instead", self.name, exc)
             skipped.append(str(exc))
             fallback = True
             dev = None
@@ -146,7 +145,7 @@ class _TFLiteBackend(Backend):
                     raise FallbackError(f"{why}; strict=True forbids running without it") from None
                 skipped.append(why)
                 fallback = True
-                _log.warning("%s: %s; running on CPU instead", self.name, why)
+                warn("%s: %s; running on CPU instead", self.name, why)
         self.threads = threads
         try:
             interp = self._make_interpreter(mod, source.data, threads, loaded)
@@ -157,7 +156,7 @@ class _TFLiteBackend(Backend):
             why = f"delegate {', '.join(names)} failed on this model: {str(exc).strip()[:200]}"
             if strict:
                 raise FallbackError(f"{why}; strict=True forbids running without it") from None
-            _log.warning("%s: %s; running on CPU instead", self.name, why)
+            warn("%s: %s; running on CPU instead", self.name, why)
             skipped.append(why)
             fallback, loaded, names = True, [], []
             try:
@@ -171,7 +170,7 @@ class _TFLiteBackend(Backend):
                    "(it runs entirely on the CPU)")
             if strict:
                 raise FallbackError(f"{why}; strict=True forbids running without it")
-            _log.warning("%s: %s", self.name, why)
+            warn("%s: %s", self.name, why)
             skipped.append(why)
             fallback = True
         self._interp = interp
@@ -179,7 +178,8 @@ class _TFLiteBackend(Backend):
         out_details = interp.get_output_details()
         self._in_idx = tuple(int(d["index"]) for d in in_details)
         self._out_idx = tuple(int(d["index"]) for d in out_details)
-        quantized = _quantized_by_model(interp)
+        quantized = _quantized_by_model(interp, {int(d["index"]) for d in in_details
+                                                 if np.dtype(d["dtype"]).kind == "f"})
         self.inputs = [_mark(raw_tensor(d), int(d["index"]) in quantized) for d in in_details]
         self.outputs = [raw_tensor(d) for d in out_details]
         self._batch = int(in_details[0]["shape"][0]) if in_details and len(in_details[0]["shape"]) else None
@@ -314,13 +314,23 @@ class _TFLiteBackend(Backend):
         self._interp = None
 
 
-def _quantized_by_model(interp) -> set:
-    """Tensor indices the model feeds to a QUANTIZE op (a float input of a full-INT8 model with float I/O)."""
-    try:
-        ops = interp._get_ops_details()  # LiteRT's op table; older builds may lack it
-    except Exception:  # noqa: BLE001 - then no input counts as quantized inside
+def _quantized_by_model(interp, wanted: set) -> set:
+    """Which of the float input tensors ``wanted`` the model feeds to a QUANTIZE op (a float input
+    of a full-INT8 model with float I/O). Ops are read one at a time and the walk stops once every
+    wanted tensor is found (the QUANTIZE ops come first): a few ops, not the whole table, at load."""
+    if not wanted:
         return set()
-    return {int(t) for op in ops if op.get("op_name") == "QUANTIZE" for t in op.get("inputs", ())}
+    found: set = set()
+    try:  # LiteRT's op table; older builds may lack it
+        for i in range(interp._interpreter.NumNodes()):
+            op = interp._get_op_details(i)
+            if op.get("op_name") == "QUANTIZE":
+                found |= wanted & {int(t) for t in op.get("inputs", ())}
+                if found == wanted:
+                    break
+    except Exception:  # noqa: BLE001 - then no input counts as quantized inside
+        return found
+    return found
 
 
 def _mark(raw: RawTensor, quantized: bool) -> RawTensor:

@@ -15,11 +15,33 @@ inside its functions, when an image must be resized).
 
 from __future__ import annotations
 
-from . import classify, common, detect, segment
-from .classify import Class, get_classes, get_scores, is_probability, softmax
-from .common import input_layout, model_labels, prepare_input, preprocess_spec
-from .detect import BBox, Detection, decode, nms, postprocess
-from .segment import Segmentation, get_mask, get_segmentation
+import importlib
+
+# Lazy (PEP 562): ``load`` + ``run`` never need a task adapter, and a device's cold start
+# should not pay for importing them; each name is resolved on first use.
+_SUBMODULES = ("classify", "common", "detect", "segment")
+_NAMES = {
+    "Class": "classify", "get_classes": "classify", "get_scores": "classify", "is_probability": "classify",
+    "softmax": "classify",
+    "input_layout": "common", "model_labels": "common", "prepare_input": "common", "preprocess_spec": "common",
+    "BBox": "detect", "Detection": "detect", "decode": "detect", "nms": "detect", "postprocess": "detect",
+    "Segmentation": "segment", "get_mask": "segment", "get_segmentation": "segment",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))
+
 
 __all__ = [
     "BBox",
