@@ -80,6 +80,20 @@ def test_run_npy_json_gives_labels(work):
     assert hits >= 3
 
 
+def test_run_shows_no_engine_start_up_line(work):
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2 when it builds an
+    interpreter: the CLI keeps that known line off the terminal (and only that one), and
+    EDGESHIP_VERBOSE=1 shows it, so the test sees the line exists and is filtered."""
+    r = cli("run", work["bundle"], work["root"] / "batch.npy")
+    assert r.returncode == 0, r.stderr
+    assert "XNNPACK" not in r.stderr and "INFO:" not in r.stderr, r.stderr
+    loud = subprocess.run(EDGESHIP + ["run", str(work["bundle"]), str(work["root"] / "batch.npy")],
+                          capture_output=True, text=True, env=dict(ENV, EDGESHIP_VERBOSE="1"), timeout=600)
+    assert loud.returncode == 0, loud.stderr
+    assert "Created TensorFlow Lite XNNPACK delegate" in loud.stderr
+    assert loud.stdout == r.stdout
+
+
 def test_run_image_file(work, tmp_path):
     import cv2
 

@@ -27,7 +27,55 @@ def warn(msg: str, *args) -> None:
     logging.getLogger("edgeship.runtime").warning(msg, *args)
 
 
-__all__ = ["Backend", "ExecutionInfo", "ModelSource", "RawTensor", "as_source", "closed_error", "warn"]
+
+def capture_fd2(fn):
+    """(fn(), text written to file descriptor 2 meanwhile): native libraries log their reasons there."""
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            try:
+                result, error = fn(), None
+            except Exception as exc:  # noqa: BLE001 - returned to the caller with the log
+                result, error = None, exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode("utf-8", "replace")
+    return result, error, text
+
+
+KNOWN_NATIVE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+def quiet_native_enabled() -> bool:
+    """The CLI sets ``EDGESHIP_QUIET_NATIVE=1``: engines' known start-up lines stay off a person's terminal
+    (``EDGESHIP_VERBOSE=1`` shows them). A library caller's process is left alone."""
+    return os.environ.get("EDGESHIP_QUIET_NATIVE") == "1" and os.environ.get("EDGESHIP_VERBOSE") != "1"
+
+
+def without_native_noise(fn):
+    """``fn()`` with file descriptor 2 captured; every line but the :data:`KNOWN_NATIVE_NOISE` ones
+    is written back to stderr afterwards (an allow-list of what is dropped, nothing else is lost);
+    an exception of ``fn`` is re-raised after its log is shown."""
+    import sys  # noqa: PLC0415
+
+    result, error, text = capture_fd2(fn)
+    kept = [ln for ln in text.splitlines() if ln.strip() and ln.strip() not in KNOWN_NATIVE_NOISE]
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
+        sys.stderr.flush()
+    if error is not None:
+        raise error
+    return result
+
+__all__ = ["Backend", "ExecutionInfo", "KNOWN_NATIVE_NOISE", "ModelSource", "RawTensor", "as_source", "capture_fd2",
+           "closed_error", "quiet_native_enabled", "warn", "without_native_noise"]
 
 
 @dataclass(frozen=True)

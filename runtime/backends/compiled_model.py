@@ -31,7 +31,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, FallbackError, InputError
 from ...vocab import DeviceKind
-from .base import Backend, ExecutionInfo, ModelSource, as_source, closed_error
+from .base import Backend, ExecutionInfo, ModelSource, as_source, capture_fd2, closed_error
 from .options import options_for, CompiledModelOptions
 
 _log = logging.getLogger("edgeship.runtime")
@@ -212,28 +212,6 @@ class CompiledModelBackend(Backend):
 
 
 # -- probing an accelerator (used by edgeship.runtime.discovery) ------------------------------------
-
-
-def capture_fd2(fn):
-    """(fn(), text written to file descriptor 2 meanwhile): native libraries log their reasons there."""
-    import sys  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            try:
-                result, error = fn(), None
-            except Exception as exc:  # noqa: BLE001 - returned to the caller with the log
-                result, error = None, exc
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        tmp.seek(0)
-        text = tmp.read().decode("utf-8", "replace")
-    return result, error, text
 
 
 _ACCEL_WORDS = {"gpu": ("gpu", "vulkan", "opencl", "opengl", "webgpu", "adapter", "metal"),

@@ -38,7 +38,8 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, FallbackError, InputError, ModelFormatError
 from ...vocab import DeviceKind
-from .base import Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error, warn
+from .base import (Backend, ExecutionInfo, ModelSource, RawTensor, as_source, closed_error, quiet_native_enabled, warn,
+                   without_native_noise)
 from .delegates import delegate_for_device, delegated_ops, dlopen_check
 from .options import options_for, TFLiteOptions
 
@@ -214,7 +215,10 @@ class _TFLiteBackend(Backend):
             self._ops_account = (taken, total)
         except Exception:  # noqa: BLE001 - an interpreter build without node introspection
             self._ops_account = (None, None)
-        interp.allocate_tensors()
+        if quiet_native_enabled():  # the CLI: LiteRT's "Created ... XNNPACK delegate" INFO line is not shown
+            without_native_noise(interp.allocate_tensors)
+        else:
+            interp.allocate_tensors()
         return interp
 
     # -- running ---------------------------------------------------------------------

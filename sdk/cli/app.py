@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import Sequence
 
@@ -36,6 +37,9 @@ def _wants_json(argv: Sequence[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgeship ARGV``; the exit code (0 done, 2 the user's mistake, 1 an internal error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Engines' known start-up lines (LiteRT's "Created TensorFlow Lite XNNPACK delegate") stay off the
+    # terminal; anything else they write is shown (runtime/backends/base.py, EDGESHIP_VERBOSE=1: all).
+    os.environ.setdefault("EDGESHIP_QUIET_NATIVE", "1")
     as_json = _wants_json(argv)
     flags: dict = {}
     try:
