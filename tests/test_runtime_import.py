@@ -79,3 +79,32 @@ def test_runtime_runs_with_heavy_packages_blocked(files):
     assert out["classes"][0][2].startswith("digit_")
     # tensorflow.lite was blocked: forcing it strictly is a typed FallbackError, not an ImportError.
     assert out["tf_strict"] == "FallbackError"
+
+
+LEAN = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import edgeship.runtime as rt
+    after_import = sorted(m for m in sys.modules if m in WATCH or m.startswith("edgeship.runtime.tasks."))
+    with rt.load(sys.argv[1]) as m:
+        m.run(np.load(sys.argv[2]))
+        after_run = sorted(m for m in sys.modules if m in WATCH or m.startswith("edgeship.runtime.tasks."))
+        m.classify(np.zeros((8, 8), np.uint8))
+    after_classify = sorted(m for m in sys.modules if m.startswith("edgeship.runtime.tasks."))
+    print(json.dumps({"after_import": after_import, "after_run": after_run, "after_classify": after_classify}))
+    """
+)
+
+
+def test_cold_start_imports_only_what_load_and_run_need(files):
+    """A device's cold start (import, load, run) pays for no task adapter, no logging and, for a small
+    model, no OpenSSL: each is imported on first use (benchmarks/run.py cold_start measures the time)."""
+    fx, bundle, xpath, _ = files
+    code = "WATCH = ('logging', '_hashlib', 'tempfile')\n" + LEAN
+    proc = subprocess.run([sys.executable, "-c", code, bundle, xpath], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["after_import"] == [] and out["after_run"] == [], out
+    assert "edgeship.runtime.tasks.classify" in out["after_classify"]  # and the lazy names still resolve
