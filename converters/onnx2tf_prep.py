@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["onnx2tf_ops", "unsupported_nodes", "rewrite_known_ops", "clean_graph", "failed_node", "reason_of",
+__all__ = ["onnx2tf_ops", "nhwc_inputs", "unsupported_nodes", "rewrite_known_ops", "clean_graph", "failed_node", "reason_of",
            "log_reason"]
 
 _DOMAINS = ("", "ai.onnx")
@@ -164,3 +164,18 @@ def log_reason(log: str, limit: int = 160) -> str | None:
             if text and not text.startswith(_BOILERPLATE):
                 return text if len(text) <= limit else text[: limit - 3] + "..."
     return None
+
+
+def nhwc_inputs(model) -> list:
+    """Names of the graph's 4-D inputs whose last dimension is 1 or 3 channels and whose
+    second is not (NHWC, as tf2onnx writes Keras and TFLite models): onnx2tf assumes NCHW
+    and would turn ``[1, 257, 257, 3]`` into ``[1, 257, 3, 257]`` unless told to keep them."""
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+            out.append(vi.name)
+    return out

@@ -110,9 +110,12 @@ def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layo
     """
     require("onnx2tf", "convert", "to convert ONNX models to TFLite")
     import onnx  # noqa: PLC0415
-    import onnx2tf  # noqa: PLC0415 - heavy, and changes global TF state at import
 
     from . import onnx2tf_prep as prep  # noqa: PLC0415
+    from .tflite import quiet  # noqa: PLC0415
+
+    with quiet():  # TensorFlow's import-time C++ logging (absl, oneDNN, CUDA probes) is noise here
+        import onnx2tf  # noqa: PLC0415 - heavy, and changes global TF state at import
 
     sample = None
     if calib is not None and len(calib):
@@ -126,8 +129,11 @@ def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layo
     bad = prep.unsupported_nodes(model)
     if bad:
         raise UnsupportedModelError(_unsupported(bad))
+    keep = prep.nhwc_inputs(model) if source_layout == "NHWC" else []
+    if keep:
+        notes.append(f"NHWC inputs kept as they are by onnx2tf (keep_nwc_or_nhwc_or_ndhwc_input_names={keep})")
     try:
-        calls = _run_onnx2tf(onnx2tf, path, out_dir, sample, model)
+        calls = _run_onnx2tf(onnx2tf, path, out_dir, sample, model, keep)
     except _Failure as first:
         cleaned = os.path.join(work, "onnx2tf_cleaned.onnx")
         try:
@@ -136,7 +142,7 @@ def onnx_to_saved_model(onnx_path: str, out_dir: str, *, calib=None, source_layo
             raise UnsupportedModelError(f"{first}; {TRY}") from first.__cause__
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
-            calls = _run_onnx2tf(onnx2tf, cleaned, out_dir, sample, onnx.load(cleaned, load_external_data=False))
+            calls = _run_onnx2tf(onnx2tf, cleaned, out_dir, sample, onnx.load(cleaned, load_external_data=False), keep)
         except _Failure:
             raise UnsupportedModelError(f"{first} (also after graph clean-up: {', '.join(cleaning)}); {TRY}") \
                 from first.__cause__
@@ -163,8 +169,9 @@ def _unsupported(bad: list) -> str:
             f"converter for it{more}; {TRY}, or re-export the model without {op}")
 
 
-def _run_onnx2tf(onnx2tf, path: str, out_dir: str, sample, model) -> int:
-    """One onnx2tf run; its log is kept (not printed) to name the failing node."""
+def _run_onnx2tf(onnx2tf, path: str, out_dir: str, sample, model, keep_nhwc=()) -> int:
+    """One onnx2tf run; its log is kept (not printed) to name the failing node. ``keep_nhwc``:
+    input names already NHWC (a TFLite- or Keras-derived ONNX), which onnx2tf must not transpose."""
     import io  # noqa: PLC0415
 
     from . import onnx2tf_prep as prep  # noqa: PLC0415
@@ -180,6 +187,7 @@ def _run_onnx2tf(onnx2tf, path: str, out_dir: str, sample, model) -> int:
                 output_signaturedefs=True,
                 copy_onnx_input_output_names_to_tflite=False,
                 output_integer_quantized_tflite=False,
+                keep_nwc_or_nhwc_or_ndhwc_input_names=list(keep_nhwc) or None,
                 # NMS inside: as many detections as found, not padded to max_output_boxes_per_class
                 output_nms_with_dynamic_tensor=any(n.op_type == "NonMaxSuppression" for n in model.graph.node),
             )

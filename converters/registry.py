@@ -76,6 +76,7 @@ _LOADERS: list = []  # (priority, name, matches(model)->bool, loader)
 LOADER_MODULES = (
     ("edgeship.converters.sources.keras", "edgeship.converters.keras_loader"),
     ("edgeship.converters.sources.onnx", "edgeship.converters.onnx_formats"),
+    ("edgeship.converters.sources.tflite",),
 )
 
 

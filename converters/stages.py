@@ -52,8 +52,8 @@ def load_source(plan: ConversionPlan):
     name, loader = registry.find_loader(plan.model)
     if loader is None:
         raise UnsupportedModelError(
-            f"no loader for {plan.model!r}: expected a .keras/.h5 file, a SavedModel folder, an .onnx file or a "
-            "Keras model"
+            f"no loader for {plan.model!r}: expected a .keras/.h5 file, a SavedModel folder, an .onnx file, a float "
+            ".tflite file or a Keras model"
         )
     from .tflite import quiet  # noqa: PLC0415
 

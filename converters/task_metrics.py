@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeship.vocab import Task
 
-__all__ = ["input_size_of", "detection_agreement", "segmentation_masks", "segmentation_agreement", "COLLAPSED_F1",
+__all__ = ["input_size_of", "detection_agreement", "class_axis", "segmentation_masks", "segmentation_agreement", "COLLAPSED_F1",
            "COLLAPSED_MIOU", "SCORE_THRESHOLD"]
 
 SCORE_THRESHOLD = 0.25  # the usual YOLO confidence threshold
@@ -62,14 +62,45 @@ def detection_agreement(reference: list, candidate: list, input_size: tuple | No
     return out
 
 
-def segmentation_masks(outputs: np.ndarray, layout: str | None, *, probability: bool | None = None) -> tuple:
+def _proportional(a: int, b: int) -> bool:
+    """``a`` and ``b`` are the same extent up to an integer stride (a map at 1/4 of the input, or 4x)."""
+    return a > 0 and b > 0 and (a == b or (a > b and a % b == 0) or (b > a and b % a == 0))
+
+
+def class_axis(shape: tuple, input_size: tuple | None, layout: str | None) -> int:
+    """The class axis (1 or 3) of a 4-D map ``shape``, read from the output itself: the two
+    axes whose extents equal (or are proportional to) the input's (H, W) are spatial, the other
+    is the class axis. NCHW and NHWC are decided per output (a TFLite-derived ONNX keeps NHWC
+    outputs behind an NCHW-less input). Ambiguous (no input size, or C matching H or W too):
+    the input ``layout``'s convention (axis 1 for NCHW, else the last)."""
+    fallback = 1 if layout == "NCHW" else 3
+    if len(shape) != 4 or input_size is None or len(input_size) != 2:
+        return fallback
+    h, w = int(input_size[0]), int(input_size[1])
+    nchw = _proportional(shape[2], h) and _proportional(shape[3], w)
+    nhwc = _proportional(shape[1], h) and _proportional(shape[2], w)
+    if nchw and nhwc:  # e.g. [1, 64, 64, 64] for a 64x64 input: the shape cannot say
+        exact_nchw, exact_nhwc = (shape[2], shape[3]) == (h, w), (shape[1], shape[2]) == (h, w)
+        if exact_nchw != exact_nhwc:
+            return 1 if exact_nchw else 3
+        return fallback
+    if nchw:
+        return 1
+    if nhwc:
+        return 3
+    return fallback
+
+
+def segmentation_masks(outputs: np.ndarray, layout: str | None, *, probability: bool | None = None,
+                       input_size: tuple | None = None) -> tuple:
     """``(masks [N, H, W] int, num_classes, rule)`` of a dense map batch ``[N, C, H, W]`` (NCHW) or
     ``[N, H, W, C]``: the argmax over ``C`` classes; for one channel, binary: a probability > 0.5
-    (values within [0, 1]; ``probability`` overrides) or a logit > 0."""
+    (values within [0, 1]; ``probability`` overrides) or a logit > 0. The class axis is found
+    from the map's shape against ``input_size`` (the model input's (H, W)), see :func:`class_axis`."""
     a = np.asarray(outputs)
     if a.ndim != 4:
         raise ValueError(f"a segmentation map is 4-D, got {a.shape}")
-    a = np.moveaxis(a, 1, -1) if layout == "NCHW" else a
+    a = np.moveaxis(a, 1, -1) if class_axis(a.shape, input_size, layout) == 1 else a
     if a.shape[-1] == 1:
         prob = bool(a.min() >= 0.0 and a.max() <= 1.0) if probability is None else probability
         thr = 0.5 if prob else 0.0
@@ -78,18 +109,21 @@ def segmentation_masks(outputs: np.ndarray, layout: str | None, *, probability: 
     return (mask.astype(np.uint8) if a.shape[-1] <= 256 else mask), int(a.shape[-1]), "argmax over classes"
 
 
-def segmentation_agreement(reference: np.ndarray, candidate: np.ndarray, layout: str | None) -> dict | None:
+def segmentation_agreement(reference: np.ndarray, candidate: np.ndarray, layout: str | None,
+                           input_size: tuple | None = None) -> dict | None:
     """mIoU and pixel accuracy of the candidate's masks against the reference's (the source's),
-    over the batch; the binary rule (probability or logit) is read from the reference. None
-    when the outputs are not 4-D maps."""
+    over the batch; the binary rule (probability or logit) is read from the reference. The class
+    axis is read from the map's shape against ``input_size`` (the input's (H, W)), falling back to
+    ``layout``. None when the outputs are not 4-D maps."""
     from edgeship.metrics_segmentation import miou  # noqa: PLC0415
 
     ref, cand = np.asarray(reference), np.asarray(candidate)
     if ref.ndim != 4 or ref.shape != cand.shape:
         return None
-    r, k, rule = segmentation_masks(ref, layout)
-    prob = None if k != 2 or np.shape(ref)[1 if layout == "NCHW" else -1] != 1 else rule.startswith("probability")
-    c, _, _ = segmentation_masks(cand, layout, probability=prob)
+    r, k, rule = segmentation_masks(ref, layout, input_size=input_size)
+    prob = None if k != 2 or np.shape(ref)[class_axis(ref.shape, input_size, layout)] != 1 \
+        else rule.startswith("probability")
+    c, _, _ = segmentation_masks(cand, layout, probability=prob, input_size=input_size)
     out = miou(list(r), list(c), k)
     out["num_classes"] = k
     out["rule"] = rule

@@ -143,7 +143,7 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
         out.update(labelled_map(reference, [c.reshape(np.shape(r)) for r, c in zip(reference, cand)], labelled))
     if task is not None and task.value == "segmentation":  # masks against the source's: mIoU, pixel accuracy
         agree = task_metrics.segmentation_agreement(reference[0], cand[0].reshape(np.shape(reference[0])),
-                                                    source_layout)
+                                                    source_layout, task_metrics.input_size_of(x, source_layout))
         if agree is not None:
             out["miou"], out["pixel_accuracy"] = agree["miou"], agree["pixel_accuracy"]
             task_metrics.check_segmentation(agree, name, len(x))

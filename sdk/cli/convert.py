@@ -170,7 +170,8 @@ def cmd_convert(args) -> int:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a Keras or ONNX model into a bundle")
-    c.add_argument("model", help=".keras, SavedModel folder, .h5 (with --allow-legacy-h5) or .onnx")
+    c.add_argument("model", help=".keras, SavedModel folder, .h5 (with --allow-legacy-h5), .onnx or a float "
+                   ".tflite (through tf2onnx)")
     c.add_argument("-o", "--output", required=True, help="bundle folder to write (required)")
     c.add_argument("--calib", help="calibration data: image folder, .npy, .npz (x[, y]) or the word 'random'; "
                                    "needed by int8 and int16x8 (default: none)")
