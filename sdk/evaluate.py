@@ -13,7 +13,7 @@ from . import metrics
 from .errors import CalibrationError, InputError
 
 
-def _source_reference(man: dict):
+def source_reference(man: dict):
     """The source model, if it is still at its recorded path with its recorded hash."""
     src = man.get("source") or {}
     path = src.get("path")
@@ -75,7 +75,7 @@ def evaluate_bundle(path: str, data: str, *, count: int | None = None, against: 
     if against in ("auto", "source"):
         src, why = (None, "")
         try:
-            src, why = _source_reference(man)
+            src, why = source_reference(man)
         except ImportError:
             src, why = None, "the converter extra (edgeship[convert]) is not installed"
         if src is not None:
@@ -102,4 +102,4 @@ def evaluate_bundle(path: str, data: str, *, count: int | None = None, against: 
     return report
 
 
-__all__ = ["evaluate_bundle", "CalibrationError"]
+__all__ = ["evaluate_bundle", "source_reference", "CalibrationError"]

@@ -273,7 +273,7 @@ class PreprocessSpec:
                 raise InputError(f"--preprocess value {part!r} is malformed: {key} takes {_expected(key)}") from None
         if "size" not in values:
             raise InputError("--preprocess needs size=HxW because the model's input size is unknown")
-        if "scale" not in values and any(abs(v) > 1.0 for v in values.get("mean", ()) + values.get("std", ())):
+        if "scale" not in values and any(abs(v) > 1.0 for v in values.get("mean", ())):
             raise InputError("--preprocess mean/std are on the 0..255 pixel scale but scale defaults to 1/255 "
                              "(pixels in 0..1: mean=127.5 would give values near -1 only); add scale=1, or "
                              "give mean/std on the 0..1 scale (e.g. mean=0.5,std=0.5)")

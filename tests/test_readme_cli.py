@@ -250,6 +250,8 @@ def test_preprocess_spec_per_channel_and_errors():
     spec = PreprocessSpec.parse("size=8x4,color=bgr,mean=0.1:0.2:0.3,std=2:3:4,layout=nchw")
     assert spec.size == (8, 4) and spec.layout.value == "NCHW"
     assert tuple(spec.mean) == (0.1, 0.2, 0.3) and tuple(spec.std) == (2.0, 3.0, 4.0)
-    for bad in ("size=16", "size=16x16,colour=gray", "size=16x16,scale=1/0", "scale=1/16", "size16x16"):
+    assert tuple(PreprocessSpec.parse("size=8x8,mean=127.5,std=127.5,scale=1").mean)[0] == 127.5  # explicit scale
+    for bad in ("size=16", "size=16x16,colour=gray", "size=16x16,scale=1/0", "scale=1/16", "size16x16",
+                "size=16x16,mean=127.5,std=127.5"):  # 0..255 mean with the default scale 1/255
         with pytest.raises(InputError):
             PreprocessSpec.parse(bad)
