@@ -34,6 +34,7 @@ class LabelledDetections:
     labels: tuple | None
     source: str
     kind: str = "YOLO txt"
+    metric_text: str = "mAP@0.5:0.95 against the labels"
 
     def __len__(self) -> int:
         return len(self.truth)

@@ -42,7 +42,7 @@ def _num(v, fmt="{:.4f}") -> str:
 def validation_table(manifest: dict) -> str:
     """A markdown table: one row per artifact with size and validation metrics."""
     rows = [
-        "| artifact | precision | io | size | gzip | top-1 agreement | accuracy (source) | cosine | SQNR dB |",
+        "| artifact | precision | io | size | gzip | top-1 agreement (or task metric) | accuracy (source) | cosine | SQNR dB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     vals = manifest.get("validation", {}).get("artifacts", {})
@@ -61,13 +61,20 @@ def validation_table(manifest: dict) -> str:
 
 
 def _agreement(v: dict) -> str:
-    """Top-1 agreement, or for a detector its detections' F1 against the source's."""
+    """Top-1 agreement; for a detector its mAP against labels or detections' F1 against the source's; for a
+    segmentation model its mIoU against label masks or its masks' mIoU against the source's."""
     if v.get("top1_agreement") is None and v.get("map50_95") is not None:  # a detector against labels
         return (f"mAP@0.5:0.95 {v['map50_95']:.3f} (source {_num(v.get('source_map50_95'), '{:.3f}')}, "
                 f"{v.get('labelled_images')} labelled images)"
                 + (f"; detections F1 {v['detection_f1']:.3f}" if v.get("detection_f1") is not None else ""))
     if v.get("top1_agreement") is None and v.get("detection_f1") is not None:
         return f"detections F1 {v['detection_f1']:.3f}"
+    if v.get("top1_agreement") is None and v.get("label_miou") is not None:  # segmentation against label masks
+        return (f"mIoU {v['label_miou']:.3f} (source {_num(v.get('source_label_miou'), '{:.3f}')}, "
+                f"{v.get('labelled_images')} labelled images)"
+                + (f"; masks mIoU vs source {v['miou']:.3f}" if v.get("miou") is not None else ""))
+    if v.get("top1_agreement") is None and v.get("miou") is not None:
+        return f"masks mIoU vs source {v['miou']:.3f}"
     return _pct(v.get("top1_agreement"))
 
 

@@ -35,7 +35,8 @@ WARNING_NOTE_PREFIXES = ("warning:", "slow on x86:")
 METRIC_KEYS = ("top1_agreement", "accuracy", "source_accuracy", "cosine", "max_abs_error", "sqnr_db", "detection_f1",
                "miou", "pixel_accuracy")
 # recorded only for a detector measured against labels (.detection_labels)
-LABELLED_KEYS = ("map50_95", "source_map50_95", "map50", "source_map50", "labelled_images", "drop_metric")
+LABELLED_KEYS = ("map50_95", "source_map50_95", "map50", "source_map50", "label_miou", "source_label_miou",
+                 "label_pixel_accuracy", "source_label_pixel_accuracy", "labelled_images", "drop_metric")
 
 
 # -- load source ---------------------------------------------------------------------------
@@ -89,12 +90,12 @@ class Data:
     val: CalibrationSet  # what validation measures on
     held_out: bool  # val is not the calibration samples themselves
     labels: tuple | None  # the bundle's labels (the plan's, else the calibration folder's classes)
-    labelled: object = None  # a detector's eval ground truth, aligned with val (.detection_labels)
+    labelled: object = None  # eval ground truth, aligned with val (.detection_labels, .segmentation_labels)
 
     def description(self, plan: ConversionPlan) -> str:
         if self.labelled is not None:
             return (f"{len(self.labelled)} labelled images in {self.labelled.source} ({self.labelled.kind}); "
-                    "max_drop and the report use mAP@0.5:0.95 against the labels")
+                    f"max_drop and the report use {self.labelled.metric_text}")
         if self.held_out and plan.eval_data is None:
             return f"{len(self.val)} samples held out from {self.val.source}"
         return f"{self.val.source}" + ("" if self.held_out else " (the calibration samples themselves)")
@@ -144,6 +145,14 @@ def load_data(plan: ConversionPlan, mplan: ModelPlan, warnings: list) -> Data:
         from .detection_labels import load_labelled  # noqa: PLC0415
 
         found = load_labelled(plan.eval_data, spec, shape, mplan.labels, mplan.decoder, max(MAX_VALIDATION, 1000))
+        if found is not None:
+            labelled, held_out = found[1], True
+            val_set = load_samples(found[0], input_shape=shape, count=len(found[0]), what="evaluation")
+            val_set = dataclasses.replace(val_set, kind="folder", source=os.fspath(plan.eval_data))
+    if plan.eval_data is not None and plan.task is Task.SEGMENTATION:  # label masks: mIoU against them
+        from .segmentation_labels import load_labelled_masks  # noqa: PLC0415
+
+        found = load_labelled_masks(plan.eval_data, spec, shape, max(MAX_VALIDATION, 1000))
         if found is not None:
             labelled, held_out = found[1], True
             val_set = load_samples(found[0], input_shape=shape, count=len(found[0]), what="evaluation")
@@ -244,12 +253,12 @@ def validate(plan: ConversionPlan, entry: dict, w, reference: list, data: Data, 
         metrics["mixed_ranges"] = res["mixed_ranges"]
     warnings.extend(f"{entry['file']}: {m}" for m in res.get("warnings") or ())
     if res.get("drop_metric"):  # a detector against labels: the metric and the drop max_drop is compared with
-        metrics.update({k: res[k] for k in LABELLED_KEYS}, drop_points=_metrics.drop_points(res))
+        metrics.update({k: res[k] for k in LABELLED_KEYS if k in res}, drop_points=_metrics.drop_points(res))
     if plan.max_drop is not None:
         drop = _metrics.drop_points(res)
         if drop > plan.max_drop:
             what = "accuracy" if res.get("accuracy") is not None else "mAP@0.5:0.95 against the labels" if res.get(
-                "map50_95") is not None else (
+                "map50_95") is not None else "mIoU against the label masks" if res.get("label_miou") is not None else (
                 "mIoU against the source" if res.get("miou") is not None and res.get("top1_agreement") is None
                 else "top-1 agreement with the source")
             raise ValidationFailedError(

@@ -137,6 +137,10 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
                     "validation samples, although its raw outputs may look close (cosine); "
                     "the decode head must stay in float (see the report), or use a float precision"
                 )
+    if labelled is not None and task is not None and task.value == "segmentation":  # mIoU against label masks
+        from .segmentation_labels import labelled_miou  # noqa: PLC0415
+
+        out.update(labelled_miou(reference, cand, labelled))
     if labelled is not None and task is not None and task.value == "detection":  # mAP against the labels
         from .detection_labels import labelled_map  # noqa: PLC0415
 

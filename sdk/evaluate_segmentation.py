@@ -26,7 +26,7 @@ from .errors import InputError
 from .images import list_images, read_image
 from .metrics_segmentation import miou
 
-__all__ = ["evaluate_segmentation_bundle", "find_masks", "read_mask"]
+__all__ = ["evaluate_segmentation_bundle", "find_masks", "image_mask", "num_classes", "read_mask"]
 
 MASK_FOLDERS = ("masks", "SegmentationClass", "labels")
 IGNORE = 255
@@ -87,14 +87,17 @@ def read_mask(path: str) -> np.ndarray:
     return (img if img.ndim == 2 else img[..., 0]).astype(np.int64)
 
 
-def _num_classes(scores: np.ndarray) -> int:
+def num_classes(scores: np.ndarray) -> int:
+    """Classes of a score map (one sample or a batch of one): its channel count, 2 for a one-channel map."""
     s = np.asarray(scores)
     s = s[0] if s.ndim == 4 else s
     c = min(s.shape[0], s.shape[-1]) if s.ndim == 3 else 1
     return 2 if c == 1 else int(c)
 
 
-def _image_mask(scores: np.ndarray, image: np.ndarray, spec) -> np.ndarray:
+def image_mask(scores: np.ndarray, image: np.ndarray, spec) -> np.ndarray:
+    """The class mask of one sample's scores at ``image``'s size (only its shape is read), as
+    :meth:`Model.segment` makes it."""
     from edgeship.runtime.tasks.segment import get_mask, to_image_mask  # noqa: PLC0415
 
     s = np.asarray(scores)
@@ -168,10 +171,10 @@ def evaluate_segmentation_bundle(path: str, data: str, *, masks: str | None = No
                 spec = preprocess_spec(m, img)
                 x = prepare_input(m, spec, img)
                 scores = next(iter(m.run(x).values()))
-                k = k or _num_classes(scores)
-                out.append(_image_mask(scores, img, spec))
+                k = k or num_classes(scores)
+                out.append(image_mask(scores, img, spec))
                 if source is not None and len(src_masks) < len(images):
-                    src_masks.append(_image_mask(source.predict(x)[0], img, spec))
+                    src_masks.append(image_mask(source.predict(x)[0], img, spec))
         made[art["file"]] = out
         r = miou(truth if labelled else src_masks, out, k)
         report["artifacts"][art["file"]] = {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"], "iou": r["iou"],

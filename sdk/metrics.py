@@ -55,11 +55,14 @@ def accuracy(outputs, labels) -> float:
 
 def drop_points(metrics: dict) -> float:
     """Accuracy drop in percentage points (agreement loss when there are no labels); a detector
-    measured against labels: its mAP@0.5:0.95 drop, ``100 * (source - artifact)``."""
+    measured against labels: its mAP@0.5:0.95 drop, ``100 * (source - artifact)``; a segmentation model
+    against label masks: its mIoU drop, the same way."""
     if metrics.get("accuracy") is not None and metrics.get("source_accuracy") is not None:
         return 100.0 * (metrics["source_accuracy"] - metrics["accuracy"])
     if metrics.get("map50_95") is not None and metrics.get("source_map50_95") is not None:
         return 100.0 * (metrics["source_map50_95"] - metrics["map50_95"])
+    if metrics.get("label_miou") is not None and metrics.get("source_label_miou") is not None:
+        return 100.0 * (metrics["source_label_miou"] - metrics["label_miou"])  # segmentation against label masks
     if metrics.get("top1_agreement") is not None:
         return 100.0 * (1.0 - metrics["top1_agreement"])
     if metrics.get("detection_f1") is not None:  # detectors: agreement of detections with the source

@@ -149,3 +149,28 @@ def test_bad_masks_are_clear_user_errors(work, tmp_path):
     cv2.imwrite(str(alone / "a.png"), np.zeros((64, 64, 3), np.uint8))
     r = cli("eval", work / "bundle", "--data", alone, "--against", "labels")
     assert r.returncode == 2 and "--masks DIR" in r.stderr, r.stderr
+
+
+def test_convert_eval_with_masks_validates_on_label_miou_and_max_drop_applies(work, tmp_path):
+    """``convert --eval DIR`` whose folder has masks beside it: the source's and the artifact's mIoU
+    against the labels are recorded and ``--max-drop`` is compared with their difference."""
+    out = tmp_path / "b"
+    r = cli("convert", work / "redseg.onnx", "-o", out, "--formats", "onnx", "--calib", work / "calib",
+            "--eval", work / "images", "--task", "segmentation", "--max-drop", "2",
+            "--preprocess", f"size={SIZE}x{SIZE},color=rgb,scale=1/255", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    man = json.loads((out / "manifest.json").read_text())
+    v = man["validation"]["artifacts"]["model.int8.onnx"]
+    assert v["drop_metric"] == "label_miou" and v["labelled_images"] == 8
+    assert v["source_label_miou"] > 0.8 and v["label_miou"] > 0.8
+    assert v["drop_points"] == pytest.approx(100 * (v["source_label_miou"] - v["label_miou"]))
+    # the same numbers as `edgeship eval` against the masks (both map the masks back to each image)
+    rep = json.loads(cli("eval", out, "--data", work / "images", "--json").stdout)
+    assert rep["artifacts"]["model.int8.onnx"]["miou"] == pytest.approx(v["label_miou"], abs=1e-9)
+    assert rep["source"]["miou"] == pytest.approx(v["source_label_miou"], abs=1e-9)
+    assert "mIoU" in (out / "report.md").read_text()
+    # with labels, max_drop reads the label mIoU drop, not the masks' agreement with the source
+    from edgeship.metrics import drop_points
+
+    assert drop_points({"label_miou": 0.70, "source_label_miou": 0.75, "miou": 0.99}) == pytest.approx(5.0)
+    assert drop_points({"miou": 0.99}) == pytest.approx(1.0)

