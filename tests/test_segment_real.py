@@ -49,3 +49,34 @@ def test_selfie_segmentation_finds_the_person_at_image_size():
     assert 0.3 < frac < 0.8  # the astronaut fills about half of skimage's photo
     assert person.mask[120, 230] == 1 and person.mask[10, 10] == 0  # her face; the top-left corner
     assert nobody.mask.shape == (427, 640) and nobody.mask.mean() < 0.05  # a landscape: no person
+
+
+def test_cli_run_preprocess_sets_a_bare_models_preprocessing(tmp_path):
+    """``edgeship run --preprocess`` gives a bare .tflite (no manifest) its real preprocessing: the selfie
+    model expects a letterboxed frame; stretched, an empty room comes out half "person"."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from edgeship import runtime
+
+    model, image = real_file("selfie_segmentation.tflite"), real_file("home.jpg")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def run(*extra):
+        r = subprocess.run([sys.executable, "-m", "edgeship.cli", "run", model, image, "--json", *extra],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        (res,) = json.loads(r.stdout)["results"]
+        return {c["id"]: c["fraction"] for c in res["mask"]["classes"]}
+
+    boxed, stretched = run("--preprocess", "resize=letterbox"), run()
+    with runtime.load(model) as m:
+        m.preprocessing = PreprocessSpec(size=(256, 256), resize="letterbox")  # the CLI keeps size and colour
+        want = {c.id: c.score for c in m.segment(real_image("home.jpg")).classes}
+    assert boxed == pytest.approx(want)
+    assert boxed.get(1, 0.0) < 0.05 < stretched.get(1, 0.0)
+    bad = subprocess.run([sys.executable, "-m", "edgeship.cli", "run", model, image, "--preprocess", "reszie=letterbox"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "unknown key 'reszie'" in bad.stderr and "Traceback" not in bad.stderr

@@ -241,6 +241,16 @@ def _line(r: dict) -> str:
     return f"{r['input']}: {json.dumps(r['outputs'])[:200]}"
 
 
+def _preprocess(model, text: str):
+    """``--preprocess`` over the model's own spec (the manifest's, else the default for its input): keys
+    not given keep the model's values (size, layout, gray)."""
+    from ..preprocess import PreprocessSpec  # noqa: PLC0415
+    from edgeship.runtime.tasks.common import per_image, preprocess_spec  # noqa: PLC0415
+
+    base = None if per_image(model) else preprocess_spec(model)  # a dynamic-size model has no size of its own
+    return PreprocessSpec.parse(text, default=base)
+
+
 def cmd_run(args) -> int:
     from edgeship import runtime  # noqa: PLC0415
 
@@ -259,6 +269,8 @@ def cmd_run(args) -> int:
                 raise UsageError(f"--save-masks writes segmentation masks, but this model's task is {task} "
                                  f"(from {why}); pass --task segmentation if its output is a per-pixel map")
             args.save_masks = _masks_dir(args.save_masks)
+            if args.preprocess is not None:
+                model.preprocessing = _preprocess(model, args.preprocess)
             results = _results(model, items, task, args)
             info = model.info.to_dict()
         if args.json:
@@ -286,6 +298,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="detection: most boxes per image (default 100)")
     r.add_argument("--save-masks", metavar="DIR",
                    help="segmentation: write one PNG mask per input into DIR (pixel value = class id, image size)")
+    r.add_argument("--preprocess", metavar="SPEC",
+                   help="image inputs: how images become the model's input, e.g. size=256x256,resize=letterbox,"
+                        "color=rgb,scale=1/255 (keys not given keep the manifest's, or for a bare .tflite/.onnx "
+                        "file the default: stretch to the input size, RGB, pixel / 255)")
     r.add_argument("--artifact", help="artifact file name or format (tflite, onnx); default: the best for this device")
     r.add_argument("--threads", type=int_at_least(1), help="inference threads (default: the runtime's, min(4, cores))")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout (default: text)")
