@@ -1,6 +1,7 @@
 """INT8 segmentation on a real third-party dense-map model with a dynamic input size (issue 12)
 
     make fixtures && python benchmarks/bench_seg.py [--json] [--runs 20] [--size 640]
+    python benchmarks/bench_seg.py --model deeplab [--tflite]   # DeepLabV3 (bench_seg_deeplab.py)
 
 Model: ``ppocrv4_det.onnx``, the PP-OCRv4 text detector (DBNet; input ``[1,3,H,W]`` with
 dynamic H/W, output a ``[1,1,H,W]`` text probability map) that ships inside the
@@ -141,7 +142,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--size", type=int, default=640, help="the fixed evaluation/timing size (default 640)")
+    ap.add_argument("--model", choices=("ppocr", "deeplab"), default="ppocr",
+                    help="ppocr (default) or deeplab: DeepLabV3 from a float TFLite file (bench_seg_deeplab.py)")
+    ap.add_argument("--tflite", action="store_true", help="deeplab: also the INT8 TFLite")
     args = ap.parse_args(argv)
+    if args.model == "deeplab":
+        import bench_seg_deeplab  # noqa: PLC0415
+
+        return bench_seg_deeplab.main(["--runs", str(args.runs)] + (["--json"] if args.json else [])
+                                      + (["--tflite"] if args.tflite else []))
 
     import onnxruntime as ort  # noqa: PLC0415
 

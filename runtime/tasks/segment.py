@@ -118,6 +118,22 @@ def to_image_mask(values: np.ndarray, image_size: tuple[int, int], spec: Preproc
     return v[ys[:, None], xs[None, :]]
 
 
+def _fits(a: int, b: int) -> bool:
+    return a > 0 and b > 0 and (a % b == 0 or b % a == 0)
+
+
+def _channels_first(shape: tuple, input_hw: tuple | None) -> bool:
+    """Whether a ``(d0, d1, d2)`` map is ``(C, H, W)``: read from which two axes match the
+    model input's (H, W) (equal or an integer stride apart), so a ``(128, 128, 150)`` map is
+    150 classes whatever its sizes; when both or neither match, the smaller end axis is C."""
+    if input_hw is not None:
+        h, w = int(input_hw[0]), int(input_hw[1])
+        first, last = _fits(shape[1], h) and _fits(shape[2], w), _fits(shape[0], h) and _fits(shape[1], w)
+        if first != last:
+            return first
+    return shape[0] < shape[-1] and shape[0] <= 512
+
+
 def segment(model, image: np.ndarray, *, probabilities: bool = False, output: str | None = None) -> Segmentation:
     """Segment one image (HxWx3 BGR uint8): the class mask at the image's size.
 
@@ -138,7 +154,7 @@ def segment(model, image: np.ndarray, *, probabilities: bool = False, output: st
     scores = outs[output] if output is not None else next(iter(outs.values()))
     s = np.asarray(scores)
     s = s[0] if s.ndim == 4 else s
-    if s.ndim == 3 and s.shape[0] < s.shape[-1] and s.shape[0] <= 512:
+    if s.ndim == 3 and _channels_first(s.shape, spec.size if spec is not None else None):
         s = np.moveaxis(s, 0, -1)  # (C, H, W) -> (H, W, C)
     mask = to_image_mask(get_mask(s, channels_first=False), (img.shape[1], img.shape[0]), spec)
     mask = np.ascontiguousarray(mask)
