@@ -98,13 +98,9 @@ def num_classes(scores: np.ndarray) -> int:
 def image_mask(scores: np.ndarray, image: np.ndarray, spec) -> np.ndarray:
     """The class mask of one sample's scores at ``image``'s size (only its shape is read), as
     :meth:`Model.segment` makes it."""
-    from edgeship.runtime.tasks.segment import get_mask, to_image_mask  # noqa: PLC0415
+    from edgeship.runtime.tasks.segment import segment_outputs  # noqa: PLC0415
 
-    s = np.asarray(scores)
-    s = s[0] if s.ndim == 4 else s
-    if s.ndim == 3 and s.shape[0] < s.shape[-1] and s.shape[0] <= 512:
-        s = np.moveaxis(s, 0, -1)  # (C, H, W) -> (H, W, C), as Model.segment reads it
-    return to_image_mask(get_mask(s, channels_first=False), (image.shape[1], image.shape[0]), spec)
+    return segment_outputs(scores, (image.shape[1], image.shape[0]), spec).mask
 
 
 def evaluate_segmentation_bundle(path: str, data: str, *, masks: str | None = None, against: str = "auto",

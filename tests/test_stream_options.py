@@ -38,7 +38,7 @@ def test_options_are_checked_once_and_frozen():
         opts.top_k = 5
     for bad, needle in (({"top_k": 0}, "top_k"), ({"threshold": 2}, "threshold"), ({"iou": -0.1}, "iou"),
                         ({"duration": 0}, "duration"), ({"max_frames": 0}, "max_frames"), ({"port": 70000}, "port"),
-                        ({"task": "segment"}, "task"), ({"display": "tv"}, "display"),
+                        ({"task": "segmnt"}, "task"), ({"display": "tv"}, "display"),
                         ({"interpolation": "cubic"}, "interpolation")):
         with pytest.raises(InputError, match=needle):
             StreamOptions(**bad)

@@ -17,7 +17,7 @@ from ...preprocess import opencv
 from ...vocab import parse
 from .options import Display, Task
 
-__all__ = ["Recorder", "Window", "draw_results", "draw_stats", "has_gui", "resolve_display"]
+__all__ = ["Recorder", "Window", "draw_results", "draw_stats", "has_gui", "overlay_mask", "resolve_display"]
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
             (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
@@ -37,11 +37,32 @@ def _text(cv2, img, text, org, scale, color=(255, 255, 255), bg=(0, 0, 0), thick
     return th + base + 4
 
 
-def draw_results(img: np.ndarray, results: tuple, task: Task) -> None:
-    """Draw classes (top-left) or boxes on ``img`` in place."""
+def overlay_mask(img: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> None:
+    """Blend a class colour over every pixel of ``img`` (BGR, in place) whose class in ``mask`` (same
+    height and width) is not 0, the background; class 0 pixels are left as they are."""
+    cv2 = opencv()
+    fg = np.asarray(mask) != 0
+    if not fg.any():
+        return
+    ids = np.asarray(mask)
+    palette = np.array([_color(i) for i in range(len(_PALETTE))], np.uint8)
+    colour = palette[ids % len(_PALETTE)] if ids.max() >= len(_PALETTE) else palette[ids]
+    blend = cv2.addWeighted(img, 1.0 - alpha, colour, alpha, 0.0)
+    np.copyto(img, blend, where=fg[..., None])
+
+
+def draw_results(img: np.ndarray, results, task: Task) -> None:
+    """Draw classes (top-left), boxes, or a segmentation's mask and classes on ``img`` in place."""
     cv2 = opencv()
     h, w = img.shape[:2]
     scale = max(0.4, min(1.0, w / 900))
+    if task is Task.SEGMENT:
+        overlay_mask(img, results.mask)
+        y = int(22 * scale) + 4
+        for c in [c for c in results.classes if c.id != 0][:5]:  # the largest classes but the background
+            name = c.label if c.label is not None else f"class {c.id}"
+            y += _text(cv2, img, f"{name}: {100 * c.score:.1f}%", (6, y), scale, bg=_color(c.id))
+        return
     if task is Task.DETECT:
         thick = max(1, round(w / 400))
         for d in results:

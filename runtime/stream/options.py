@@ -36,10 +36,11 @@ class Task(str, Enum):
     AUTO = "auto"
     CLASSIFY = "classify"
     DETECT = "detect"
+    SEGMENT = "segment"
 
 
 # the vocabulary's task names (edgeship.vocab.Task, the manifest's "task") mean the same here
-_TASK_NAMES = {"classification": "classify", "detection": "detect"}
+_TASK_NAMES = {"classification": "classify", "detection": "detect", "segmentation": "segment"}
 
 
 class Display(str, Enum):
@@ -115,8 +116,8 @@ class StreamOptions:
     """Everything a stream can be asked, checked once.
 
     Attributes:
-        task: ``auto`` (the manifest's task, else the output shapes), ``classify`` or ``detect``
-            (or ``edgeship.vocab.Task.CLASSIFICATION``/``DETECTION``).
+        task: ``auto`` (the manifest's task, else the output shapes), ``classify``, ``detect`` or
+            ``segment`` (or ``edgeship.vocab.Task.CLASSIFICATION``/``DETECTION``/``SEGMENTATION``).
         top_k: classes kept per frame (classification).
         threshold: minimum score, in [0, 1] (detections; classes below it are not drawn).
         iou: NMS overlap threshold, in [0, 1] (detection).

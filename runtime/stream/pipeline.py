@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 import numpy as np
 
 from ..tasks.classify import get_classes
-from ..tasks.common import model_labels, prepare_input, preprocess_spec
+from ..tasks.common import infer_task, model_labels, per_image, prepare_input, preprocess_spec
 from ..tasks.detect import postprocess as detect_postprocess
+from ..tasks.segment import segment_outputs
 from .draw import draw_results, draw_stats
 from .fastpre import FastPreprocess
 from .meter import STAGES, StageMeter
@@ -33,7 +34,8 @@ class StreamResult(NamedTuple):
     """One processed frame.
 
     ``image`` is the frame with results and stats drawn on it (the raw frame
-    when drawing is off); ``results`` a tuple of ``Class`` or ``Detection``;
+    when drawing is off); ``results`` a tuple of ``Class`` or ``Detection``, or for a
+    segmentation stream one ``Segmentation`` (mask at the frame's size, classes by area);
     ``timings`` milliseconds per stage (see the module docstring).
     """
 
@@ -89,21 +91,10 @@ class _Handoff:
 
 
 def guess_task(model) -> Task:
-    """``classify`` or ``detect`` for ``model``: the manifest's task, else its output shapes."""
-    man = getattr(model, "manifest", None) or {}
-    t = str(man.get("task") or "").lower() if isinstance(man, Mapping) else ""
-    if t.startswith("detect") or t in ("object_detection", "objects"):
-        return Task.DETECT
-    if t.startswith("classif"):
-        return Task.CLASSIFY
-    outs = getattr(model, "outputs", ()) or ()
-    if len(outs) >= 2:
-        return Task.DETECT
-    if len(outs) == 1:
-        shape = tuple(outs[0].shape)
-        if len(shape) == 3 and shape[-1] is not None and shape[1] is not None and min(shape[1], shape[2]) >= 5:
-            return Task.DETECT
-    return Task.CLASSIFY
+    """``classify``, ``detect`` or ``segment`` for ``model``: the manifest's task, else its output shapes
+    (:func:`edgeship.runtime.tasks.common.infer_task`, as ``edgeship run`` reads them)."""
+    task, _why = infer_task(model)
+    return {"detection": Task.DETECT, "segmentation": Task.SEGMENT}.get(task, Task.CLASSIFY)
 
 
 class Stream:
@@ -138,9 +129,14 @@ class Stream:
         self.top_k, self.threshold, self.iou = opts.top_k, opts.threshold, opts.iou
         self.detect_format, self.anchors, self.draw = opts.detect_format, anchors, opts.draw
         self.source = source if isinstance(source, VideoSource) else VideoSource(source, opts.source)
-        self.spec = dataclasses.replace(preprocess_spec(model), interpolation=opts.interpolation)
+        # A model with a dynamic height/width gets its spec from the first frame (frames of one source share a
+        # size; a new size makes a new spec), else the model's own spec, fixed for the stream.
+        self._dynamic = per_image(model)
+        self._specs: dict = {}  # frame (h, w) -> spec, dynamic models only
+        self.spec = None if self._dynamic else dataclasses.replace(preprocess_spec(model),
+                                                                     interpolation=opts.interpolation)
         self.labels = model_labels(model)
-        self._fast_pre = FastPreprocess.build(model, self.spec)
+        self._fast_pre = None if self._dynamic else FastPreprocess.build(model, self.spec)
         self.meter = StageMeter()
         self._q_pre = _Handoff()  # preprocess -> inference
         self._q_inf = _Handoff()  # inference -> postprocess/draw
@@ -235,13 +231,27 @@ class Stream:
                 continue
             t0 = time.perf_counter()
             x = fast(frame.image) if fast is not None else None
+            if self._dynamic:
+                spec = self._frame_spec(frame.image)
             if x is None:
                 x = prepare_input(model, spec, frame.image)  # the reference rule
             t1 = time.perf_counter()
             timings = {"capture": frame.capture_ms, "wait": (t0 - frame.t_capture) * 1000.0,
                        "preprocess": (t1 - t0) * 1000.0}
-            if not self._q_pre.put((frame, x, timings)):
+            if not self._q_pre.put((frame, x, timings, spec)):
                 return
+
+    def _frame_spec(self, image: np.ndarray):
+        """A dynamic-size model's spec for frames of this size (made once per size, the last 8 kept)."""
+        hw = tuple(image.shape[:2])
+        spec = self._specs.get(hw)
+        if spec is None:
+            if len(self._specs) >= 8:
+                self._specs.pop(next(iter(self._specs)))
+            spec = self._specs[hw] = dataclasses.replace(preprocess_spec(self.model, image),
+                                                         interpolation=self.options.interpolation)
+            self.spec = spec
+        return spec
 
     def _relay(self, q_in: _Handoff, q_out: _Handoff, step: Callable[[tuple], Any]) -> None:
         """Hand ``step(item)`` of every item from ``q_in`` to ``q_out`` until the end marker (forwarded) or stop."""
@@ -256,26 +266,30 @@ class Stream:
                 return
 
     def _infer(self, item: tuple) -> tuple:
-        frame, x, timings = item
+        frame, x, timings, spec = item
         t0 = time.perf_counter()
         outputs = self.model.run(x)
         timings["inference"] = (time.perf_counter() - t0) * 1000.0
-        return frame, outputs, timings
+        return frame, outputs, timings, spec
 
-    def _postprocess(self, frame: Frame, outputs: Mapping[str, np.ndarray]) -> tuple:
+    def _postprocess(self, frame: Frame, outputs: Mapping[str, np.ndarray], spec=None):
+        spec = spec if spec is not None else self.spec
+        img = frame.image
         if self.task is Task.DETECT:
-            img = frame.image
-            return detect_postprocess(outputs, (img.shape[1], img.shape[0]), spec=self.spec,
+            return detect_postprocess(outputs, (img.shape[1], img.shape[0]), spec=spec,
                                       threshold=self.threshold, iou=self.iou, format=self.detect_format,
                                       anchors=self.anchors, labels=self.labels)
+        if self.task is Task.SEGMENT:  # one Segmentation: the mask at the frame's size, classes by area
+            return segment_outputs(next(iter(outputs.values())), (img.shape[1], img.shape[0]), spec,
+                                   labels=self.labels)
         scores = np.asarray(next(iter(outputs.values())))[0]
         return get_classes(scores, top_k=self.top_k, labels=self.labels)
 
     def _finish(self, item: tuple) -> StreamResult:
         """Postprocess and draw one frame, and record its timings."""
-        frame, outputs, timings = item
+        frame, outputs, timings, spec = item
         t0 = time.perf_counter()
-        results = self._postprocess(frame, outputs)
+        results = self._postprocess(frame, outputs, spec)
         t1 = time.perf_counter()
         timings["postprocess"] = (t1 - t0) * 1000.0
         img = frame.image

@@ -23,7 +23,7 @@ _SUBMODULES = ("classify", "common", "detect", "segment")
 _NAMES = {
     "Class": "classify", "get_classes": "classify", "get_scores": "classify", "is_probability": "classify",
     "softmax": "classify",
-    "input_layout": "common", "model_labels": "common", "prepare_input": "common", "preprocess_spec": "common",
+    "infer_task": "common", "input_layout": "common", "model_labels": "common", "prepare_input": "common", "preprocess_spec": "common",
     "BBox": "detect", "Detection": "detect", "decode": "detect", "nms": "detect", "postprocess": "detect",
     "Segmentation": "segment", "get_mask": "segment", "get_segmentation": "segment",
 }

@@ -23,7 +23,7 @@ from ...preprocess import PreprocessSpec, ResizeMode
 from .classify import Class
 from .common import model_labels, prepare_input, preprocess_spec
 
-__all__ = ["Segmentation", "get_mask", "get_segmentation", "segment", "to_image_mask"]
+__all__ = ["Segmentation", "get_mask", "get_segmentation", "segment", "segment_outputs", "to_image_mask"]
 
 
 class Segmentation(NamedTuple):
@@ -152,15 +152,23 @@ def segment(model, image: np.ndarray, *, probabilities: bool = False, output: st
     spec = preprocess_spec(model, img)  # img: a dynamic-size input runs at its size
     outs = model.run(prepare_input(model, spec, img))
     scores = outs[output] if output is not None else next(iter(outs.values()))
+    return segment_outputs(scores, (img.shape[1], img.shape[0]), spec, labels=model_labels(model),
+                           probabilities=probabilities)
+
+
+def segment_outputs(scores: np.ndarray, image_size: tuple[int, int], spec: PreprocessSpec | None, *,
+                    labels: Sequence[str] | None = None, probabilities: bool = False) -> Segmentation:
+    """One sample's score map (a batch of one, ``(H, W, C)`` or ``(C, H, W)``) -> its :class:`Segmentation`
+    at the image's ``image_size`` (width, height), the preprocessing's geometry undone: what
+    :func:`segment` and streams do after the model has run."""
     s = np.asarray(scores)
     s = s[0] if s.ndim == 4 else s
     if s.ndim == 3 and _channels_first(s.shape, spec.size if spec is not None else None):
         s = np.moveaxis(s, 0, -1)  # (C, H, W) -> (H, W, C)
-    mask = to_image_mask(get_mask(s, channels_first=False), (img.shape[1], img.shape[0]), spec)
-    mask = np.ascontiguousarray(mask)
+    mask = np.ascontiguousarray(to_image_mask(get_mask(s, channels_first=False), image_size, spec))
     mask.setflags(write=False)
-    seg = get_segmentation(mask, labels=model_labels(model))
+    seg = get_segmentation(mask, labels=labels)
     if not probabilities:
         return seg
-    prob = to_image_mask(s if s.ndim == 3 else s[..., None], (img.shape[1], img.shape[0]), spec).astype(np.float32)
+    prob = to_image_mask(s if s.ndim == 3 else s[..., None], image_size, spec).astype(np.float32)
     return seg._replace(probabilities=prob)

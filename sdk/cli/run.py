@@ -69,55 +69,11 @@ def read_inputs(paths: Sequence[str]) -> list:
 # ---------------------------------------------------------------------------- the task
 
 
-def _spatial(shape: tuple, layout) -> tuple:
-    return tuple(shape[2:4]) if str(getattr(layout, "value", layout)) == "NCHW" else tuple(shape[1:3])
-
-
-def _dense(out: tuple, inp: tuple, layout) -> bool:
-    """A 4-D output at the input's height and width (or 1/2, 1/4, 1/8 of it): a per-pixel map."""
-    if len(out) != 4 or len(inp) != 4:
-        return False
-    for o, i in zip(_spatial(out, layout), _spatial(inp, layout)):
-        if o is None and i is None:
-            continue
-        if o is None or i is None or not (o == i or (o > 1 and i % o == 0 and i // o in (2, 4, 8))):
-            return False
-    return True
-
-
-def _size(dims) -> int | None:
-    n = 1
-    for d in dims:
-        if d is None:
-            return None
-        n *= int(d)
-    return n
-
-
 def guess_task(model) -> tuple[str, str]:
-    """(task, how it is known) for a model: the manifest's task or decoder, else its output shapes."""
-    from edgeship.runtime.tasks.common import input_layout  # noqa: PLC0415
+    """(task, how it is known): :func:`edgeship.runtime.tasks.common.infer_task`, which streams use too."""
+    from edgeship.runtime.tasks.common import infer_task  # noqa: PLC0415
 
-    man = model.manifest or {}
-    t = str(man.get("task") or "")
-    if t in (Task.CLASSIFICATION.value, Task.DETECTION.value, Task.SEGMENTATION.value):
-        return t, "the manifest"
-    if isinstance(man.get("decoder"), dict):
-        return Task.DETECTION.value, "the manifest's decoder"
-    outs = [tuple(o.shape) for o in model.outputs]
-    inp = tuple(model.inputs[0].shape) if model.inputs else ()
-    layout = input_layout(model)
-    if layout is not None and len(outs) >= 2:
-        return Task.DETECTION.value, f"{len(outs)} outputs of an image model (boxes and scores)"
-    if layout is not None and len(outs) == 1 and len(outs[0]) == 3:
-        a, b = outs[0][1], outs[0][2]
-        if isinstance(a, int) and isinstance(b, int) and max(a, b) >= 100 and min(a, b) >= 5:
-            return Task.DETECTION.value, f"a {list(outs[0])} output: a box and class scores per candidate"
-    if layout is not None and len(outs) == 1 and _dense(outs[0], inp, layout):
-        return Task.SEGMENTATION.value, f"a {list(outs[0])} output: a map at the input's height and width"
-    if len(outs) == 1 and len(outs[0]) >= 2 and _size(outs[0][1:]) != 1:
-        return Task.CLASSIFICATION.value, f"a {list(outs[0])} output: a score per class"
-    return Task.OTHER.value, f"outputs {[list(o) for o in outs]}"
+    return infer_task(model)
 
 
 # ---------------------------------------------------------------------------- results

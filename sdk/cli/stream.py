@@ -12,13 +12,14 @@ from .common import add_accel_arguments, emit_json, int_at_least, load_kwargs, r
 
 DISPLAYS = ("auto", "window", "web", "none")
 # --task takes the vocabulary's names; the stream's own words for them.
-STREAM_TASKS = {"auto": "auto", Task.CLASSIFICATION.value: "classify", Task.DETECTION.value: "detect"}
-ALIASES = {"classify": Task.CLASSIFICATION.value, "detect": Task.DETECTION.value}
+STREAM_TASKS = {"auto": "auto", Task.CLASSIFICATION.value: "classify", Task.DETECTION.value: "detect",
+                Task.SEGMENTATION.value: "segment"}
+ALIASES = {"classify": Task.CLASSIFICATION.value, "detect": Task.DETECTION.value, "segment": Task.SEGMENTATION.value}
 RECORD_EXTS = (".mp4", ".avi", ".mov", ".m4v", ".mkv")
 
 
 def task_arg(text: str) -> str:
-    """``--task``: auto, classification or detection (``classify``/``detect`` accepted too)."""
+    """``--task``: auto, classification, detection or segmentation (``classify``/``detect``/``segment`` too)."""
     t = ALIASES.get(text.strip().lower(), text.strip().lower())
     if t not in STREAM_TASKS:
         raise argparse.ArgumentTypeError(f"{text!r} is not supported; expected one of {', '.join(STREAM_TASKS)}")
