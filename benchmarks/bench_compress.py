@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -40,13 +41,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_prune import load_dataset  # noqa: E402
 
 
-def build_teacher(keras, shape=(28, 28, 1), classes=10):
-    """bench_prune's CNN four times wider in the convolutions, twice in fc1 (~10M MACs on 28x28)."""
+def build_teacher(keras, shape=(28, 28, 1), classes=10, padding="valid"):
+    """bench_prune's CNN four times wider in the convolutions, twice in fc1 (~10M MACs on 28x28;
+    ``padding="same"``: the convolutions keep the borders, ~16.5M MACs)."""
     return keras.Sequential([
         keras.Input(shape),
-        keras.layers.Conv2D(64, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(64, 3, activation="relu", padding=padding, name="conv1"),
         keras.layers.MaxPooling2D(name="pool1"),
-        keras.layers.Conv2D(128, 3, activation="relu", name="conv2"),
+        keras.layers.Conv2D(128, 3, activation="relu", padding=padding, name="conv2"),
         keras.layers.MaxPooling2D(name="pool2"),
         keras.layers.Flatten(name="flatten"),
         keras.layers.Dense(256, activation="relu", name="fc1"),
@@ -98,10 +100,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1", help="seeds of the distillation rows (default 0,1)")
     ap.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     ap.add_argument("--alpha", type=float, default=0.1, help="label-loss weight of distillation (default 0.1)")
+    ap.add_argument("--student-init", default="teacher", choices=("random", "teacher"),
+                    help="the derived student's initial weights (default teacher: its largest-L1 filters; the "
+                         "labels-only baseline starts from the same ones)")
+    ap.add_argument("--padding", default="valid", choices=("valid", "same"), help="the teacher's conv padding")
+    ap.add_argument("--only", default=None, choices=("distill",),
+                    help="run only these rows (the dense teacher and the distilled students): to iterate faster")
     ap.add_argument("--test-limit", type=int, default=None, help="test samples (default: all)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
 
+    start = time.perf_counter()
     import keras  # noqa: PLC0415
 
     from edgeship.converters import convert  # noqa: PLC0415
@@ -119,10 +128,12 @@ def main(argv=None) -> int:
     print(f"dataset: {name} ({len(xtr)} train, {len(xte)} test); epochs {epochs} (from scratch), {ft} (fine-tuning)",
           file=sys.stderr)
     keras.utils.set_random_seed(0)
-    teacher = build_teacher(keras)
+    teacher = build_teacher(keras, padding=args.padding)
     teacher.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=["accuracy"])
+    t0 = time.perf_counter()
     teacher.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0)
+    print(f"teacher: {count_macs(teacher):,} MACs, trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     work = tempfile.mkdtemp(prefix="bench-compress-")
     calib = xtr[:200]
     common = dict(calib=calib, eval_data=(xte, yte), calib_count=200)
@@ -145,17 +156,18 @@ def main(argv=None) -> int:
 
     run("dense INT8 (PTQ)", teacher)
     fp32_acc = rows["dense INT8 (PTQ)"]["source_accuracy"]
-    # QAT: a model post-training INT8 hurts
-    bad = outlier_copy(keras, teacher, args.outlier)
-    run("outlier INT8 (PTQ)", bad)
-    from edgeship.converters.compress.equalize import equalize_pairs  # noqa: PLC0415
+    full = args.only is None
+    if full:  # QAT: a model post-training INT8 hurts
+        bad = outlier_copy(keras, teacher, args.outlier)
+        run("outlier INT8 (PTQ)", bad)
+        from edgeship.converters.compress.equalize import equalize_pairs  # noqa: PLC0415
 
-    eq = keras.models.clone_model(bad)
-    eq.set_weights(bad.get_weights())
-    equalize_pairs(eq)
-    run("outlier INT8 (PTQ after equalization)", eq)  # the share of QAT's result its cross-layer equalization gives
-    run("outlier INT8 (QAT)", bad, train_data=(xtr, ytr),
-        compress=CompressOptions(qat=True, qat_epochs=ft, qat_lr=1e-4))
+        eq = keras.models.clone_model(bad)
+        eq.set_weights(bad.get_weights())
+        equalize_pairs(eq)
+        run("outlier INT8 (PTQ after equalization)", eq)  # the share of QAT's result its cross-layer equalization gives
+        run("outlier INT8 (QAT)", bad, train_data=(xtr, ytr),
+            compress=CompressOptions(qat=True, qat_epochs=ft, qat_lr=1e-4))
     # distillation
     y_part = np.asarray(ytr).astype(np.int64).copy()
     y_part[np.random.default_rng(0).permutation(len(y_part))[labelled:]] = -1  # soft targets alone there
@@ -164,47 +176,58 @@ def main(argv=None) -> int:
         label = "student INT8 (distilled)" + ("" if seed == seeds[0] else f" seed {seed}")
         res = run(label, teacher, train_data=(xtr, y_part), seed=seed,
                   compress=CompressOptions(distill=True, student_width=args.width, distill_epochs=epochs,
-                                           temperature=args.temperature, alpha=args.alpha))
+                                           student_init=args.student_init, temperature=args.temperature,
+                                           alpha=args.alpha))
         dist[seed] = res.manifest["compression"]["distill"]
     d = dist[seeds[0]]
-    # low-rank
-    res_lr = run("low-rank auto INT8", teacher, train_data=(xtr, ytr),
-                 compress=CompressOptions(low_rank="auto", low_rank_energy=args.energy, low_rank_epochs=ft))
-    lr_rows = {r["stage"]: r for r in res_lr.manifest["compression"]["stages"]}
+    if full:  # low-rank
+        res_lr = run("low-rank auto INT8", teacher, train_data=(xtr, ytr),
+                     compress=CompressOptions(low_rank="auto", low_rank_energy=args.energy, low_rank_epochs=ft))
+        lr_rows = {r["stage"]: r for r in res_lr.manifest["compression"]["stages"]}
     lat = latency_ms(bundles, xte)
     for k, v in lat.items():
         rows[k]["latency_ms_p50"] = v
 
     dense = rows["dense INT8 (PTQ)"]
     stu = rows["student INT8 (distilled)"]
-    lowr = rows["low-rank auto INT8"]
+    students = {k: r for k, r in rows.items() if k.startswith("student INT8")}
     out = {
-        "dataset": name, "epochs": epochs, "finetune_epochs": ft, "width": args.width, "energy": args.energy,
+        "dataset": name, "only": args.only, "teacher_padding": args.padding, "student_init": args.student_init,
+        "epochs": epochs, "finetune_epochs": ft, "width": args.width, "energy": args.energy,
         "outlier_scale": args.outlier, "teacher_fp32_accuracy": fp32_acc, "rows": rows,
         "labelled": labelled, "seeds": seeds,
         "distill": {seed: {k: dd.get(k) for k in ("teacher_accuracy", "student_accuracy", "labels_only_accuracy",
                                                   "teacher_macs", "student_macs", "temperature", "alpha", "epochs",
                                                   "labels_only_epochs", "train_count", "labelled_count")}
                     for seed, dd in dist.items()},
-        "low_rank_fp32_accuracy": lr_rows["low_rank"]["accuracy"],
-        "low_rank_ranks": {r["name"]: [r["rank"], r["full_rank"]]
-                           for r in res_lr.manifest["compression"]["low_rank"]["layers"]},
     }
-    out["checks"] = {
-        "qat: PTQ loses > 2 points": 100 * (fp32_acc - rows["outlier INT8 (PTQ)"]["int8_accuracy"]) > 2,
-        "qat: within 0.5 points of FP32": 100 * (fp32_acc - rows["outlier INT8 (QAT)"]["int8_accuracy"]) <= 0.5,
+    checks = {}
+    if full:
+        lowr = rows["low-rank auto INT8"]
+        out["low_rank_fp32_accuracy"] = lr_rows["low_rank"]["accuracy"]
+        out["low_rank_ranks"] = {r["name"]: [r["rank"], r["full_rank"]]
+                                 for r in res_lr.manifest["compression"]["low_rank"]["layers"]}
+        checks.update({
+            "qat: PTQ loses > 2 points": 100 * (fp32_acc - rows["outlier INT8 (PTQ)"]["int8_accuracy"]) > 2,
+            "qat: within 0.5 points of FP32": 100 * (fp32_acc - rows["outlier INT8 (QAT)"]["int8_accuracy"]) <= 0.5,
+        })
+    checks.update({
         "distill: <= 0.3x MACs": stu["macs"] <= 0.3 * dense["macs"],
         "distill: within 1.5 points of the teacher INT8 (every seed)": all(
-            100 * (dense["int8_accuracy"] - r["int8_accuracy"]) <= 1.5
-            for k, r in rows.items() if k.startswith("student INT8")),
+            100 * (dense["int8_accuracy"] - r["int8_accuracy"]) <= 1.5 for r in students.values()),
         "distill: >= 0.5 points above labels alone (FP32, every seed)": all(
             100 * (dd["student_accuracy"] - dd["labels_only_accuracy"]) >= 0.5 for dd in dist.values()),
-        "distill: INT8 latency <= 0.5x the teacher's": stu["latency_ms_p50"] <= 0.5 * dense["latency_ms_p50"],
-        "low-rank: <= 0.5x params": lowr["params"] <= 0.5 * dense["params"],
-        "low-rank: within 1 point": 100 * (dense["int8_accuracy"] - lowr["int8_accuracy"]) <= 1.0,
-        "low-rank: INT8 smaller": lowr["bytes"] < dense["bytes"],
-        "low-rank: INT8 no slower": lowr["latency_ms_p50"] <= dense["latency_ms_p50"] * 1.05,
-    }
+        "distill: INT8 latency <= 0.5x the teacher's (every seed)": all(
+            r["latency_ms_p50"] <= 0.5 * dense["latency_ms_p50"] for r in students.values()),
+    })
+    if full:
+        checks.update({
+            "low-rank: <= 0.5x params": lowr["params"] <= 0.5 * dense["params"],
+            "low-rank: within 1 point": 100 * (dense["int8_accuracy"] - lowr["int8_accuracy"]) <= 1.0,
+            "low-rank: INT8 smaller": lowr["bytes"] < dense["bytes"],
+            "low-rank: INT8 no slower": lowr["latency_ms_p50"] <= dense["latency_ms_p50"] * 1.05,
+        })
+    out["checks"] = checks
     print(f"\n{name}: teacher FP32 accuracy {100 * fp32_acc:.2f}%\n")
     print("| row | params | MACs | INT8 bytes | gzip | latency p50 ms | INT8 accuracy |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -218,10 +241,13 @@ def main(argv=None) -> int:
         print(f"  seed {seed} (FP32): teacher {100 * dd['teacher_accuracy']:.2f}%, distilled student "
               f"{100 * dd['student_accuracy']:.2f}%, same student on labels alone {100 * dd['labels_only_accuracy']:.2f}% "
               f"({100 * (dd['student_accuracy'] - dd['labels_only_accuracy']):+.2f} points)")
-    print(f"low-rank ranks (rank/full): {out['low_rank_ranks']}; FP32 after fine-tuning "
-          f"{100 * out['low_rank_fp32_accuracy']:.2f}%")
+    if full:
+        print(f"low-rank ranks (rank/full): {out['low_rank_ranks']}; FP32 after fine-tuning "
+              f"{100 * out['low_rank_fp32_accuracy']:.2f}%")
     for k, v in out["checks"].items():
         print(f"  [{'x' if v else ' '}] {k}")
+    out["wall_s"] = round(time.perf_counter() - start)
+    print(f"wall time {out['wall_s']} s" + (f" (--only {args.only})" if args.only else ""))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)

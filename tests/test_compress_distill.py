@@ -209,3 +209,63 @@ def test_distillation_beats_labels_alone_when_few_images_are_labelled(pruning_cn
     assert rec["labelled_count"] == 100 and rec["train_count"] == 1400 and rec["labels_only_epochs"] == 210
     assert rec["student_accuracy"] >= rec["labels_only_accuracy"] + 0.02
     assert rec["student_accuracy"] >= rec["teacher_accuracy"] - 0.08
+
+
+def _sequential_teacher(km):
+    km.utils.set_random_seed(3)
+    return km.Sequential([km.Input((16, 16, 1)), km.layers.Conv2D(16, 3, activation="relu", name="c1"),
+                          km.layers.MaxPooling2D(name="p1"), km.layers.Conv2D(32, 3, activation="relu", name="c2"),
+                          km.layers.MaxPooling2D(name="p2"), km.layers.Flatten(name="flat"),
+                          km.layers.Dense(64, activation="relu", name="fc"), km.layers.Dense(10, name="out")])
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_student_depth_keeps_the_first_conv_blocks_and_the_head(flavor):
+    km = pytest.importorskip(flavor)
+    teacher = _sequential_teacher(km)
+    student = derive_student(teacher, 0.5, seed=0, depth=1, init="teacher")
+    names = [lyr.name for lyr in student.layers]
+    assert names == ["c1", "p1", "flat", "fc", "out"], names
+    assert student.get_layer("c1").filters == 8 and student.get_layer("fc").units == 32
+    assert student.get_layer("fc").get_weights()[0].shape == (7 * 7 * 8, 32)  # the head now reads 7x7x8
+    assert count_macs(student) < 0.7 * count_macs(derive_student(teacher, 0.5, seed=0))  # 26,976 vs 45,280
+    x = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)
+    assert np.asarray(student(x)).shape == (4, 10)
+    # the blocks kept start from the teacher's strongest filters; the head (new shapes) keeps its own weights
+    assert student.edgeship_init == "teacher"
+    k = teacher.get_layer("c1").get_weights()[0]
+    kept = np.sort(np.argsort(-np.abs(k).reshape(-1, k.shape[-1]).sum(0))[:8])
+    np.testing.assert_array_equal(student.get_layer("c1").get_weights()[0], k[..., kept])
+    for bad in (0, 2):
+        with pytest.raises(InputError, match="student_depth"):
+            derive_student(teacher, 0.5, depth=bad)
+    i = km.Input((16, 16, 1))
+    functional = km.Model(i, km.layers.Dense(10)(km.layers.Flatten()(km.layers.Conv2D(4, 3)(km.layers.Conv2D(4, 3)(i)))))
+    from edgeship.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="--student-depth"):
+        derive_student(functional, 0.5, depth=1)
+
+
+def test_cli_student_depth_reaches_the_options_and_needs_distill(capfd, digits_cnn_file, digits, tmp_path):
+    from edgeship.cli import main
+    from edgeship.cli.app import build_parser
+    from edgeship.cli.convert import compress_options
+
+    opts = compress_options(build_parser().parse_args(["convert", "m.keras", "-o", "o", "--distill",
+                                                       "--student-depth", "1"]))
+    assert opts.student_depth == 1 and opts.distill
+    x, y = digits
+    np.savez(tmp_path / "d.npz", x=x[:100], y=y[:100])
+    data = str(tmp_path / "d.npz")
+    base = ["convert", digits_cnn_file, "-o", str(tmp_path / "o"), "--calib", data, "--train-data", data]
+    assert main(base + ["--student-depth", "1"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "add --distill" in err[0] and "--student-depth" in err[0], err
+    assert main(base + ["--distill", "--student-depth", "0"]) == 2
+    assert "--student-depth" in capfd.readouterr().err
+    with pytest.raises(InputError, match="derived student"):
+        from edgeship.converters.compress.options import check
+
+        check(CompressOptions(distill=True, student="x.keras", student_depth=1, train_data=(x, y)))
+    assert not (tmp_path / "o").exists()

@@ -8,9 +8,12 @@ or in logits.
 
 The student is the user's Keras model, or derived from the teacher's own config:
 :func:`derive_student` multiplies the filters of every convolution and the units of
-every Dense layer by ``width``, except the last one (it produces the classes), and
+every Dense layer by ``width``, except the last one (it produces the classes), keeps, with
+``depth``, only the teacher's first ``depth`` convolution blocks (a block: a convolution and the
+pooling/normalization/activation layers after it, up to the next convolution), and
 initializes it afresh (seeded) or, with ``init="teacher"``, from the teacher's weights of the
-filters/units it keeps (width pruning). The teacher's logits are computed once. The same
+filters/units it keeps (width pruning; the layers of a shallower student whose shapes still
+match). The teacher's logits are computed once. The same
 student, from the same initial weights, on the same batches and learning-rate schedule
 (Adam, cosine decay to 0), is also trained on the labels alone for as many epochs, so the
 report shows what distillation bought.
@@ -33,11 +36,46 @@ from edgeship.errors import InputError, UnsupportedModelError
 from .macs import count_macs, count_params
 from .training import accuracy, fit, integer_labels, keras_module, outputs_probabilities, predict
 
-__all__ = ["DistillResult", "derive_student", "distill", "distill_loss", "init_from_teacher", "SCALED", "INITS"]
+__all__ = ["DistillResult", "derive_student", "distill", "distill_loss", "init_from_teacher", "conv_blocks", "SCALED",
+           "INITS", "CONVS"]
 
 SCALED = {"Conv1D": "filters", "Conv2D": "filters", "SeparableConv2D": "filters", "Conv2DTranspose": "filters",
           "Dense": "units"}
 INITS = ("random", "teacher")
+CONVS = ("Conv1D", "Conv2D", "SeparableConv2D", "DepthwiseConv2D")
+HEAD = ("Flatten", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+        "Dense", "Dropout")
+
+
+def conv_blocks(layer_entries: list) -> list:
+    """``[(start, end)]`` index ranges of the convolution blocks in a Sequential config's layer list: a
+    convolution and the layers after it up to the next convolution or the head (Flatten, global pooling,
+    Dense)."""
+    blocks, start = [], None
+    for i, e in enumerate(layer_entries):
+        cls = e.get("class_name")
+        if cls in CONVS:
+            if start is not None:
+                blocks.append((start, i))
+            start = i
+        elif cls in HEAD and start is not None:
+            blocks.append((start, i))
+            start = None
+    if start is not None:
+        blocks.append((start, len(layer_entries)))
+    return blocks
+
+
+def _drop_blocks(cfg: dict, depth: int) -> None:
+    """Keep the first ``depth`` convolution blocks of a Sequential config (in place)."""
+    layers = cfg["layers"]
+    blocks = conv_blocks(layers)
+    if not 1 <= int(depth) < len(blocks):
+        raise InputError(f"student_depth={depth!r}: the teacher has {len(blocks)} convolution block(s); keep between "
+                         f"1 and {len(blocks) - 1} of them" if len(blocks) > 1 else
+                         f"student_depth: the teacher has {len(blocks)} convolution block(s), none to drop")
+    drop = {i for a, b in blocks[int(depth):] for i in range(a, b)}
+    cfg["layers"] = [e for i, e in enumerate(layers) if i not in drop]
 
 
 @dataclass(frozen=True)
@@ -47,15 +85,17 @@ class DistillResult:
     history: list = field(default_factory=list)
 
 
-def derive_student(teacher, width: float, *, seed: int = 0, init: str = "random"):
-    """The teacher's architecture with filters/units times ``width`` (the last such layer kept).
+def derive_student(teacher, width: float, *, seed: int = 0, init: str = "random", depth: int | None = None):
+    """The teacher's architecture with filters/units times ``width`` (the last such layer kept) and, with
+    ``depth``, its first ``depth`` convolution blocks only (:func:`conv_blocks`; Sequential teachers).
 
     ``init="random"``: initialized afresh (seeded); ``"teacher"``: the teacher's weights of the
     filters/units kept (the largest by L1 norm: width pruning, :func:`init_from_teacher`), falling
     back to random for graphs it cannot slice (``student.edgeship_init`` says which).
 
     Raises:
-        UnsupportedModelError: a subclassed teacher, or no layer to narrow.
+        UnsupportedModelError: a subclassed teacher, or no layer to narrow; ``depth`` for a non-Sequential one.
+        InputError: ``depth`` not between 1 and the teacher's blocks - 1.
     """
     km = keras_module(teacher)
     try:
@@ -63,6 +103,12 @@ def derive_student(teacher, width: float, *, seed: int = 0, init: str = "random"
     except NotImplementedError:
         raise UnsupportedModelError("--student-width derives the student from a Sequential or Functional "
                                     f"teacher; {type(teacher).__name__} is subclassed: pass --student") from None
+    seq = isinstance(teacher, km.Sequential)
+    if depth is not None:
+        if not seq:
+            raise UnsupportedModelError("--student-depth drops convolution blocks of a Sequential teacher; "
+                                        f"{type(teacher).__name__} {teacher.name!r} is not one: pass --student")
+        _drop_blocks(cfg, depth)
     entries = [e for e in cfg.get("layers", []) if e.get("class_name") in SCALED]
     if len(entries) < 2:
         raise UnsupportedModelError("--student-width: the teacher has fewer than two Conv/Dense layers to narrow; "
@@ -74,13 +120,12 @@ def derive_student(teacher, width: float, *, seed: int = 0, init: str = "random"
     for e in cfg.get("layers", []):  # shapes downstream of a narrowed layer change: let them be rebuilt
         e.pop("build_config", None)
     km.utils.set_random_seed(int(seed))
-    seq = isinstance(teacher, km.Sequential)
     student = (km.Sequential if seq else km.Model).from_config(cfg)
     if not student.built:
         student.build(tuple(teacher.inputs[0].shape))
     if init not in INITS:
         raise InputError(f"student_init={init!r} must be one of {', '.join(INITS)}")
-    done = init == "teacher" and init_from_teacher(student, teacher)
+    done = init == "teacher" and init_from_teacher(student, teacher, prefix=depth is not None)
     student.edgeship_init = "teacher" if done else "random"
     return student
 
@@ -90,12 +135,21 @@ def _importance(kernel: np.ndarray) -> np.ndarray:
     return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
 
 
-def init_from_teacher(student, teacher) -> bool:
+def init_from_teacher(student, teacher, *, prefix: bool = False) -> bool:
     """Copy into ``student`` the teacher's weights of the units/filters it keeps (the largest by L1 norm
     per layer, the channels downstream sliced to match: width pruning of the teacher), for a chain of
-    Conv/Dense/BatchNormalization/Flatten and weightless layers; False (student untouched) otherwise."""
+    Conv/Dense/BatchNormalization/Flatten and weightless layers; False (student untouched) otherwise.
+
+    ``prefix``: a student with fewer layers (blocks dropped): layers are paired by name and copied up to
+    the first one whose shapes no longer match (it and the layers after it keep their own weights); True
+    when at least one layer with weights was copied."""
     t_layers = [lyr for lyr in teacher.layers if lyr.__class__.__name__ != "InputLayer"]
     s_layers = [lyr for lyr in student.layers if lyr.__class__.__name__ != "InputLayer"]
+    if prefix:
+        by_name = {lyr.name: lyr for lyr in t_layers}
+        if any(lyr.name not in by_name for lyr in s_layers):
+            return False
+        t_layers = [by_name[lyr.name] for lyr in s_layers]
     if len(t_layers) != len(s_layers):
         return False
     keep, flat, new = None, None, []  # keep: channels of the current tensor kept (None: all)
@@ -106,6 +160,8 @@ def init_from_teacher(student, teacher) -> bool:
             if flat is not None and cls == "Dense":  # rows of a Flatten: spatial-major, channels last
                 spatial, chans = flat
                 rows = (np.arange(spatial)[:, None] * chans + np.asarray(keep)[None, :]).reshape(-1)
+                if rows.max() >= k.shape[0]:
+                    break
                 k = k[rows]
             elif keep is not None:
                 k = np.take(k, keep, axis=-2)
@@ -119,20 +175,28 @@ def init_from_teacher(student, teacher) -> bool:
             w = [v[keep] if keep is not None else v for v in tw]
         elif cls == "Flatten":
             shape = tuple(t.input.shape)
+            if tuple(s.input.shape)[1:-1] != shape[1:-1]:  # a shallower student: another spatial size
+                break
             w, flat = [], ((int(np.prod(shape[1:-1])), int(shape[-1])) if keep is not None else None)
             if keep is None:
                 flat = None
         elif not tw:
             w = []
         else:
-            return False
+            break
         if len(w) != len(sw) or any(a.shape != b.shape for a, b in zip(w, sw)):
-            return False
+            break
         new.append((s, w))
+    else:
+        prefix = False  # every layer matched
+    if prefix:
+        new = new if any(w for _, w in new) else []
+    elif len(new) != len(s_layers):
+        return False
     for s, w in new:
         if w:
             s.set_weights(w)
-    return True
+    return bool(new)
 
 
 def as_logits(out: np.ndarray) -> np.ndarray:

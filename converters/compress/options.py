@@ -34,6 +34,8 @@ class CompressOptions:
         student: a Keras model or a ``.keras`` path: the student to train.
         student_width: derive the student from the teacher, filters/units times this
             (0 < w < 1; default 0.5 when neither ``student`` nor this is given).
+        student_depth: a derived student keeps only the teacher's first this many convolution
+            blocks (a Sequential teacher; None: all of them).
         student_init: a derived student's initial weights: ``"random"`` (seeded) or
             ``"teacher"`` (the teacher's weights of the filters/units kept, largest L1 norm).
         distill_epochs: student training epochs (the labels-only baseline gets as many).
@@ -56,6 +58,7 @@ class CompressOptions:
     distill: bool = False
     student: Any = None
     student_width: float | None = None
+    student_depth: int | None = None
     student_init: str = "random"
     distill_epochs: int = 5
     temperature: float = 4.0
@@ -107,14 +110,19 @@ def check(opts: CompressOptions) -> CompressOptions:
         _positive_int(v, what)
     if opts.student_width is not None:
         _fraction(opts.student_width, "student_width")
+    if opts.student_depth is not None:
+        _positive_int(opts.student_depth, "student_depth")
+        if opts.student is not None:
+            raise InputError("student_depth (--student-depth) applies to a derived student, not a given student")
     if opts.student_init not in ("random", "teacher"):
         raise InputError(f"student_init={opts.student_init!r} must be 'random' or 'teacher'")
     if opts.student is not None and opts.student_init != "random":
         raise InputError("student_init applies to a derived student (student_width), not a given student")
     if opts.student is not None and opts.student_width is not None:
         raise InputError("pass either student (--student) or student_width (--student-width), not both")
-    if (opts.student is not None or opts.student_width is not None) and not opts.distill:
-        raise InputError("student/student_width apply to distillation: add distill=True (--distill)")
+    if (opts.student is not None or opts.student_width is not None or opts.student_depth is not None) \
+            and not opts.distill:
+        raise InputError("student/student_width/student_depth apply to distillation: add distill=True (--distill)")
     if isinstance(opts.student, (str, os.PathLike)) and not os.path.isfile(os.fspath(opts.student)):
         raise InputError(f"student model {os.fspath(opts.student)!r} does not exist (expected a .keras file)")
     for v, what in ((opts.temperature, "temperature"), (opts.qat_lr, "qat_lr")):

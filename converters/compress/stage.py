@@ -153,8 +153,9 @@ def _student(opts: CompressOptions, teacher, seed: int, adv):
 
     if opts.student is None:
         width = opts.student_width or 0.5
-        student = derive_student(teacher, width, seed=seed, init=opts.student_init)
-        how = f"derived, width {width}" + (", from the teacher's weights" if student.edgeship_init == "teacher" else "")
+        student = derive_student(teacher, width, seed=seed, init=opts.student_init, depth=opts.student_depth)
+        how = f"derived, width {width}" + (f", {opts.student_depth} conv block(s)" if opts.student_depth else "") + \
+            (", from the teacher's weights" if student.edgeship_init == "teacher" else "")
         return student, how
     if isinstance(opts.student, (str, os.PathLike)):
         from ..sources.keras import load  # noqa: PLC0415 - the same safety checks as the source

@@ -111,10 +111,12 @@ def compress_options(args):
 
     ``--student``/``--student-width`` alone count as given, so that their check
     (they need ``--distill``) runs instead of the flag being ignored."""
-    if not args.distill and (args.temperature is not None or args.alpha is not None or args.student_init is not None):
-        raise UsageError("--distill-temperature/--distill-alpha/--student-init apply to distillation: add --distill")
+    if not args.distill and (args.temperature is not None or args.alpha is not None or args.student_init is not None
+                             or args.student_depth is not None):
+        raise UsageError("--distill-temperature/--distill-alpha/--student-init/--student-depth apply to distillation: "
+                         "add --distill")
     if (args.low_rank is None and not args.distill and not args.qat
-            and args.student is None and args.student_width is None):
+            and args.student is None and args.student_width is None and args.student_depth is None):
         return None
     from edgeship.converters.compress import CompressOptions  # noqa: PLC0415
 
@@ -123,7 +125,8 @@ def compress_options(args):
         low_rank = int(low_rank)
     return CompressOptions(low_rank=low_rank, low_rank_energy=args.low_rank_energy,
                            low_rank_epochs=args.low_rank_epochs, distill=args.distill, student=args.student,
-                           student_width=args.student_width, distill_epochs=args.distill_epochs,
+                           student_width=args.student_width, student_depth=args.student_depth,
+                           distill_epochs=args.distill_epochs,
                            qat=args.qat, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
                            **{k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
                                                 ("student_init", args.student_init)) if v is not None})
@@ -229,6 +232,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--student", help="the student model (.keras) for --distill (default: derived, --student-width)")
     g.add_argument("--student-width", type=float, default=None,
                    help="derive the student: filters/units times this, 0-1 (default 0.5)")
+    g.add_argument("--student-depth", type=int_at_least(1), default=None,
+                   help="derive the student with only the teacher's first N convolution blocks (a Sequential "
+                        "teacher; default: all)")
     g.add_argument("--student-init", choices=("random", "teacher"), default=None,
                    help="a derived student's initial weights: random (seeded), or the teacher's weights of the "
                         "filters/units kept (largest L1 norm) (default random)")
