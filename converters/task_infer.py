@@ -118,6 +118,15 @@ def decoder_spec(outputs, input_size: tuple | None, labels=None, units: str = "a
     n_labels = len(labels) if labels else None
     if len(shapes) >= 3:
         return {"format": "ssd", "boxes": "yxyx", "units": "normalized", "postprocess": "in-model"}
+    if len(shapes) == 2 and all(len(sh) == 3 for sh in shapes) and shapes[0][1] == shapes[1][1]:
+        reg, score = sorted(shapes, key=lambda sh: -(sh[2] or 0))
+        if score[2] == 1 and isinstance(reg[2], int) and reg[2] >= 4 and (reg[2] - 4) % 2 == 0 \
+                and isinstance(reg[1], int) and reg[1] >= MIN_CANDIDATES:
+            # BlazeFace/BlazePalm: [1,A,4+2K] box and K keypoint offsets in input pixels against MediaPipe's
+            # SSD anchors, [1,A,1] score logits (runtime/tasks/detect_blazeface.py decodes them)
+            return {"format": "blazeface", "boxes": "anchor offsets (dx, dy, w, h)", "units": "pixels",
+                    "keypoints": (reg[2] - 4) // 2, "anchors": "mediapipe ssd", "candidates": reg[1],
+                    "input_size": list(input_size or ())}
     if len(shapes) != 1 or len(shapes[0]) != 3:
         return None
     _, a, b = shapes[0]
