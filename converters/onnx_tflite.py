@@ -279,6 +279,11 @@ def onnx_to_tflite(onnx_path: str, out_path: str, *, calib=None, source_layout: 
                         target=target, keep_head_float=keep_head_float)
     info = tflite_export.export(sm_source, req)
     info = dict(info)
+    order = output_order(_onnx_output_shapes(fixed), [tuple(t.get("shape") or ()) for t in info.get("outputs") or ()])
+    if order is not None and order != list(range(len(order))):
+        info["outputs"] = [info["outputs"][i] for i in order]  # the manifest lists them in the ONNX model's order
+        notes.append(f"the TFLite file's outputs come in another order than the ONNX model's; matched by shape "
+                     f"(file outputs {order} in ONNX order)")
     info["layout"] = "NHWC"
     info["notes"] = notes + list(info.get("notes", [])) + [
         f"artifact layout NHWC, source layout {source_layout}: Model.run transposes for the caller"]
@@ -290,6 +295,35 @@ def onnx_to_tflite(onnx_path: str, out_path: str, *, calib=None, source_layout: 
     }
     info["extra"] = extra
     return info
+
+
+def _onnx_output_shapes(path: str) -> list:
+    import onnx  # noqa: PLC0415
+
+    g = onnx.load(path, load_external_data=False).graph
+    return [tuple(d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim)
+            for o in g.output]
+
+
+def output_order(onnx_shapes: list, tflite_shapes: list) -> list | None:
+    """For each ONNX output (in its order), the position of the TFLite output with its shape (a 4-D
+    NCHW shape also matches its NHWC transpose); None unless every output matches exactly one."""
+    if len(onnx_shapes) != len(tflite_shapes) or len(onnx_shapes) < 2:
+        return None
+
+    def same(o, t):
+        if len(o) != len(t):
+            return False
+        cands = [tuple(o)] + ([(o[0], o[2], o[3], o[1])] if len(o) == 4 else [])
+        return any(all(a is None or b is None or a == b for a, b in zip(c[1:], t[1:])) for c in cands)
+
+    order = []
+    for o in onnx_shapes:
+        hits = [i for i, t in enumerate(tflite_shapes) if same(o, t)]
+        if len(hits) != 1:
+            return None
+        order.append(hits[0])
+    return order if len(set(order)) == len(order) else None
 
 
 def _version(dist: str) -> str:

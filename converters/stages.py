@@ -235,7 +235,8 @@ def evaluator(entry: dict, reference: list, data: Data, source_layout: str, task
     def evaluate(path: str) -> dict:
         return validate_artifact(path, reference, data.val.x, data.val.y, name=entry["file"],
                                  source_layout=source_layout, artifact_layout=entry.get("layout"),
-                                 task=task, labelled=data.labelled)
+                                 task=task, labelled=data.labelled,
+                                 output_names=[o.get("name") for o in entry.get("outputs") or ()] or None)
 
     return evaluate
 

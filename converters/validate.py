@@ -19,9 +19,10 @@ from . import task_metrics
 BATCH = 32
 
 
-def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation") -> list:
+def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation", output_names=None) -> list:
     """Run the artifact at ``path`` on float batch ``x`` through :func:`edgeship.runtime.load`
-    (the code a device runs); float outputs in model order.
+    (the code a device runs); float outputs in model order, or in ``output_names`` order (the
+    manifest's, when an exporter matched a file's outputs to the source's).
 
     Raises:
         BackendUnavailableError: nothing here can run the artifact.
@@ -36,7 +37,8 @@ def run_artifact(path: str, x: np.ndarray, *, desc: str = "validation") -> list:
         parts = []
         for s in progress(range(0, x.shape[0], BATCH), total=-(-x.shape[0] // BATCH), desc=desc):
             out = model.run(x[s : s + BATCH])
-            parts.append([np.asarray(v, np.float32) for v in out.values()])
+            vals = [out[n] for n in output_names] if output_names and set(output_names) == set(out) else out.values()
+            parts.append([np.asarray(v, np.float32) for v in vals])
     return [concat_ragged([p[i] for p in parts]) for i in range(len(parts[0]))]  # NMS inside: K varies
 
 
@@ -86,7 +88,7 @@ def _to_layout(a: np.ndarray, src: str | None, dst: str | None) -> np.ndarray:
 
 def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *, name: str,
                       source_layout: str | None = None, artifact_layout: str | None = None, task=None,
-                      decoder: dict | None = None, labelled=None) -> dict:
+                      decoder: dict | None = None, labelled=None, output_names=None) -> dict:
     """Metrics of the artifact at ``path`` against the ``reference`` outputs on ``x``.
 
     ``task`` (a :class:`edgeship.vocab.Task`): for anything but classification the outputs
@@ -109,7 +111,8 @@ def validate_artifact(path: str, reference: list, x: np.ndarray, labels=None, *,
     Raises:
         ValidationFailedError: the artifact collapsed or its outputs do not match the source's.
     """
-    cand = run_artifact(path, _to_layout(x, source_layout, artifact_layout), desc=f"validating {name}")
+    cand = run_artifact(path, _to_layout(x, source_layout, artifact_layout), desc=f"validating {name}",
+                        output_names=output_names)
     cand = [_to_layout(c, artifact_layout, source_layout) for c in cand]
     if len(cand) != len(reference):
         raise ValidationFailedError(f"{name} has {len(cand)} outputs but the source model has {len(reference)}")
