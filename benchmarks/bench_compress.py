@@ -20,8 +20,14 @@ Latency: batch 1 through ``edgeship.runtime`` ``Model.run`` on 1 thread, every b
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``)
 when installed, else scikit-learn's digits upsampled to 28x28 (the output says which).
 
+The derived student starts from the teacher's largest-L1 filters (``--student-init teacher``, the
+default; ``random`` for a seeded fresh start), and so does its labels-only baseline. ``--only distill``
+runs the dense teacher and the distillation rows alone (to iterate; the README's figures come from a
+full run).
+
     python benchmarks/bench_compress.py [--dataset auto|fashion|digits] [--epochs N] [--labelled N]
-                                        [--seeds 0,1] [--json out.json]
+                                        [--seeds 0,1] [--student-init teacher|random] [--only distill]
+                                        [--json out.json]
 """
 
 from __future__ import annotations
@@ -103,6 +109,10 @@ def main(argv=None) -> int:
     ap.add_argument("--student-init", default="teacher", choices=("random", "teacher"),
                     help="the derived student's initial weights (default teacher: its largest-L1 filters; the "
                          "labels-only baseline starts from the same ones)")
+    ap.add_argument("--student-depth", type=int, default=None,
+                    help="the derived student keeps the teacher's first N conv blocks (default: all)")
+    ap.add_argument("--augment", default=None, choices=("flip",),
+                    help="distillation: mirror a seeded half of the images each epoch (the baseline too)")
     ap.add_argument("--padding", default="valid", choices=("valid", "same"), help="the teacher's conv padding")
     ap.add_argument("--only", default=None, choices=("distill",),
                     help="run only these rows (the dense teacher and the distilled students): to iterate faster")
@@ -176,7 +186,8 @@ def main(argv=None) -> int:
         label = "student INT8 (distilled)" + ("" if seed == seeds[0] else f" seed {seed}")
         res = run(label, teacher, train_data=(xtr, y_part), seed=seed,
                   compress=CompressOptions(distill=True, student_width=args.width, distill_epochs=epochs,
-                                           student_init=args.student_init, temperature=args.temperature,
+                                           student_depth=args.student_depth, student_init=args.student_init,
+                                           distill_augment=args.augment, temperature=args.temperature,
                                            alpha=args.alpha))
         dist[seed] = res.manifest["compression"]["distill"]
     d = dist[seeds[0]]
@@ -193,6 +204,7 @@ def main(argv=None) -> int:
     students = {k: r for k, r in rows.items() if k.startswith("student INT8")}
     out = {
         "dataset": name, "only": args.only, "teacher_padding": args.padding, "student_init": args.student_init,
+        "student_depth": args.student_depth, "augment": args.augment,
         "epochs": epochs, "finetune_epochs": ft, "width": args.width, "energy": args.energy,
         "outlier_scale": args.outlier, "teacher_fp32_accuracy": fp32_acc, "rows": rows,
         "labelled": labelled, "seeds": seeds,

@@ -269,3 +269,38 @@ def test_cli_student_depth_reaches_the_options_and_needs_distill(capfd, digits_c
 
         check(CompressOptions(distill=True, student="x.keras", student_depth=1, train_data=(x, y)))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_flip_augmentation_is_the_same_for_the_labels_only_baseline(pruning_cnn_file, digits16):
+    """augment='flip': with every row labelled and the soft-target weight at 0, the distilled run and the
+    labels-only run see the same mirrored images on the same batches, so they land on the same accuracy;
+    the flips change the training (another loss than without them)."""
+    import keras
+
+    teacher = keras.saving.load_model(pruning_cnn_file)
+    xtr, ytr = digits16["train"]
+    xev, yev = digits16["eval"]
+    res = distill(teacher, derive_student(teacher, 0.5), (xtr[:600], ytr[:600]), val=(xev, yev), epochs=2,
+                  temperature=4.0, alpha=1.0, augment="flip")
+    rec = res.record
+    assert rec["augment"] == "flip"
+    assert rec["student_accuracy"] == pytest.approx(rec["labels_only_accuracy"], abs=1e-9)
+    plain = distill(teacher, derive_student(teacher, 0.5), (xtr[:600], ytr[:600]), epochs=2, temperature=4.0,
+                    alpha=1.0)
+    assert res.history[-1]["loss"] != pytest.approx(plain.history[-1]["loss"], rel=1e-3)
+    with pytest.raises(InputError, match="NHWC images"):
+        distill(teacher, derive_student(teacher, 0.5), (xtr[:64].reshape(64, -1), ytr[:64]), epochs=1,
+                temperature=4.0, alpha=0.5, augment="flip")
+
+
+def test_distill_augment_is_checked_and_reaches_the_options():
+    from edgeship.cli.app import build_parser
+    from edgeship.cli.convert import compress_options
+    from edgeship.converters.compress.options import check
+
+    opts = compress_options(build_parser().parse_args(["convert", "m.keras", "-o", "o", "--distill",
+                                                       "--distill-augment", "flip"]))
+    assert opts.distill_augment == "flip"
+    with pytest.raises(InputError, match="distill_augment"):
+        check(CompressOptions(distill=True, distill_augment="rotate", train_data=(np.zeros((2, 4)), None)))

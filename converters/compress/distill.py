@@ -225,12 +225,31 @@ def distill_loss(n_classes: int, temperature: float, alpha: float, labelled: boo
     return loss
 
 
+def _flip_epochs(x, extra, seed: int):
+    """``epoch -> (x, extra)`` with a seeded half of the rows mirrored left-right each epoch; ``extra(flipped)``
+    gives the targets of a row set (``flipped``: bool per row)."""
+    mirrored = x[:, :, ::-1]
+
+    def data(epoch):
+        flip = np.random.default_rng([int(seed), int(epoch)]).random(len(x)) < 0.5
+        return np.where(flip.reshape((-1,) + (1,) * (x.ndim - 1)), mirrored, x), extra(flip)
+
+    return data
+
+
+AUGMENTS = (None, "flip")
+
+
 def distill(teacher, student, train, *, val=None, epochs: int, temperature: float, alpha: float, lr: float = 2e-3,
-            seed: int = 0, baseline: bool = True) -> DistillResult:
+            seed: int = 0, baseline: bool = True, augment: str | None = None) -> DistillResult:
     """Train ``student`` (in place) on ``teacher``'s soft outputs over ``train`` = ``(x, y or None)``.
 
     Labels of -1 mark unlabelled rows (soft targets alone); the labels-only baseline then trains
     on the labelled rows for as many optimizer steps as the distilled student.
+
+    ``augment="flip"`` (images, NHWC): each epoch a seeded half of the images is mirrored left-right,
+    with the teacher's soft targets on the mirrored images (computed once); the labels-only baseline gets
+    the same flips of its labelled images (same labels), so both see the same augmentation.
 
     ``val`` = ``(x, y)``: accuracies of teacher, student and the labels-only student for the record.
 
@@ -239,6 +258,10 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
     """
     km = keras_module(student)
     x, y = train
+    if augment not in AUGMENTS:
+        raise InputError(f"augment={augment!r} must be one of: flip")
+    if augment is not None and np.asarray(x).ndim != 4:
+        raise InputError("augment='flip' mirrors images: the training data must be NHWC images")
     t_out = predict(teacher, x)
     if t_out.ndim != 2 or t_out.shape[1] < 2:
         raise UnsupportedModelError("distillation needs a classifier teacher (one output of class scores)")
@@ -259,10 +282,16 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
     # the labels-only run sees the labelled rows only; as many optimizer steps as the distilled run
     plain_epochs = int(epochs) if n_lab == len(x) else max(int(epochs), -(-int(epochs) * len(x) // max(1, n_lab)))
     loss = distill_loss(n, temperature, alpha, labelled, outputs_probabilities(s_out))
-    history = fit(student, x, target.astype(np.float32), epochs=epochs, desc="distill", lr=lr, loss=loss, seed=seed,
-                  cosine=True)
+    target = target.astype(np.float32)
+    epoch_data = None
+    if augment == "flip":
+        x = np.asarray(x, np.float32)
+        t_flip = np.concatenate([as_logits(predict(teacher, x[:, :, ::-1])), target[:, n:]], 1).astype(np.float32)
+        epoch_data = _flip_epochs(x, lambda f: np.where(f[:, None], t_flip, target), seed)
+    history = fit(student, x, target, epochs=epochs, desc="distill", lr=lr, loss=loss, seed=seed,
+                  cosine=True, epoch_data=epoch_data)
     record = {"temperature": float(temperature), "alpha": float(alpha) if labelled else 0.0, "epochs": int(epochs),
-              "learning_rate": float(lr), "schedule": "cosine", "student_init": getattr(student, "edgeship_init", None),
+              "learning_rate": float(lr), "schedule": "cosine", "augment": augment, "student_init": getattr(student, "edgeship_init", None),
               "labelled": labelled, "train_count": int(len(x)), "labelled_count": n_lab,
               "teacher_params": count_params(teacher), "teacher_macs": count_macs(teacher),
               "student_params": count_params(student), "student_macs": count_macs(student)}
@@ -270,8 +299,9 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
         record["teacher_accuracy"] = accuracy(teacher, *val)
         record["student_accuracy"] = accuracy(student, *val)
     if plain is not None:
-        hist_plain = fit(plain, x[has_label], labels[has_label], epochs=plain_epochs, desc="student on labels alone",
-                         lr=lr, seed=seed, cosine=True)
+        xl, yl = x[has_label], labels[has_label]
+        hist_plain = fit(plain, xl, yl, epochs=plain_epochs, desc="student on labels alone", lr=lr, seed=seed,
+                         cosine=True, epoch_data=_flip_epochs(xl, lambda f: yl, seed) if augment == "flip" else None)
         record["labels_only_history"] = hist_plain
         record["labels_only_epochs"] = plain_epochs
         if val is not None and val[1] is not None:

@@ -38,6 +38,9 @@ class CompressOptions:
             blocks (a Sequential teacher; None: all of them).
         student_init: a derived student's initial weights: ``"random"`` (seeded) or
             ``"teacher"`` (the teacher's weights of the filters/units kept, largest L1 norm).
+        distill_augment: ``None`` or ``"flip"``: each epoch a seeded half of the training images
+            mirrored left-right (soft targets of the mirrored images; the labels-only baseline gets
+            the same flips).
         distill_epochs: student training epochs (the labels-only baseline gets as many).
         temperature: softmax temperature of the soft targets.
         alpha: weight of the label loss (the soft-target loss has ``1 - alpha``);
@@ -61,6 +64,7 @@ class CompressOptions:
     student_depth: int | None = None
     student_init: str = "random"
     distill_epochs: int = 5
+    distill_augment: str | None = None
     temperature: float = 4.0
     alpha: float = 0.3
     qat: bool = False
@@ -114,6 +118,8 @@ def check(opts: CompressOptions) -> CompressOptions:
         _positive_int(opts.student_depth, "student_depth")
         if opts.student is not None:
             raise InputError("student_depth (--student-depth) applies to a derived student, not a given student")
+    if opts.distill_augment not in (None, "flip"):
+        raise InputError(f"distill_augment={opts.distill_augment!r} must be 'flip' (or None: no augmentation)")
     if opts.student_init not in ("random", "teacher"):
         raise InputError(f"student_init={opts.student_init!r} must be 'random' or 'teacher'")
     if opts.student is not None and opts.student_init != "random":

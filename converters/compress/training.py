@@ -77,10 +77,11 @@ def task_loss(km, model, x, y):
 
 
 def fit(model, x, y, *, epochs: int, desc: str, lr: float = 1e-3, batch_size: int = 64, loss=None,
-        metrics=None, seed: int = 0, cosine: bool = False) -> list:
+        metrics=None, seed: int = 0, cosine: bool = False, epoch_data=None) -> list:
     """Train ``model`` in place for ``epochs`` (one progress step per epoch); per-epoch logs.
 
     ``cosine``: the learning rate decays from ``lr`` to 0 along a cosine over all the steps.
+    ``epoch_data``: ``epoch -> (x, y)``, the data of each epoch (as many rows as ``x``: augmented copies).
     """
     km = keras_module(model)
     if loss is None:
@@ -93,7 +94,8 @@ def fit(model, x, y, *, epochs: int, desc: str, lr: float = 1e-3, batch_size: in
     model.compile(optimizer=km.optimizers.Adam(rate), loss=loss, metrics=list(metrics or []))
     history = []
     for epoch in progress(range(int(epochs)), total=int(epochs), desc=desc):
-        h = model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0, shuffle=True)
+        xe, ye = epoch_data(epoch) if epoch_data is not None else (x, y)
+        h = model.fit(xe, ye, epochs=1, batch_size=batch_size, verbose=0, shuffle=True)
         row = {"epoch": epoch + 1, **{k: round(float(v[-1]), 5) for k, v in h.history.items()}}
         history.append(row)
     return history

@@ -112,9 +112,9 @@ def compress_options(args):
     ``--student``/``--student-width`` alone count as given, so that their check
     (they need ``--distill``) runs instead of the flag being ignored."""
     if not args.distill and (args.temperature is not None or args.alpha is not None or args.student_init is not None
-                             or args.student_depth is not None):
-        raise UsageError("--distill-temperature/--distill-alpha/--student-init/--student-depth apply to distillation: "
-                         "add --distill")
+                             or args.student_depth is not None or args.distill_augment is not None):
+        raise UsageError("--distill-temperature/--distill-alpha/--distill-augment/--student-init/--student-depth apply "
+                         "to distillation: add --distill")
     if (args.low_rank is None and not args.distill and not args.qat
             and args.student is None and args.student_width is None and args.student_depth is None):
         return None
@@ -126,7 +126,7 @@ def compress_options(args):
     return CompressOptions(low_rank=low_rank, low_rank_energy=args.low_rank_energy,
                            low_rank_epochs=args.low_rank_epochs, distill=args.distill, student=args.student,
                            student_width=args.student_width, student_depth=args.student_depth,
-                           distill_epochs=args.distill_epochs,
+                           distill_epochs=args.distill_epochs, distill_augment=args.distill_augment,
                            qat=args.qat, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
                            **{k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
                                                 ("student_init", args.student_init)) if v is not None})
@@ -241,6 +241,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--distill-epochs", type=int_at_least(1), default=5, help="student training epochs (default 5)")
     g.add_argument("--distill-temperature", "--temperature", dest="temperature", type=float, default=None,
                    help="softmax temperature of the soft targets, > 0 (default 4)")
+    g.add_argument("--distill-augment", choices=("flip",), default=None,
+                   help="mirror a seeded half of the training images each epoch, with the teacher's soft targets "
+                        "of the mirrored ones (the labels-only baseline gets the same flips) (default: off)")
     g.add_argument("--distill-alpha", dest="alpha", type=float, default=None,
                    help="weight of the label loss, 0-1; the soft-target loss gets 1 - alpha (default 0.3)")
     g.add_argument("--qat", action="store_true",
