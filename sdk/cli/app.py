@@ -36,10 +36,20 @@ def _wants_json(argv: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``edgeship ARGV``; the exit code (0 done, 2 the user's mistake, 1 an internal error, 130 interrupted)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     # Engines' known start-up lines (LiteRT's "Created TensorFlow Lite XNNPACK delegate") stay off the
-    # terminal; anything else they write is shown (runtime/backends/base.py, EDGESHIP_VERBOSE=1: all).
-    os.environ.setdefault("EDGESHIP_QUIET_NATIVE", "1")
+    # terminal while a command runs; anything else they write is shown (runtime/backends/base.py,
+    # EDGESHIP_VERBOSE=1: all). Restored afterwards: a program that calls main() keeps its own setting.
+    before = os.environ.get("EDGESHIP_QUIET_NATIVE")
+    os.environ["EDGESHIP_QUIET_NATIVE"] = before or "1"
+    try:
+        return _main(argv)
+    finally:
+        if before is None:
+            os.environ.pop("EDGESHIP_QUIET_NATIVE", None)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(argv)
     flags: dict = {}
     try:
