@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                     help="the derived student keeps the teacher's first N conv blocks (default: all)")
     ap.add_argument("--augment", default=None, choices=("flip",),
                     help="distillation: mirror a seeded half of the images each epoch (the baseline too)")
+    ap.add_argument("--distill-lr", type=float, default=2e-3,
+                    help="the student's peak learning rate, distilled and labels-only alike (default 2e-3)")
     ap.add_argument("--padding", default="valid", choices=("valid", "same"), help="the teacher's conv padding")
     ap.add_argument("--only", default=None, choices=("distill",),
                     help="run only these rows (the dense teacher and the distilled students): to iterate faster")
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
         res = run(label, teacher, train_data=(xtr, y_part), seed=seed,
                   compress=CompressOptions(distill=True, student_width=args.width, distill_epochs=epochs,
                                            student_depth=args.student_depth, student_init=args.student_init,
-                                           distill_augment=args.augment, temperature=args.temperature,
+                                           distill_augment=args.augment, distill_lr=args.distill_lr, temperature=args.temperature,
                                            alpha=args.alpha))
         dist[seed] = res.manifest["compression"]["distill"]
     d = dist[seeds[0]]
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
     students = {k: r for k, r in rows.items() if k.startswith("student INT8")}
     out = {
         "dataset": name, "only": args.only, "teacher_padding": args.padding, "student_init": args.student_init,
-        "student_depth": args.student_depth, "augment": args.augment,
+        "student_depth": args.student_depth, "augment": args.augment, "distill_lr": args.distill_lr,
         "epochs": epochs, "finetune_epochs": ft, "width": args.width, "energy": args.energy,
         "outlier_scale": args.outlier, "teacher_fp32_accuracy": fp32_acc, "rows": rows,
         "labelled": labelled, "seeds": seeds,

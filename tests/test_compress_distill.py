@@ -72,10 +72,11 @@ def test_convert_distills_a_derived_student_and_reports_the_labels_only_baseline
     xtr, ytr = digits16["train"]
     xev, yev = digits16["eval"]
     res = convert(pruning_cnn_file, tmp_path / "b", calib=xtr[:200], eval_data=(xev, yev), train_data=(xtr, ytr),
-                  compress=CompressOptions(distill=True, student_width=0.5, distill_epochs=4))
+                  compress=CompressOptions(distill=True, student_width=0.5, distill_epochs=4, distill_lr=2.5e-3))
     comp = res.manifest["compression"]
     d = comp["distill"]
     assert d["labelled"] and d["student"] == "derived, width 0.5" and len(d["history"]) == 4
+    assert d["learning_rate"] == 2.5e-3 and d["augment"] is None  # --distill-lr reaches the training
     assert d["student_macs"] < 0.5 * d["teacher_macs"]
     for k in ("teacher_accuracy", "student_accuracy", "labels_only_accuracy"):
         assert 0.5 < d[k] <= 1.0
@@ -301,6 +302,11 @@ def test_distill_augment_is_checked_and_reaches_the_options():
 
     opts = compress_options(build_parser().parse_args(["convert", "m.keras", "-o", "o", "--distill",
                                                        "--distill-augment", "flip"]))
-    assert opts.distill_augment == "flip"
+    assert opts.distill_augment == "flip" and opts.distill_lr == CompressOptions().distill_lr
+    opts = compress_options(build_parser().parse_args(["convert", "m.keras", "-o", "o", "--distill",
+                                                       "--distill-lr", "5e-4"]))
+    assert opts.distill_lr == 5e-4
+    with pytest.raises(InputError, match="distill_lr"):
+        check(CompressOptions(distill=True, distill_lr=0.0, train_data=(np.zeros((2, 4)), None)))
     with pytest.raises(InputError, match="distill_augment"):
         check(CompressOptions(distill=True, distill_augment="rotate", train_data=(np.zeros((2, 4)), None)))

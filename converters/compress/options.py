@@ -41,6 +41,8 @@ class CompressOptions:
         distill_augment: ``None`` or ``"flip"``: each epoch a seeded half of the training images
             mirrored left-right (soft targets of the mirrored images; the labels-only baseline gets
             the same flips).
+        distill_lr: the student's peak learning rate (Adam, cosine decay to 0; the labels-only
+            baseline gets the same).
         distill_epochs: student training epochs (the labels-only baseline gets as many).
         temperature: softmax temperature of the soft targets.
         alpha: weight of the label loss (the soft-target loss has ``1 - alpha``);
@@ -65,6 +67,7 @@ class CompressOptions:
     student_init: str = "random"
     distill_epochs: int = 5
     distill_augment: str | None = None
+    distill_lr: float = 2e-3
     temperature: float = 4.0
     alpha: float = 0.3
     qat: bool = False
@@ -131,7 +134,7 @@ def check(opts: CompressOptions) -> CompressOptions:
         raise InputError("student/student_width/student_depth apply to distillation: add distill=True (--distill)")
     if isinstance(opts.student, (str, os.PathLike)) and not os.path.isfile(os.fspath(opts.student)):
         raise InputError(f"student model {os.fspath(opts.student)!r} does not exist (expected a .keras file)")
-    for v, what in ((opts.temperature, "temperature"), (opts.qat_lr, "qat_lr")):
+    for v, what in ((opts.temperature, "temperature"), (opts.qat_lr, "qat_lr"), (opts.distill_lr, "distill_lr")):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v) > 0:
             raise InputError(f"{what}={v!r} must be a positive number")
     if isinstance(opts.alpha, bool) or not isinstance(opts.alpha, (int, float)) or not 0 <= float(opts.alpha) <= 1:

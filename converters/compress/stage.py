@@ -191,7 +191,8 @@ def compress_source(source, opts: CompressOptions, *, spec, seed: int, workdir: 
                             "this student starts from random weights")
         with step(f"distilling into the student ({how})"):
             res = distill(model, student, train, val=(val_set.x, val_set.y), epochs=opts.distill_epochs,
-                          temperature=opts.temperature, alpha=opts.alpha, seed=seed, augment=opts.distill_augment)
+                          temperature=opts.temperature, alpha=opts.alpha, seed=seed, augment=opts.distill_augment,
+                          lr=opts.distill_lr)
         block["distill"] = {"student": how, **res.record, "history": res.history}
         model = res.model
         rows.append(stage_row("distill", model, val_set, latency=opts.stage_latency,

@@ -112,9 +112,10 @@ def compress_options(args):
     ``--student``/``--student-width`` alone count as given, so that their check
     (they need ``--distill``) runs instead of the flag being ignored."""
     if not args.distill and (args.temperature is not None or args.alpha is not None or args.student_init is not None
-                             or args.student_depth is not None or args.distill_augment is not None):
-        raise UsageError("--distill-temperature/--distill-alpha/--distill-augment/--student-init/--student-depth apply "
-                         "to distillation: add --distill")
+                             or args.student_depth is not None or args.distill_augment is not None
+                             or args.distill_lr is not None):
+        raise UsageError("--distill-temperature/--distill-alpha/--distill-augment/--distill-lr/--student-init/"
+                         "--student-depth apply to distillation: add --distill")
     if (args.low_rank is None and not args.distill and not args.qat
             and args.student is None and args.student_width is None and args.student_depth is None):
         return None
@@ -129,7 +130,8 @@ def compress_options(args):
                            distill_epochs=args.distill_epochs, distill_augment=args.distill_augment,
                            qat=args.qat, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
                            **{k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
-                                                ("student_init", args.student_init)) if v is not None})
+                                                ("student_init", args.student_init),
+                                                ("distill_lr", args.distill_lr)) if v is not None})
 
 
 def cmd_convert(args) -> int:
@@ -244,6 +246,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--distill-augment", choices=("flip",), default=None,
                    help="mirror a seeded half of the training images each epoch, with the teacher's soft targets "
                         "of the mirrored ones (the labels-only baseline gets the same flips) (default: off)")
+    g.add_argument("--distill-lr", type=float, default=None,
+                   help="the student's peak learning rate (Adam, cosine decay; the labels-only baseline gets the "
+                        "same) (default 2e-3)")
     g.add_argument("--distill-alpha", dest="alpha", type=float, default=None,
                    help="weight of the label loss, 0-1; the soft-target loss gets 1 - alpha (default 0.3)")
     g.add_argument("--qat", action="store_true",
