@@ -35,7 +35,14 @@ def source_reference(man: dict):
     if loader is None:
         return None, f"no loader for the source model {path}"
     shape = tuple(src["inputs"][0]["shape"]) if src.get("inputs") else None
-    source = loader(path, input_shape=shape, allow_legacy_h5=src.get("format") == "h5", allow_unsafe=False)
+    import warnings  # noqa: PLC0415
+
+    from .demos.quiet import quiet_native  # noqa: PLC0415
+
+    # TensorFlow/tf2onnx start-up lines and deprecation warnings are not for a person (shown if it fails)
+    with quiet_native(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = loader(path, input_shape=shape, allow_legacy_h5=src.get("format") == "h5", allow_unsafe=False)
     return source, f"source model {path}"
 
 

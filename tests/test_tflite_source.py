@@ -161,6 +161,19 @@ def test_float_tflite_converts_to_int8_onnx(tiny, tmp_path):
     art = man["artifacts"][0]
     assert art["precision"] == "int8" and art["inputs"][0]["shape"] == SPEC_SHAPE
     assert man["validation"]["artifacts"][art["file"]]["cosine"] > 0.99
+    # `edgeship eval` against the .tflite source: re-reading it (tf2onnx, TensorFlow) prints nothing for a person
+    import subprocess
+    import sys
+
+    data = tmp_path / "eval.npy"
+    np.save(data, rng.uniform(-1, 1, [8] + SPEC_SHAPE[1:]).astype(np.float32))
+    r = subprocess.run([sys.executable, "-m", "edgeship.cli", "eval", str(tmp_path / "b"), "--data", str(data)],
+                       capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "source model" in r.stdout
+    for noise in ("absl", "oneDNN", "cuda", "deprecated", "XNNPACK"):
+        assert noise not in r.stderr, r.stderr
 
 
 # -- the class axis of a dense map, read from the output's own shape -----------------------
