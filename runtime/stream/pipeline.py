@@ -250,7 +250,6 @@ class Stream:
                 self._specs.pop(next(iter(self._specs)))
             spec = self._specs[hw] = dataclasses.replace(preprocess_spec(self.model, image),
                                                          interpolation=self.options.interpolation)
-            self.spec = spec
         return spec
 
     def _relay(self, q_in: _Handoff, q_out: _Handoff, step: Callable[[tuple], Any]) -> None:
@@ -272,8 +271,7 @@ class Stream:
         timings["inference"] = (time.perf_counter() - t0) * 1000.0
         return frame, outputs, timings, spec
 
-    def _postprocess(self, frame: Frame, outputs: Mapping[str, np.ndarray], spec=None):
-        spec = spec if spec is not None else self.spec
+    def _postprocess(self, frame: Frame, outputs: Mapping[str, np.ndarray], spec) -> Any:
         img = frame.image
         if self.task is Task.DETECT:
             return detect_postprocess(outputs, (img.shape[1], img.shape[0]), spec=spec,
