@@ -14,8 +14,12 @@ is then compiled once into the cheapest equivalent operation
 - ``affine``: the table is ``clip(p, lo, hi)``, possibly ``XOR 0x80`` (i.e.
   ``p - 128`` seen as int8): the common INT8 model fed ``pixel / 127.5 - 1``
   or ``pixel / 255`` with an input scale of the same step. Two or three
-  SIMD passes in place (``cv2.threshold`` TRUNC, ``np.bitwise_xor``): ~10 us for a
-  224x224x3 frame where ``cv2.LUT`` takes ~75 us;
+  SIMD passes in place (``cv2.threshold`` TRUNC, ``np.bitwise_xor``): ~2-10 us for a
+  224x224x3 frame where ``cv2.LUT`` takes ~40-75 us. With ``tolerance=1``
+  (``Model.predict``'s default) a table within one quantization step of such a
+  map takes it too: MobileNetV2's ``pixel / 127.5 - 1`` at scale 1/127.5 is
+  ``pixel - 128`` except on 17 values where float32 rounding ties go one step
+  down; ``max_error`` says how far the compiled map is from the table;
 - ``lut1``: one table for every channel (``cv2.LUT`` with a 1-channel table, half
   the cost of a per-channel one);
 - ``lut``: one table per channel.
@@ -27,8 +31,10 @@ a per-channel resize). :meth:`FastPreprocess.write` writes the result into a
 given buffer -- ``Model.predict`` passes the engine's own input tensor
 (``Backend.invoke_into``), so the frame goes from the camera's array to the
 interpreter in two passes, with no intermediate array and no ``set_tensor``
-copy. The result equals the reference rule bit for bit
-(``tests/test_preprocess_rule.py``, ``tests/test_fast_predict.py``).
+copy. With ``tolerance=0`` the result equals the reference rule bit for bit
+(``tests/test_preprocess_rule.py``, ``tests/test_fast_predict.py``); with
+``tolerance=1`` (what ``Model.predict`` and streams use unless the model was
+loaded with ``exact_input=True``) it is within one quantization step of it.
 
 The stream (:mod:`edgeship.runtime.stream`) resizes with
 ``interpolation="linear"`` by default, about 10x cheaper than ``INTER_AREA``
@@ -65,22 +71,26 @@ def _opencv():
 class PixelMap:
     """A 256-entry table per channel, compiled once into the cheapest equal operation on a frame's bytes."""
 
-    __slots__ = ("kind", "lo", "hi", "xor", "table", "bytes")
+    __slots__ = ("kind", "lo", "hi", "xor", "table", "bytes", "max_error")
 
-    def __init__(self, table: np.ndarray) -> None:
+    def __init__(self, table: np.ndarray, tolerance: int = 0) -> None:
+        """``tolerance``: how many quantization steps the compiled operation may differ from the table
+        on any entry (0: equal; 1: lets a table with rounding ties take the ``affine`` path)."""
         t = np.asarray(table)  # (256, C)
         self.table = np.ascontiguousarray(t.reshape(256, 1, t.shape[1]))
         self.bytes = t.dtype.itemsize == 1  # int8/uint8: worked on in place as bytes
-        self.lo = self.hi = self.xor = 0
+        self.lo = self.hi = self.xor = self.max_error = 0
         same = bool((t == t[:, :1]).all())
         if self.bytes and same:
             col = t[:, 0].view(np.uint8).astype(np.int32)
             p = np.arange(256, dtype=np.int32)
             for xor in (0, 0x80):
+                # XOR 0x80 maps int8 onto uint8 monotonically (+128), so a step in c is a step of the table
                 c = col ^ xor  # the clipped pixel value, if the table is affine
                 lo, hi = int(c[0]), int(c[255])
-                if lo <= hi and np.array_equal(c, np.clip(p, lo, hi)):
-                    self.kind, self.lo, self.hi, self.xor = "affine", lo, hi, xor
+                err = int(np.abs(c - np.clip(p, lo, hi)).max()) if lo <= hi else 256
+                if err <= max(0, int(tolerance)):
+                    self.kind, self.lo, self.hi, self.xor, self.max_error = "affine", lo, hi, xor, err
                     return
         if same:
             self.kind, self.table = "lut1", np.ascontiguousarray(t[:, 0])
@@ -113,13 +123,13 @@ class PixelMap:
 class FastPreprocess:
     """Frame (BGR uint8) -> a model input batch of one, as the rule computes it. Build it with :meth:`build`."""
 
-    def __init__(self, spec: PreprocessSpec, table: np.ndarray, layout: Layout) -> None:
+    def __init__(self, spec: PreprocessSpec, table: np.ndarray, layout: Layout, tolerance: int = 0) -> None:
         self.spec = spec
         self.h, self.w = spec.size
         self.layout = layout
         self.gray = spec.color is ColorOrder.GRAY
         self.swap = spec.color is ColorOrder.RGB  # frames are BGR
-        self.map = PixelMap(table.reshape(256, -1))
+        self.map = PixelMap(table.reshape(256, -1), tolerance)
         self.dtype = np.dtype(table.dtype)
         self.channels = 1 if self.gray else 3
         self.shape = (1, self.channels, self.h, self.w) if layout is Layout.NCHW else (1, self.h, self.w, self.channels)
@@ -131,12 +141,13 @@ class FastPreprocess:
         return self.map.table
 
     @classmethod
-    def build(cls, model, spec: PreprocessSpec, interpolation: "str | Interpolation | None" = None
-              ) -> "FastPreprocess | None":
+    def build(cls, model, spec: PreprocessSpec, interpolation: "str | Interpolation | None" = None, *,
+              tolerance: int = 0) -> "FastPreprocess | None":
         """The fast path for ``model`` and ``spec`` (with ``interpolation`` if given), or ``None``
         when it does not apply (letterbox/centre crop, several inputs, per-channel
         quantization, an input shape that differs from the spec): the caller then
-        uses the reference rule itself.
+        uses the reference rule itself. ``tolerance``: as for :class:`PixelMap`
+        (0: the result equals the rule bit for bit).
 
         Raises:
             InputError: ``interpolation`` is not ``linear`` or ``area``.
@@ -153,7 +164,7 @@ class FastPreprocess:
         table = engine_table(spec, inputs[0])
         if table is None:
             return None
-        return cls(spec, table, layout)
+        return cls(spec, table, layout, tolerance)
 
     # -- the two halves: outside the engine lock (resize), inside it (into the engine's buffer)
 
@@ -241,13 +252,14 @@ class FastImage:
         return None if img is None else self.array(img)
 
 
-def build(model, spec, *, direct: bool = False) -> FastImage | None:
+def build(model, spec, *, direct: bool = False, tolerance: int = 0) -> FastImage | None:
     """The fast path for ``model`` (a Model) and ``spec``, or ``None`` when its input is not integer-quantized
-    or the fast path does not apply."""
+    or the fast path does not apply. ``tolerance``: quantization steps the result may differ from the
+    rule by (:class:`PixelMap`)."""
     inputs = tuple(model.inputs)
     if len(inputs) != 1 or np.dtype(inputs[0].dtype).kind not in "iu" or inputs[0].quantization is None:
         return None
-    fast = FastPreprocess.build(model, spec)
+    fast = FastPreprocess.build(model, spec, tolerance=tolerance)
     return FastImage(fast, direct) if fast is not None else None
 
 

@@ -189,7 +189,7 @@ def _threads_arg(threads) -> int:
 
 def load(path, *, artifact: str | None = None, backend: str | None = None, device: str | None = None,
          threads: int | None = None, strict: bool = False, isolate: bool = False, delegate=None,
-         check_finite: bool = True, options: BackendOptions | None = None) -> Model:
+         check_finite: bool = True, options: BackendOptions | None = None, exact_input: bool = False) -> Model:
     """Open a bundle folder or a bare ``.tflite``/``.onnx`` file for inference.
 
     For a bundle, ``manifest.json`` is read and checked against the schema,
@@ -236,6 +236,13 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
         is a fallback: one warning, or a :class:`FallbackError` with ``strict``.
       check_finite: Refuse NaN/Inf in float arrays fed to an integer-quantized
         input (:class:`InputError` naming the input); ``False`` skips the check.
+      exact_input: ``predict``/``classify``/``detect``/``segment`` on a uint8
+        frame quantize it exactly as ``run()`` would. By default the fused
+        image path may compile the frame-to-integer table into a cheaper
+        equal-to-one-step operation (e.g. ``XOR 0x80`` for a model fed
+        ``pixel / 127.5 - 1`` whose table differs from ``pixel - 128`` only on
+        float32 rounding ties): at most one quantization step on some pixel
+        values, never more (:class:`~edgeship.runtime.fastimage.PixelMap`).
       options: Backend options for the long tail (``OrtOptions(providers=...,
         trt_fp16=...)``, ``TFLiteOptions``): used by the backend that takes
         that type; ``threads``/``device``/``strict`` fill what it leaves unset.
@@ -278,20 +285,21 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
 
         probe_model(path, backend=backend, artifact=artifact)
     common = dict(backend=backend, threads=threads, strict=strict, options=options)
+    kw = dict(check_finite=check_finite, exact_input=bool(exact_input))
     if not os.path.isdir(path):
         if artifact is not None:
             raise InputError(f"artifact={artifact!r} applies to bundle folders only; {path} is a file")
         fmt = sniff_format(path)  # before reading it all: a large file of another kind is refused at once
         source = ModelSource.read(path)
         be = open_backend(source, fmt, device=dev, delegates=delegates, **common)
-        return _wrap(be, source.path, None, None, check_finite, chosen)
+        return _wrap(be, source.path, None, None, kw, chosen)
     manifest = _manifest.read(path)
     entry = choose_artifact(manifest, artifact, backend=backend, device=dev)
     skipped = ()
     if is_edgetpu(entry) and dev is not None and dev.kind is DeviceKind.EDGETPU and artifact is None:
         opened, why = open_edgetpu(read_artifact(path, entry), entry, device=dev, **common)
         if opened is not None:
-            return _wrap(opened, os.path.join(path, entry["file"]), manifest, entry, check_finite, chosen)
+            return _wrap(opened, os.path.join(path, entry["file"]), manifest, entry, kw, chosen)
         entry = choose_artifact(without_edgetpu(manifest), None, backend=backend, device=None)
         skipped = (f"{entry['file']}: the Edge TPU delegate is not usable ({why}), ran the CPU artifact instead",)
         dev = None
@@ -299,15 +307,15 @@ def load(path, *, artifact: str | None = None, backend: str | None = None, devic
     be = open_backend(source, entry["format"], device=dev, delegates=delegates, **common)
     if skipped:
         be.info = dataclasses.replace(be.info, skipped=skipped + be.info.skipped, fallback=True)
-    return _wrap(be, source.path, manifest, entry, check_finite, chosen)
+    return _wrap(be, source.path, manifest, entry, kw, chosen)
 
 
-def _wrap(be: Backend, file: str, manifest: dict | None, entry: dict | None, check_finite: bool,
+def _wrap(be: Backend, file: str, manifest: dict | None, entry: dict | None, kw: dict,
           chosen: str = "") -> Model:
     if chosen:
         be.info = dataclasses.replace(be.info, chosen=chosen)
     try:
-        return Model(be, path=file, manifest=manifest, artifact=entry, check_finite=check_finite)
+        return Model(be, path=file, manifest=manifest, artifact=entry, **kw)
     except BaseException:
         be.close()
         raise

@@ -54,12 +54,13 @@ class Model:
     """
 
     def __init__(self, backend: Backend, *, path: str, manifest: dict | None = None,
-                 artifact: dict | None = None, check_finite: bool = True) -> None:
+                 artifact: dict | None = None, check_finite: bool = True, exact_input: bool = False) -> None:
         """Use :func:`load`; this wraps an already opened backend.
 
         ``check_finite``: refuse NaN/Inf in float arrays fed to integer-quantized
-        inputs (see :mod:`edgeship.runtime.io_plan`).
+        inputs (see :mod:`edgeship.runtime.io_plan`). ``exact_input``: see :func:`load`.
         """
+        self._exact_input = exact_input
         self._backend = backend
         self._path = path
         self._manifest = manifest
@@ -114,6 +115,12 @@ class Model:
     def outputs(self) -> tuple[TensorSpec, ...]:
         """The outputs ``run`` returns, in order."""
         return self._outputs
+
+    @property
+    def exact_input(self) -> bool:
+        """Whether uint8 frames are quantized exactly as ``run()`` would (``load(..., exact_input=True)``)
+        rather than to within one quantization step by a cheaper operation."""
+        return self._exact_input
 
     @property
     def info(self) -> ExecutionInfo:
@@ -263,8 +270,9 @@ class Model:
         that size. The image becomes the input through
         :meth:`PreprocessSpec.to_input`, the one rule. For an integer-quantized
         input and a BGR uint8 frame, the rule and the quantization run as one
-        lookup table per channel after the resize (:mod:`.fastimage`; equal to
-        the reference bit for bit).
+        lookup table per channel after the resize (:mod:`.fastimage`), compiled
+        into the cheapest operation within one quantization step of it (equal
+        bit for bit with ``load(..., exact_input=True)``).
 
         Raises:
           InputError: the image cannot be read or is not an image, or the
@@ -290,7 +298,7 @@ class Model:
             from . import fastimage  # noqa: PLC0415
 
             direct = hasattr(self._backend, "invoke_into") and self._in_plans[0].to_engine is None
-            self._fast = fastimage.build(self, spec, direct=direct) or False
+            self._fast = fastimage.build(self, spec, direct=direct, tolerance=0 if self._exact_input else 1) or False
         img = self._fast.prepare(image) if self._fast else None  # integer input: resized here, no float image
         if img is None:
             return self.run(_tasks.prepare_input(self, spec, image))

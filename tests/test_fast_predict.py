@@ -30,6 +30,11 @@ def bundles(digits_cnn, digits, tmp_path_factory):
     calib = ((rng.integers(0, 256, (64, 16, 16, 3)) / 255.0 - 0.45) / 0.25).astype(np.float32)
     pre = {"size": [16, 16], "color": "rgb", "scale": 1 / 255, "mean": [0.45, 0.45, 0.45], "std": [0.25, 0.25, 0.25]}
     out["rgb"] = edgeship.convert(m, str(root / "rgb"), calib=calib, io="uint8", preprocess=pre).bundle
+    # MobileNet-style input, pixel / 127.5 - 1 at an int8 step of ~1/127.5: a table near pixel - 128
+    pre = {"size": [16, 16], "color": "rgb", "scale": 1.0, "mean": [127.5] * 3, "std": [127.5] * 3}
+    calib = (rng.integers(0, 256, (64, 16, 16, 3)) / 127.5 - 1.0).astype(np.float32)
+    calib[0, 0, 0], calib[0, 0, 1] = -1.0, 1.0  # both ends of the range
+    out["mnet"] = edgeship.convert(m, str(root / "mnet"), calib=calib, io="int8", preprocess=pre).bundle
     return out
 
 
@@ -75,6 +80,38 @@ def test_float_input_keeps_the_reference_path(bundles, monkeypatch):
         assert calls == [1]
 
 
+def test_default_path_is_within_one_step_and_exact_input_is_bit_exact(bundles):
+    """A MobileNet-style table (pixel / 127.5 - 1) is within one step of ``pixel - 128`` but not equal to it:
+    predict() compiles it to XOR 0x80 by default, and keeps the exact table with ``exact_input=True``."""
+    frames = _frames(4) + _frames(2, 16, 16)
+    with rt.load(bundles["mnet"]) as m:
+        assert not m.exact_input
+        spec = tasks.preprocess_spec(m)
+        table = fastimage.engine_table(spec, m.inputs[0])
+        fast = fastimage.build(m, spec, tolerance=1)
+        assert fast.fast.map.kind == "affine" and fast.fast.map.xor == 0x80 and fast.fast.map.max_error == 1
+        exact = fastimage.build(m, spec)
+        assert exact.fast.map.kind == "lut1" and exact.fast.map.max_error == 0
+        assert not np.array_equal(table[:, 0].astype(np.int32), np.arange(256) - 128)  # ties: not pixel - 128
+        for f in frames:
+            ref = np.asarray(exact(f), np.int32)
+            got = np.asarray(fast(f), np.int32)
+            assert np.abs(got - ref).max() <= 1  # to the quantization step
+            assert (got != ref).any() or f.shape[:2] != (16, 16)
+        m.predict(frames[0])
+        assert m._fast.fast.map.kind == "affine"  # what predict() took
+        approx = [m.predict(f) for f in frames]
+        ref_run = [m.run(tasks.prepare_input(m, spec, f)) for f in frames]
+    with rt.load(bundles["mnet"], exact_input=True) as m:
+        assert m.exact_input
+        got = [m.predict(f) for f in frames]
+        assert m._fast.fast.map.kind == "lut1"
+    for g, r, a in zip(got, ref_run, approx):
+        for name in r:
+            np.testing.assert_array_equal(g[name], r[name])  # exact_input: bit for bit with run()
+            assert a[name].shape == r[name].shape and np.allclose(a[name], r[name], atol=0.05)
+
+
 # -- the compiled pixel map: every kind equals its table ---------------------------------------------
 
 def _tables():
@@ -91,6 +128,24 @@ def _tables():
         "float32 shared": (np.repeat((p / 255.0).astype(np.float32)[:, None], 3, 1), "lut1"),
         "float32 per channel": (rng.normal(size=(256, 3)).astype(np.float32), "lut"),
     }
+
+
+def test_pixel_map_tolerance_allows_one_step_never_two():
+    import cv2  # noqa: PLC0415
+
+    p = np.arange(256)
+    one_off = np.where((p % 7 == 0) & (p > 0), p - 129, p - 128).astype(np.int8)[:, None]
+    two_off = np.where(p == 40, p - 130, p - 128).astype(np.int8)[:, None]
+    assert fastimage.PixelMap(one_off).kind == "lut1"  # the default stays exact
+    pm = fastimage.PixelMap(one_off, tolerance=1)
+    assert (pm.kind, pm.xor, pm.max_error) == ("affine", 0x80, 1)
+    assert fastimage.PixelMap(two_off, tolerance=1).kind == "lut1"
+    img = np.random.default_rng(2).integers(0, 256, (31, 17, 1), dtype=np.uint8)
+    out = np.empty(img.shape, np.int8)
+    np.copyto(out.view(np.uint8), img)
+    pm.apply_in_place(cv2, out.view(np.uint8))
+    diff = out.astype(np.int32) - one_off[img[..., 0], 0][..., None].astype(np.int32)
+    assert np.abs(diff).max() == 1 and set(np.unique(diff)) <= {0, 1}
 
 
 @pytest.mark.parametrize("name", list(_tables()))

@@ -136,7 +136,9 @@ class Stream:
         self.spec = None if self._dynamic else dataclasses.replace(preprocess_spec(model),
                                                                      interpolation=opts.interpolation)
         self.labels = model_labels(model)
-        self._fast_pre = None if self._dynamic else FastPreprocess.build(model, self.spec)
+        # to one quantization step, as Model.predict, unless the model was loaded with exact_input=True
+        tol = 0 if getattr(model, "exact_input", True) else 1
+        self._fast_pre = None if self._dynamic else FastPreprocess.build(model, self.spec, tolerance=tol)
         self.meter = StageMeter()
         self._q_pre = _Handoff()  # preprocess -> inference
         self._q_inf = _Handoff()  # inference -> postprocess/draw
