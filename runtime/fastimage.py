@@ -88,10 +88,14 @@ class PixelMap:
                 # XOR 0x80 maps int8 onto uint8 monotonically (+128), so a step in c is a step of the table
                 c = col ^ xor  # the clipped pixel value, if the table is affine
                 lo, hi = int(c[0]), int(c[255])
-                err = int(np.abs(c - np.clip(p, lo, hi)).max()) if lo <= hi else 256
-                if err <= max(0, int(tolerance)):
-                    self.kind, self.lo, self.hi, self.xor, self.max_error = "affine", lo, hi, xor, err
-                    return
+                if lo > hi:
+                    continue
+                # the fewest passes first: no clip at an end where the table is within tolerance of it
+                for lo_, hi_ in ((0, 255), (lo, 255), (0, hi), (lo, hi)):
+                    err = int(np.abs(c - np.clip(p, lo_, hi_)).max())
+                    if err <= max(0, int(tolerance)):
+                        self.kind, self.lo, self.hi, self.xor, self.max_error = "affine", lo_, hi_, xor, err
+                        return
         if same:
             self.kind, self.table = "lut1", np.ascontiguousarray(t[:, 0])
         else:
