@@ -24,6 +24,12 @@ that ``quantize_static`` wrote, after calibration):
 
 Convolutions kept in float, or without a bias, are left as they are (and counted).
 
+Chosen by itself for multi-class maps only (:func:`wants_bias_correction`: an argmax over
+class channels, whose boundaries move with each channel's mean). On a one-channel
+probability map it was measured worse: PP-OCRv4's text mask vs FP32 (``python
+benchmarks/bench_seg.py``) 0.769 -> 0.747 at 640x640 and 0.872 -> 0.800 at each photo's
+own size, so it stays off there unless asked.
+
 For TFLite artifacts (onnx2tf, then the TFLite converter's own calibration) the QDQ graph is
 not there to edit; :func:`precompensate_weights` moves the float ONNX model's biases by the
 shift that TFLite's INT8 weights will cause (TFLite rounds conv weights per output channel,
@@ -37,10 +43,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bias_correct", "conv_output_mean", "conv_geometry", "precompensate_weights", "tap_means"]
+__all__ = ["wants_bias_correction", "bias_correct", "conv_output_mean", "conv_geometry", "precompensate_weights", "tap_means"]
 
 #: at most this many calibration samples are read (the means settle long before).
 MAX_SAMPLES = 64
+
+
+def wants_bias_correction(output_shapes) -> bool:
+    """True for a multi-class map: some 4-D output whose channel axis (1, NCHW, or 3, NHWC) is
+    more than one channel on both readings (``[1,21,H,W]``, ``[1,H,W,21]``); False for a
+    one-channel map (``[1,1,H,W]``, ``[1,H,W,1]``) or anything else."""
+    for shape in output_shapes:
+        dims = list(shape or ())
+        if len(dims) == 4 and dims[1] != 1 and dims[3] != 1:
+            return True
+    return False
 
 
 def conv_geometry(node, w_shape, x_shape) -> tuple:

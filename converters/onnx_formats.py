@@ -227,9 +227,11 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
     from .onnx_tflite import onnx_to_tflite  # noqa: PLC0415
 
     onnx_in, bias = source.handle, None
+    from .onnx_bias_correction import precompensate_weights, wants_bias_correction  # noqa: PLC0415
+
     if Precision(request.precision) is Precision.INT8 and request.calib is not None and len(request.calib) \
-            and _is_dense_map(source, request.task):
-        from .onnx_bias_correction import precompensate_weights  # noqa: PLC0415
+            and _is_dense_map(source, request.task) and wants_bias_correction(
+                [t.get("shape") for t in source.outputs or ()]):
 
         onnx_in = os.path.join(request.workdir, "bias_precompensated.onnx")
         try:  # TFLite's INT8 weights shift each conv's mean output: moved out of the float biases first
@@ -252,12 +254,12 @@ def export_tflite_from_onnx(source: Source, request: ExportRequest) -> dict:
         extra = dict(info.get("extra", {}))
         applied = "convs_corrected" in bias
         extra["tflite_bias_correction"] = {**bias, "applied": applied, **(
-            {"why": "dense-map model (auto)"} if applied else {})}
+            {"why": "multi-class segmentation map (auto)"} if applied else {})}
         info["extra"] = extra
         info["notes"] = list(info.get("notes", [])) + ([
             f"bias correction: {bias['convs_corrected']} convolutions' float biases moved by the mean output shift "
             f"of TFLite's INT8 weights on {bias['samples']} calibration samples (largest {bias['max_abs_shift']:.3g}), "
-            "chosen for a dense-map model"] if applied else [f"bias correction skipped ({bias['why']})"])
+            "chosen for a multi-class segmentation map"] if applied else [f"bias correction skipped ({bias['why']})"])
     return info
 
 

@@ -55,8 +55,9 @@ def test_conv_output_mean_matches_onnxruntime(tmp_path, attrs, cin, cout, group,
     np.testing.assert_allclose(got, y.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
 
 
-def _stack(path):
-    """conv 3x3 -> relu -> depthwise 3x3 (one outlier weight per channel: coarse INT8 scales) -> relu -> conv 1x1."""
+def _stack(path, cout=8):
+    """conv 3x3 -> relu -> depthwise 3x3 (one outlier weight per channel: coarse INT8 scales) -> relu -> conv 1x1
+    to ``cout`` channels."""
     import onnx
     from onnx import TensorProto, helper
     from onnx import numpy_helper as nh
@@ -65,9 +66,9 @@ def _stack(path):
     w1 = rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32)
     w2 = rng.normal(0.05, 0.02, (16, 1, 3, 3)).astype(np.float32)
     w2[:, 0, 0, 0] = 1.5  # each channel's range is set by one weight: the others round coarsely
-    w3 = rng.normal(0, 0.3, (8, 16, 1, 1)).astype(np.float32)
+    w3 = rng.normal(0, 0.3, (cout, 16, 1, 1)).astype(np.float32)
     inits = [nh.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))]
-    inits += [nh.from_array(np.zeros(c, np.float32) + 0.1, f"b{i}") for i, c in ((1, 16), (2, 16), (3, 8))]
+    inits += [nh.from_array(np.zeros(c, np.float32) + 0.1, f"b{i}") for i, c in ((1, 16), (2, 16), (3, cout))]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
@@ -76,7 +77,7 @@ def _stack(path):
         helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="c3"),
     ]
     g = helper.make_graph(nodes, "stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 24, 24])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 24, 24])], inits)
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, 24, 24])], inits)
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
@@ -105,16 +106,24 @@ def test_bias_correction_takes_out_the_mean_error_of_an_int8_conv_stack(tmp_path
     assert err[True] < 0.5 * err[False], err
 
 
-def test_bias_correction_is_automatic_only_for_dense_maps(tmp_path):
+def test_bias_correction_is_automatic_only_for_multi_class_maps(tmp_path):
+    """On by itself for a dense map with class channels (DeepLabV3's argmax); off for plain models and
+    for a one-channel probability map (measured worse on PP-OCRv4's text map)."""
+    from edgeship.converters.onnx_bias_correction import wants_bias_correction
     from edgeship.converters.onnx_quant import quantize_onnx
 
-    src = str(tmp_path / "stack.onnx")
-    _stack(src)
+    assert wants_bias_correction([[1, 257, 257, 21]]) and wants_bias_correction([[1, 21, None, None]])
+    assert not wants_bias_correction([[1, 1, None, None]]) and not wants_bias_correction([[1, 256, 256, 1]])
+    assert not wants_bias_correction([[1, 1000]])
     calib = np.random.default_rng(3).uniform(0, 1, (4, 3, 24, 24)).astype(np.float32)
-    plain = quantize_onnx(src, str(tmp_path / "a.onnx"), calib)["extra"]["onnx_quantization"]
-    dense = quantize_onnx(src, str(tmp_path / "b.onnx"), calib, dense_map=True)["extra"]["onnx_quantization"]
-    assert plain["bias_correction"] == {"applied": False}
-    assert dense["bias_correction"]["applied"] and dense["bias_correction"]["why"] == "dense-map model (auto)"
+    got = {}
+    for name, cout, dense in (("plain", 8, False), ("classes", 8, True), ("one_channel", 1, True)):
+        src = str(tmp_path / f"{name}.onnx")
+        _stack(src, cout)
+        got[name] = quantize_onnx(src, str(tmp_path / f"q_{name}.onnx"), calib,
+                                  dense_map=dense)["extra"]["onnx_quantization"]["bias_correction"]
+    assert got["plain"] == {"applied": False} and got["one_channel"] == {"applied": False}
+    assert got["classes"]["applied"] and got["classes"]["why"] == "multi-class segmentation map (auto)"
 
 
 def test_precompensated_biases_unbias_tflite_style_int8_weights(tmp_path):
@@ -176,7 +185,7 @@ def test_deeplab_int8_within_one_point_miou_of_fp32_on_voc_labels(tmp_path):
                   task="segmentation")
     settings = res.manifest["settings"]
     bc = settings["onnx_quantization"]["bias_correction"]
-    assert bc["applied"] and bc["why"] == "dense-map model (auto)" and bc["convs_corrected"] >= 50
+    assert bc["applied"] and bc["why"] == "multi-class segmentation map (auto)" and bc["convs_corrected"] >= 50
     assert settings["tflite_bias_correction"]["applied"] and settings["tflite_bias_correction"]["convs_corrected"] >= 50
     rep = evaluate_segmentation_bundle(str(tmp_path / "b"), jpeg.rsplit("/", 1)[0])
     assert rep["reference"] == "labels" and rep["count"] == 3
