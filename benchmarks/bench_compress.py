@@ -17,16 +17,25 @@ many images, few labels). The same student trained on labels alone sees the labe
 for as many optimizer steps as the distilled run (same seed, same initial weights, same schedule).
 Latency: batch 1 through ``edgeship.runtime`` ``Model.run`` on 1 thread, every bundle interleaved in one loop.
 
+Accuracy: every INT8 artifact runs through ``edgeship.runtime`` on the whole test set (10,000 Fashion-MNIST
+images: 0.01 point per image), and so do the FP32 Keras models the script holds (teacher, outlier models,
+distilled student, labels-only student); the issue's checks are judged on these figures. ``convert()``'s
+own validation (a seeded 1,000-image sample of the test set, 0.1 point per image) is reported beside them.
+The labels-only student is converted to INT8 like the distilled one and measured on the same images.
+
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``)
 when installed, else scikit-learn's digits upsampled to 28x28 (the output says which).
 
-The derived student starts from the teacher's largest-L1 filters (``--student-init teacher``, the
-default; ``random`` for a seeded fresh start), and so does its labels-only baseline. ``--only distill``
+The student is derived from the teacher with the same ``derive_student`` call ``convert`` makes for
+``--student-width`` (here by the script, which passes it to ``convert`` as ``student=`` and so keeps the
+trained Keras model for its FP32 figure); it starts from seeded random weights (``--student-init random``,
+the default) or from the teacher's largest-L1 filters (``teacher``), and so does its labels-only baseline,
+a copy of the same initial weights trained by ``distill``'s own ``train_labels_only``. ``--only distill``
 runs the dense teacher and the distillation rows alone (to iterate; the README's figures come from a
 full run).
 
     python benchmarks/bench_compress.py [--dataset auto|fashion|digits] [--epochs N] [--labelled N]
-                                        [--seeds 0,1] [--student-init teacher|random] [--only distill]
+                                        [--seeds 0,1] [--student-init random|teacher] [--only distill]
                                         [--json out.json]
 """
 
@@ -77,6 +86,19 @@ def latency_ms(bundles: dict, x: np.ndarray, runs: int = 600) -> dict:
     return {k: round(v["p50"], 4) for k, v in res.items()}
 
 
+def runtime_accuracy(bundle: str, x: np.ndarray, y: np.ndarray, chunk: int = 1000) -> float:
+    """Top-1 accuracy (0..1) of a bundle's artifact through ``edgeship.runtime`` on all of ``(x, y)``."""
+    import edgeship.runtime as rt  # noqa: PLC0415
+
+    m = rt.load(bundle)
+    try:
+        pred = np.concatenate([np.argmax(next(iter(m.run(x[s : s + chunk]).values())), -1)
+                               for s in range(0, len(x), chunk)])
+    finally:
+        m.close()
+    return float(np.mean(pred == np.asarray(y).reshape(-1)))
+
+
 def outlier_copy(keras, model, scale: float):
     """``model`` with fc1 unit 0 scaled ``scale`` times and logits' row 0 divided: the same function."""
     m = keras.models.clone_model(model)
@@ -104,11 +126,11 @@ def main(argv=None) -> int:
     ap.add_argument("--labelled", type=int, default=None,
                     help="labelled images in the student's training data (default 2000; digits 100)")
     ap.add_argument("--seeds", default="0,1", help="seeds of the distillation rows (default 0,1)")
-    ap.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
     ap.add_argument("--alpha", type=float, default=0.1, help="label-loss weight of distillation (default 0.1)")
-    ap.add_argument("--student-init", default="teacher", choices=("random", "teacher"),
-                    help="the derived student's initial weights (default teacher: its largest-L1 filters; the "
-                         "labels-only baseline starts from the same ones)")
+    ap.add_argument("--student-init", default="random", choices=("random", "teacher"),
+                    help="the derived student's initial weights (default random, seeded; teacher: its largest-L1 "
+                         "filters; the labels-only baseline starts from the same ones)")
     ap.add_argument("--student-depth", type=int, default=None,
                     help="the derived student keeps the teacher's first N conv blocks (default: all)")
     ap.add_argument("--augment", default=None, choices=("flip",),
@@ -127,6 +149,8 @@ def main(argv=None) -> int:
 
     from edgeship.converters import convert  # noqa: PLC0415
     from edgeship.converters.compress import CompressOptions, count_macs, count_params  # noqa: PLC0415
+    from edgeship.converters.compress.distill import derive_student, labels_only_epochs, train_labels_only  # noqa: PLC0415
+    from edgeship.converters.compress.training import accuracy  # noqa: PLC0415
 
     name, xtr, ytr, xte, yte = load_dataset(args.dataset)
     if args.train_limit:
@@ -151,7 +175,8 @@ def main(argv=None) -> int:
     common = dict(calib=calib, eval_data=(xte, yte), calib_count=200)
     rows, bundles = {}, {}
 
-    def run(label, model, **kw):
+    def run(label, model, fp32=None, **kw):
+        """Convert ``model``; ``fp32``: the Keras model whose FP32 accuracy on the test set goes in the row."""
         out = os.path.join(work, label.replace(" ", "_"))
         res = convert(model, out, **common, **kw)
         art = res.manifest["artifacts"][0]
@@ -163,35 +188,47 @@ def main(argv=None) -> int:
         rows[label] = {"params": final_model["params"] if final_model else count_params(model),
                        "macs": final_model["macs"] if final_model else count_macs(model),
                        "bytes": art["bytes"], "gzip_bytes": art["gzip_bytes"],
-                       "int8_accuracy": v["accuracy"], "source_accuracy": v["source_accuracy"]}
+                       "int8_accuracy": v["accuracy"], "source_accuracy": v["source_accuracy"],
+                       "test_int8_accuracy": runtime_accuracy(res.bundle, xte, yte),
+                       "test_fp32_accuracy": accuracy(fp32, xte, yte) if fp32 is not None else None}
         return res
 
-    run("dense INT8 (PTQ)", teacher)
+    run("dense INT8 (PTQ)", teacher, fp32=teacher)
     fp32_acc = rows["dense INT8 (PTQ)"]["source_accuracy"]
     full = args.only is None
     if full:  # QAT: a model post-training INT8 hurts
         bad = outlier_copy(keras, teacher, args.outlier)
-        run("outlier INT8 (PTQ)", bad)
+        run("outlier INT8 (PTQ)", bad, fp32=bad)
         from edgeship.converters.compress.equalize import equalize_pairs  # noqa: PLC0415
 
         eq = keras.models.clone_model(bad)
         eq.set_weights(bad.get_weights())
         equalize_pairs(eq)
-        run("outlier INT8 (PTQ after equalization)", eq)  # the share of QAT's result its cross-layer equalization gives
+        run("outlier INT8 (PTQ after equalization)", eq, fp32=eq)  # the share of QAT's result its cross-layer equalization gives
         run("outlier INT8 (QAT)", bad, train_data=(xtr, ytr),
             compress=CompressOptions(qat=True, qat_epochs=ft, qat_lr=1e-4))
     # distillation
     y_part = np.asarray(ytr).astype(np.int64).copy()
     y_part[np.random.default_rng(0).permutation(len(y_part))[labelled:]] = -1  # soft targets alone there
-    dist = {}
+    has_label = y_part >= 0
+    dist, plain_rows = {}, {}
     for seed in seeds:
-        label = "student INT8 (distilled)" + ("" if seed == seeds[0] else f" seed {seed}")
-        res = run(label, teacher, train_data=(xtr, y_part), seed=seed,
-                  compress=CompressOptions(distill=True, student_width=args.width, distill_epochs=epochs,
-                                           student_depth=args.student_depth, student_init=args.student_init,
-                                           distill_augment=args.augment, distill_lr=args.distill_lr, temperature=args.temperature,
-                                           alpha=args.alpha))
+        suffix = "" if seed == seeds[0] else f" seed {seed}"
+        # what convert does for student_width=args.width, done here to keep the trained student
+        student = derive_student(teacher, args.width, seed=seed, init=args.student_init, depth=args.student_depth)
+        plain = keras.models.clone_model(student)  # the labels-only baseline: the same initial weights
+        plain.build(tuple(student.inputs[0].shape))
+        plain.set_weights(student.get_weights())
+        res = run("student INT8 (distilled)" + suffix, teacher, fp32=student, train_data=(xtr, y_part), seed=seed,
+                  compress=CompressOptions(distill=True, student=student, distill_epochs=epochs,
+                                           distill_augment=args.augment, distill_lr=args.distill_lr,
+                                           temperature=args.temperature, alpha=args.alpha))
         dist[seed] = res.manifest["compression"]["distill"]
+        dist[seed]["student_init"] = student.edgeship_init
+        train_labels_only(plain, xtr[has_label], y_part[has_label], seed=seed, lr=args.distill_lr, augment=args.augment,
+                          epochs=labels_only_epochs(epochs, len(xtr), int(has_label.sum())))
+        plain_rows[seed] = "student INT8 (labels only)" + suffix
+        run(plain_rows[seed], plain, fp32=plain)
     d = dist[seeds[0]]
     if full:  # low-rank
         res_lr = run("low-rank auto INT8", teacher, train_data=(xtr, ytr),
@@ -203,18 +240,27 @@ def main(argv=None) -> int:
 
     dense = rows["dense INT8 (PTQ)"]
     stu = rows["student INT8 (distilled)"]
-    students = {k: r for k, r in rows.items() if k.startswith("student INT8")}
+    students = {seed: rows["student INT8 (distilled)" + ("" if seed == seeds[0] else f" seed {seed}")] for seed in seeds}
+    t_fp32 = dense["test_fp32_accuracy"]
+    for seed, r in students.items():  # 10,000 test images, through the runtime (INT8) and Keras (FP32)
+        p = rows[plain_rows[seed]]
+        dist[seed].update({"test_teacher_int8": dense["test_int8_accuracy"], "test_teacher_fp32": t_fp32,
+                           "test_student_int8": r["test_int8_accuracy"], "test_student_fp32": r["test_fp32_accuracy"],
+                           "test_labels_only_int8": p["test_int8_accuracy"],
+                           "test_labels_only_fp32": p["test_fp32_accuracy"]})
     out = {
         "dataset": name, "only": args.only, "teacher_padding": args.padding, "student_init": args.student_init,
         "student_depth": args.student_depth, "augment": args.augment, "distill_lr": args.distill_lr,
         "epochs": epochs, "finetune_epochs": ft, "width": args.width, "energy": args.energy,
-        "outlier_scale": args.outlier, "teacher_fp32_accuracy": fp32_acc, "rows": rows,
-        "labelled": labelled, "seeds": seeds,
+        "outlier_scale": args.outlier, "teacher_fp32_accuracy": fp32_acc, "teacher_test_fp32_accuracy": t_fp32,
+        "test_count": int(len(xte)), "rows": rows, "labelled": labelled, "seeds": seeds,
         "distill": {seed: {k: dd.get(k) for k in ("teacher_accuracy", "student_accuracy", "labels_only_accuracy",
                                                   "teacher_macs", "student_macs", "temperature", "alpha", "epochs",
-                                                  "labels_only_epochs", "train_count", "labelled_count")}
+                                                  "labels_only_epochs", "train_count", "labelled_count", "student_init")
+                           + tuple(k for k in dd if k.startswith("test_"))}
                     for seed, dd in dist.items()},
     }
+    pts = lambda a, b: 100 * (a - b)  # noqa: E731
     checks = {}
     if full:
         lowr = rows["low-rank auto INT8"]
@@ -222,44 +268,58 @@ def main(argv=None) -> int:
         out["low_rank_ranks"] = {r["name"]: [r["rank"], r["full_rank"]]
                                  for r in res_lr.manifest["compression"]["low_rank"]["layers"]}
         checks.update({
-            "qat: PTQ loses > 2 points": 100 * (fp32_acc - rows["outlier INT8 (PTQ)"]["int8_accuracy"]) > 2,
-            "qat: within 0.5 points of FP32": 100 * (fp32_acc - rows["outlier INT8 (QAT)"]["int8_accuracy"]) <= 0.5,
+            "qat: PTQ loses > 2 points": pts(t_fp32, rows["outlier INT8 (PTQ)"]["test_int8_accuracy"]) > 2,
+            "qat: within 0.5 points of FP32": pts(t_fp32, rows["outlier INT8 (QAT)"]["test_int8_accuracy"]) <= 0.5,
         })
     checks.update({
         "distill: <= 0.3x MACs": stu["macs"] <= 0.3 * dense["macs"],
         "distill: within 1.5 points of the teacher INT8 (every seed)": all(
-            100 * (dense["int8_accuracy"] - r["int8_accuracy"]) <= 1.5 for r in students.values()),
-        "distill: >= 0.5 points above labels alone (FP32, every seed)": all(
-            100 * (dd["student_accuracy"] - dd["labels_only_accuracy"]) >= 0.5 for dd in dist.values()),
+            pts(dense["test_int8_accuracy"], r["test_int8_accuracy"]) <= 1.5 for r in students.values()),
+        "distill: >= 0.5 points above labels alone (INT8 and FP32, every seed)": all(
+            pts(dd["test_student_int8"], dd["test_labels_only_int8"]) >= 0.5
+            and pts(dd["test_student_fp32"], dd["test_labels_only_fp32"]) >= 0.5 for dd in dist.values()),
         "distill: INT8 latency <= 0.5x the teacher's (every seed)": all(
             r["latency_ms_p50"] <= 0.5 * dense["latency_ms_p50"] for r in students.values()),
     })
     if full:
         checks.update({
             "low-rank: <= 0.5x params": lowr["params"] <= 0.5 * dense["params"],
-            "low-rank: within 1 point": 100 * (dense["int8_accuracy"] - lowr["int8_accuracy"]) <= 1.0,
+            "low-rank: within 1 point": pts(dense["test_int8_accuracy"], lowr["test_int8_accuracy"]) <= 1.0,
             "low-rank: INT8 smaller": lowr["bytes"] < dense["bytes"],
             "low-rank: INT8 no slower": lowr["latency_ms_p50"] <= dense["latency_ms_p50"] * 1.05,
         })
     out["checks"] = checks
-    print(f"\n{name}: teacher FP32 accuracy {100 * fp32_acc:.2f}%\n")
-    print("| row | params | MACs | INT8 bytes | gzip | latency p50 ms | INT8 accuracy |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    print(f"\n{name}: teacher FP32 accuracy {pct(t_fp32)} on the {len(xte):,} test images "
+          f"({pct(fp32_acc)} on convert's validation sample)\n")
+    print(f"| row | params | MACs | INT8 bytes | gzip | latency p50 ms | INT8 accuracy ({len(xte):,}) | "
+          f"FP32 accuracy ({len(xte):,}) | INT8 / source FP32 (convert's sample) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, r in rows.items():
         print(f"| {k} | {r['params']:,} | {r['macs']:,} | {r['bytes']:,} | {r['gzip_bytes']:,} | "
-              f"{r.get('latency_ms_p50', float('nan')):.3f} | {100 * r['int8_accuracy']:.2f}% |")
+              f"{r.get('latency_ms_p50', float('nan')):.3f} | {pct(r['test_int8_accuracy'])} | "
+              f"{pct(r['test_fp32_accuracy'])} | {pct(r['int8_accuracy'])} / {pct(r['source_accuracy'])} |")
     print(f"\ndistillation: {d['train_count']:,} training images, {d['labelled_count']:,} labelled; T={d['temperature']}, "
           f"alpha={d['alpha']}, {d['epochs']} epochs (labels alone: {d['labels_only_epochs']} epochs over the labelled "
-          "images, the same optimizer steps)")
+          f"images, the same optimizer steps); student init {d['student_init']}; MACs "
+          f"{stu['macs'] / dense['macs']:.2f}x the teacher's")
     for seed, dd in dist.items():
-        print(f"  seed {seed} (FP32): teacher {100 * dd['teacher_accuracy']:.2f}%, distilled student "
-              f"{100 * dd['student_accuracy']:.2f}%, same student on labels alone {100 * dd['labels_only_accuracy']:.2f}% "
-              f"({100 * (dd['student_accuracy'] - dd['labels_only_accuracy']):+.2f} points)")
+        lat = students[seed]["latency_ms_p50"] / dense["latency_ms_p50"]
+        print(f"  seed {seed}, {len(xte):,} test images: teacher INT8 {pct(dd['test_teacher_int8'])}; distilled student "
+              f"INT8 {pct(dd['test_student_int8'])} ({pts(dd['test_student_int8'], dd['test_teacher_int8']):+.2f}), "
+              f"FP32 {pct(dd['test_student_fp32'])}; same student on labels alone INT8 "
+              f"{pct(dd['test_labels_only_int8'])}, FP32 {pct(dd['test_labels_only_fp32'])} (distillation "
+              f"{pts(dd['test_student_int8'], dd['test_labels_only_int8']):+.2f} INT8, "
+              f"{pts(dd['test_student_fp32'], dd['test_labels_only_fp32']):+.2f} FP32); latency {lat:.2f}x the teacher's")
+        print(f"    convert's record ({'validation sample'}, FP32): teacher {pct(dd['teacher_accuracy'])}, distilled "
+              f"{pct(dd['student_accuracy'])}, labels alone {pct(dd['labels_only_accuracy'])}")
     if full:
         print(f"low-rank ranks (rank/full): {out['low_rank_ranks']}; FP32 after fine-tuning "
-              f"{100 * out['low_rank_fp32_accuracy']:.2f}%")
+              f"{pct(out['low_rank_fp32_accuracy'])} (convert's sample)")
     for k, v in out["checks"].items():
         print(f"  [{'x' if v else ' '}] {k}")
+    out["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    print(f"load average at the end: {out['load_average_end']} (1, 5, 15 min)")
     out["wall_s"] = round(time.perf_counter() - start)
     print(f"wall time {out['wall_s']} s" + (f" (--only {args.only})" if args.only else ""))
     if args.json:

@@ -9,7 +9,8 @@ pytest.importorskip("tensorflow")
 
 from edgeship.converters import convert  # noqa: E402
 from edgeship.converters.compress import CompressOptions, count_macs, count_params  # noqa: E402
-from edgeship.converters.compress.distill import derive_student, distill, distill_loss  # noqa: E402
+from edgeship.converters.compress.distill import (  # noqa: E402
+    derive_student, distill, distill_loss, labels_only_epochs, train_labels_only)
 from edgeship.errors import InputError  # noqa: E402
 
 
@@ -210,6 +211,30 @@ def test_distillation_beats_labels_alone_when_few_images_are_labelled(pruning_cn
     assert rec["labelled_count"] == 100 and rec["train_count"] == 1400 and rec["labels_only_epochs"] == 210
     assert rec["student_accuracy"] >= rec["labels_only_accuracy"] + 0.02
     assert rec["student_accuracy"] >= rec["teacher_accuracy"] - 0.08
+
+
+def test_train_labels_only_is_the_baseline_distill_reports(pruning_cnn_file, digits16):
+    """bench_compress trains its own labels-only student (to convert it to INT8 too) with the function
+    ``distill`` uses: from the same initial weights it reaches the accuracy ``distill`` records."""
+    import keras
+
+    teacher = keras.saving.load_model(pruning_cnn_file)
+    xtr, ytr = digits16["train"]
+    xev, yev = digits16["eval"]
+    y = np.asarray(ytr).astype(np.int64).copy()
+    y[200:] = -1
+    student = derive_student(teacher, 0.5, seed=1)
+    plain = keras.models.clone_model(student)
+    plain.build(tuple(student.inputs[0].shape))
+    plain.set_weights(student.get_weights())
+    before = float(np.mean(np.argmax(plain.predict(xev, verbose=0), -1) == yev))
+    rec = distill(teacher, student, (xtr, y), val=(xev, yev), epochs=2, temperature=2.0, alpha=0.1, seed=1).record
+    assert labels_only_epochs(2, 1400, 200) == rec["labels_only_epochs"] == 14 and labels_only_epochs(3, 50, 50) == 3
+    hist = train_labels_only(plain, xtr[:200], y[:200], epochs=rec["labels_only_epochs"], seed=1)
+    assert len(hist) == len(rec["labels_only_history"]) == 14
+    acc = float(np.mean(np.argmax(plain.predict(xev, verbose=0), -1) == yev))
+    assert acc == pytest.approx(rec["labels_only_accuracy"], abs=2 / len(yev))  # the same run, up to float order
+    assert acc > before + 0.15  # it learnt
 
 
 def _sequential_teacher(km):

@@ -37,7 +37,7 @@ from .macs import count_macs, count_params
 from .training import accuracy, fit, integer_labels, keras_module, outputs_probabilities, predict
 
 __all__ = ["DistillResult", "derive_student", "distill", "distill_loss", "init_from_teacher", "conv_blocks", "SCALED",
-           "INITS", "CONVS"]
+           "INITS", "CONVS", "train_labels_only", "labels_only_epochs"]
 
 SCALED = {"Conv1D": "filters", "Conv2D": "filters", "SeparableConv2D": "filters", "Conv2DTranspose": "filters",
           "Dense": "units"}
@@ -240,6 +240,24 @@ def _flip_epochs(x, extra, seed: int):
 AUGMENTS = (None, "flip")
 
 
+def labels_only_epochs(epochs: int, n_rows: int, n_labelled: int) -> int:
+    """Epochs of the labels-only baseline over its ``n_labelled`` rows: as many optimizer steps as ``epochs``
+    over all ``n_rows`` (the distilled run's), at least ``epochs``."""
+    if n_labelled == n_rows:
+        return int(epochs)
+    return max(int(epochs), -(-int(epochs) * int(n_rows) // max(1, int(n_labelled))))
+
+
+def train_labels_only(plain, x, labels, *, epochs: int, lr: float = 2e-3, seed: int = 0,
+                      augment: str | None = None) -> list:
+    """Train ``plain`` (in place) on the labelled rows ``(x, labels)`` alone, as :func:`distill`'s baseline
+    does (Adam, cosine decay to 0, the same seed; ``augment="flip"``: the same seeded mirroring); per-epoch
+    logs. ``epochs``: :func:`labels_only_epochs`."""
+    x, labels = np.asarray(x, np.float32), np.asarray(labels)
+    return fit(plain, x, labels, epochs=epochs, desc="student on labels alone", lr=lr, seed=seed, cosine=True,
+               epoch_data=_flip_epochs(x, lambda f: labels, seed) if augment == "flip" else None)
+
+
 def distill(teacher, student, train, *, val=None, epochs: int, temperature: float, alpha: float, lr: float = 2e-3,
             seed: int = 0, baseline: bool = True, augment: str | None = None) -> DistillResult:
     """Train ``student`` (in place) on ``teacher``'s soft outputs over ``train`` = ``(x, y or None)``.
@@ -280,7 +298,7 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
         plain.set_weights(student.get_weights())
     target = np.concatenate([as_logits(t_out), (labels if labelled else np.zeros(len(x)))[:, None]], 1)
     # the labels-only run sees the labelled rows only; as many optimizer steps as the distilled run
-    plain_epochs = int(epochs) if n_lab == len(x) else max(int(epochs), -(-int(epochs) * len(x) // max(1, n_lab)))
+    plain_epochs = labels_only_epochs(epochs, len(x), n_lab)
     loss = distill_loss(n, temperature, alpha, labelled, outputs_probabilities(s_out))
     target = target.astype(np.float32)
     epoch_data = None
@@ -300,8 +318,7 @@ def distill(teacher, student, train, *, val=None, epochs: int, temperature: floa
         record["student_accuracy"] = accuracy(student, *val)
     if plain is not None:
         xl, yl = x[has_label], labels[has_label]
-        hist_plain = fit(plain, xl, yl, epochs=plain_epochs, desc="student on labels alone", lr=lr, seed=seed,
-                         cosine=True, epoch_data=_flip_epochs(xl, lambda f: yl, seed) if augment == "flip" else None)
+        hist_plain = train_labels_only(plain, xl, yl, epochs=plain_epochs, lr=lr, seed=seed, augment=augment)
         record["labels_only_history"] = hist_plain
         record["labels_only_epochs"] = plain_epochs
         if val is not None and val[1] is not None:
