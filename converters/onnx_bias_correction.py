@@ -171,6 +171,9 @@ def bias_correct(qdq_path: str, float_path: str, calib: np.ndarray, out_path: st
         if fn is None or dx is None or dw is None or const(dw.input[0]) is None or fn.input[1] not in finit \
                 or const(dx.input[1]) is None:
             continue  # a float convolution: nothing was rounded
+        if finit[fn.input[1]].ndim != 4:
+            skipped += 1  # tap_means reads 2-D convolutions only
+            continue
         if len(n.input) < 3 or not n.input[2]:
             skipped += 1  # no bias to move
             continue
@@ -261,6 +264,7 @@ def precompensate_weights(src_path: str, dst_path: str, calib: np.ndarray, *, qm
     m = onnx.load(src_path)
     init = {i.name: i for i in m.graph.initializer}
     convs = [n for n in m.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in init
+             and len(init[n.input[1]].dims) == 4  # 2-D convolutions (tap_means)
              and (len(n.input) < 3 or not n.input[2] or n.input[2] in init)]
     samples = np.asarray(calib, dtype=np.float32)[:MAX_SAMPLES]
     record = {"method": f"float biases moved by the mean output shift of per-channel symmetric INT8 weights "

@@ -140,23 +140,19 @@ def load_data(plan: ConversionPlan, mplan: ModelPlan, warnings: list) -> Data:
             f"precision {plan.precision.value} needs calibration data: pass calib= an image folder, a .npy/.npz "
             "file or an array (or calib='random' by name, which calibrates on noise)"
         )
-    labelled = None
+    labelled, found = None, None
     if plan.eval_data is not None and plan.task is Task.DETECTION:  # labelled images: mAP, not agreement
         from .detection_labels import load_labelled  # noqa: PLC0415
 
         found = load_labelled(plan.eval_data, spec, shape, mplan.labels, mplan.decoder, max(MAX_VALIDATION, 1000))
-        if found is not None:
-            labelled, held_out = found[1], True
-            val_set = load_samples(found[0], input_shape=shape, count=len(found[0]), what="evaluation")
-            val_set = dataclasses.replace(val_set, kind="folder", source=os.fspath(plan.eval_data))
-    if plan.eval_data is not None and plan.task is Task.SEGMENTATION:  # label masks: mIoU against them
+    elif plan.eval_data is not None and plan.task is Task.SEGMENTATION:  # label masks: mIoU against them
         from .segmentation_labels import load_labelled_masks  # noqa: PLC0415
 
         found = load_labelled_masks(plan.eval_data, spec, shape, max(MAX_VALIDATION, 1000))
-        if found is not None:
-            labelled, held_out = found[1], True
-            val_set = load_samples(found[0], input_shape=shape, count=len(found[0]), what="evaluation")
-            val_set = dataclasses.replace(val_set, kind="folder", source=os.fspath(plan.eval_data))
+    if found is not None:  # (preprocessed images, ground truth aligned with them)
+        labelled, held_out = found[1], True
+        val_set = load_samples(found[0], input_shape=shape, count=len(found[0]), what="evaluation")
+        val_set = dataclasses.replace(val_set, kind="folder", source=os.fspath(plan.eval_data))
     if plan.eval_data is not None and labelled is None:
         val_set = load_samples(plan.eval_data, input_shape=shape, preprocess=spec, count=max(MAX_VALIDATION, 1000),
                                max_bytes=adv.calib_max_bytes, seed=adv.seed, allow_random=isinstance(plan.eval_data, str) and plan.eval_data == RANDOM,

@@ -157,6 +157,38 @@ def test_precompensated_biases_unbias_tflite_style_int8_weights(tmp_path):
     assert err["precompensated"] < 0.2 * err["plain"], err
 
 
+
+def test_a_1d_convolution_is_left_alone_and_the_2d_ones_still_corrected(tmp_path):
+    """Conv1D beside Conv2D: the 2-D convolutions are corrected, the 1-D one is counted as skipped (and
+    left unchanged by the TFLite precompensation), rather than an error dropping the correction."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    from edgeship.converters.onnx_bias_correction import precompensate_weights
+    from edgeship.converters.onnx_quant import quantize_onnx
+
+    rng = np.random.default_rng(5)
+    w2, w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), rng.normal(0, 0.3, (4, 8 * 24, 3)).astype(np.float32)
+    inits = [nh.from_array(w2, "w2"), nh.from_array(np.full(8, 0.1, np.float32), "b2"), nh.from_array(w1, "w1"),
+             nh.from_array(np.full(4, 0.1, np.float32), "b1"), nh.from_array(np.array([1, 8 * 24, 24]), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w2", "b2"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
+             helper.make_node("Reshape", ["r2", "shape"], ["flat"], name="flat"),
+             helper.make_node("Conv", ["flat", "w1", "b1"], ["y"], name="c1", pads=[1, 1])]
+    g = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 24, 24])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 24])], inits)
+    src = str(tmp_path / "mixed.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), src)
+    calib = rng.uniform(0, 1, (8, 3, 24, 24)).astype(np.float32)
+    info = quantize_onnx(src, str(tmp_path / "q.onnx"), calib, bias_correction=True)
+    rec = info["extra"]["onnx_quantization"]["bias_correction"]
+    assert rec["applied"] and rec["convs_corrected"] == 1 and rec["convs_skipped"] == 1, rec
+    pre = precompensate_weights(src, str(tmp_path / "pc.onnx"), calib)
+    assert pre["convs_corrected"] == 1
+    b1 = next(nh.to_array(i) for i in onnx.load(str(tmp_path / "pc.onnx")).graph.initializer if i.name == "b1")
+    np.testing.assert_array_equal(b1, np.full(4, 0.1, np.float32))
+
 # -- DeepLabV3 against real labels ---------------------------------------------------------
 
 DEEPLAB_PRE = "size=257x257,color=rgb,scale=1,mean=127.5,std=127.5"

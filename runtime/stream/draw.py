@@ -24,6 +24,9 @@ _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49,
             (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203)]
 
 
+_PALETTE_BGR = np.array(_PALETTE, np.uint8)  # class id -> colour, for whole masks (overlay_mask)
+
+
 def _color(i: int) -> tuple:
     return _PALETTE[int(i) % len(_PALETTE)]
 
@@ -41,12 +44,11 @@ def overlay_mask(img: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> None:
     """Blend a class colour over every pixel of ``img`` (BGR, in place) whose class in ``mask`` (same
     height and width) is not 0, the background; class 0 pixels are left as they are."""
     cv2 = opencv()
-    fg = np.asarray(mask) != 0
+    ids = np.asarray(mask)
+    fg = ids != 0
     if not fg.any():
         return
-    ids = np.asarray(mask)
-    palette = np.array([_color(i) for i in range(len(_PALETTE))], np.uint8)
-    colour = palette[ids % len(_PALETTE)] if ids.max() >= len(_PALETTE) else palette[ids]
+    colour = _PALETTE_BGR[ids % len(_PALETTE) if ids.max() >= len(_PALETTE) else ids]
     blend = cv2.addWeighted(img, 1.0 - alpha, colour, alpha, 0.0)
     np.copyto(img, blend, where=fg[..., None])
 
